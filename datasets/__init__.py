@@ -1,0 +1,1 @@
+"""Datasets: AnomalyCLIP-style meta.json loading, meta.json generators and synthetic data."""

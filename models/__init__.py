@@ -1,0 +1,1 @@
+"""Models: the frozen CLIP backbone and the prompt-learning methods built on it."""

@@ -1,0 +1,468 @@
+"""The frozen CLIP backbone, built through open_clip's public API (SPEC section 3).
+
+:class:`ClipBackbone` wraps an ``open_clip.CLIP`` ViT and exposes what the prompt-learning
+methods need, computed with open_clip's own modules and weights:
+
+* image side, batched, one forward pass: the CLS image feature with and without ``ln_post``,
+  raw and projected patch tokens of the layers in ``features_list``, and the V-V attention
+  path (AnomalyCLIP's "DPAM") from a chosen block on;
+* text side, batched: encoding from token *embeddings* (learnable vectors may stand at any
+  position), optional deep prompts, pooling at a given EOT index; plus open_clip's tokenizer.
+
+Weights come from ``pretrained="openai"`` (open_clip's download and cache), a local OpenAI
+``.pt`` file (TorchScript archive or plain state dict), an open_clip checkpoint, or ``"none"``
+(random weights). The vision position embedding keeps the pretrained grid; the grid for the
+requested ``image_size`` is interpolated from it (bilinear as FAPrompt, or bicubic with
+antialias as Bayes-PFL).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import UserError
+
+log = logging.getLogger("zsad.backbone")
+
+ACTIVATIONS = ("auto", "quick_gelu", "gelu")
+POS_INTERPOLATIONS = ("bilinear", "bicubic")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass
+class BackboneConfig:
+    """How to build the backbone; stored in every checkpoint we write."""
+
+    model: str = "ViT-L-14-336"
+    pretrained: str = "openai"
+    image_size: int = 518
+    activation: str = "auto"  # auto: QuickGELU for OpenAI weights, else the config's choice
+    pos_interpolation: str = "bilinear"  # FAPrompt: bilinear; Bayes-PFL: bicubic + antialias
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class ImageFeatures:
+    """Outputs of one batched image pass. B images, P = grid² patches, C = vision width,
+    D = embedding dim. Layers are numbered 1..num_layers.
+
+    cls:        [B, D]    ``ln_post(CLS) @ proj`` (open_clip's ``encode_image``).
+    cls_raw:    [B, D]    ``CLS @ proj`` without ``ln_post`` (FAPrompt's image feature).
+    patch_raw:  {layer: [B, P, C]} raw outputs of the selected blocks, CLS removed.
+    patch_proj: {layer: [B, P, D]} the same through ``ln_post`` and ``proj``.
+    vv_proj:    [B, P, D] final V-V path tokens through ``ln_post`` and ``proj`` (or None).
+    """
+
+    cls: torch.Tensor
+    cls_raw: torch.Tensor
+    patch_raw: Dict[int, torch.Tensor] = field(default_factory=dict)
+    patch_proj: Dict[int, torch.Tensor] = field(default_factory=dict)
+    vv_proj: Optional[torch.Tensor] = None
+
+
+def _quick_gelu_module() -> nn.Module:
+    return open_clip.transformer.QuickGELU()
+
+
+def _is_quick_gelu(module: nn.Module) -> bool:
+    return type(module).__name__ == "QuickGELU"
+
+
+class ClipBackbone(nn.Module):
+    """A frozen open_clip ViT with multi-layer, V-V and prompt-aware encoders.
+
+    Args:
+        clip: an ``open_clip.CLIP`` with a ViT image tower and the standard text tower.
+        tokenizer: open_clip tokenizer for ``clip``.
+        image_size: input size; the position grid is interpolated to ``image_size // patch``.
+        pos_interpolation: ``"bilinear"`` (align_corners=False) or ``"bicubic"`` (antialias).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on CUDA only).
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer, image_size: int = 518,
+                 pos_interpolation: str = "bilinear", precision: str = "auto"):
+        super().__init__()
+        if pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        visual = getattr(clip, "visual", None)
+        if visual is None or not hasattr(visual, "transformer") or not hasattr(clip, "token_embedding"):
+            raise UserError("only open_clip CLIP models with a ViT image tower and the standard "
+                            "text tower are supported (e.g. ViT-L-14-336, ViT-B-16)")
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.pos_interpolation = pos_interpolation
+        self.precision = precision
+        patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
+        self.patch_size = int(patch)
+        if self.image_size % self.patch_size:
+            raise UserError(f"--image_size {image_size} is not a multiple of the patch size "
+                            f"{self.patch_size} of this model")
+        self.grid_size = self.image_size // self.patch_size
+        self.num_layers = len(visual.transformer.resblocks)
+        self.vision_width = visual.conv1.out_channels
+        self.embed_dim = visual.proj.shape[1]
+        self.text_width = clip.token_embedding.weight.shape[1]
+        self.context_length = clip.positional_embedding.shape[0]
+        self.text_layers = len(clip.transformer.resblocks)
+        clip.requires_grad_(False)
+        clip.eval()
+        self.register_buffer("vision_pos_embed", self._interpolated_pos_embed(), persistent=False)
+
+    # ------------------------------------------------------------------ set-up helpers
+    def train(self, mode: bool = True) -> "ClipBackbone":
+        """The backbone is frozen: it stays in eval mode whatever the parent does."""
+        return super().train(False)
+
+    def _interpolated_pos_embed(self) -> torch.Tensor:
+        """[1 + grid², C] position embedding for ``image_size`` from the pretrained grid."""
+        pos = self.clip.visual.positional_embedding.detach()
+        old = round((pos.shape[0] - 1) ** 0.5)
+        if old == self.grid_size:
+            return pos.clone()
+        grid = pos[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+        if self.pos_interpolation == "bilinear":
+            grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bilinear",
+                                 align_corners=False)
+        else:
+            grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bicubic",
+                                 align_corners=False, antialias=True)
+        grid = grid.permute(0, 2, 3, 1).reshape(self.grid_size * self.grid_size, -1)
+        return torch.cat([pos[:1].float(), grid], dim=0).to(pos.dtype)
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.visual.conv1.weight.device
+
+    def autocast(self):
+        """Autocast context for the backbone's own computations (CUDA only)."""
+        if self.device.type != "cuda" or self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def set_activation(self, activation: str) -> None:
+        """Use QuickGELU or exact GELU in every MLP of both towers."""
+        if activation not in ("quick_gelu", "gelu"):
+            raise ValueError(f"activation must be 'quick_gelu' or 'gelu', got {activation!r}")
+        for block in list(self.clip.visual.transformer.resblocks) + list(self.clip.transformer.resblocks):
+            if activation == "gelu":
+                block.mlp.gelu = nn.GELU()
+            else:
+                block.mlp.gelu = _quick_gelu_module()
+
+    @property
+    def activation(self) -> str:
+        return "quick_gelu" if _is_quick_gelu(self.clip.visual.transformer.resblocks[0].mlp.gelu) else "gelu"
+
+    # ------------------------------------------------------------------ blocks
+    @staticmethod
+    def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+    def _block(self, block: nn.Module, x: torch.Tensor, causal: bool = False,
+               vv: Optional[torch.Tensor] = None):
+        """One open_clip ``ResidualAttentionBlock`` on [B, L, C] tokens, with its own weights.
+
+        The in-projection is computed once; with ``vv`` given, the V-V attention
+        ``softmax(v vᵀ·scale) v`` on the same ``ln_1(x)`` goes through the same output
+        projection and is added to ``vv`` (the V-V path never runs the MLP).
+        """
+        attn = block.attn
+        heads = attn.num_heads
+        h = block.ln_1(x)
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (self._heads(t, heads) for t in (q, k, v))
+        b, n, c = x.shape
+        if vv is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        else:
+            # both attentions in one kernel call: rows [0, B) original, [B, 2B) value-value
+            out = F.scaled_dot_product_attention(torch.cat([q, v]), torch.cat([k, v]), torch.cat([v, v]))
+        out = out.transpose(1, 2).reshape(out.shape[0], n, c)
+        out = block.ls_1(F.linear(out, attn.out_proj.weight, attn.out_proj.bias))
+        if vv is not None:
+            vv = vv + out[b:]
+            out = out[:b]
+        x = x + out
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+        return x, vv
+
+    # ------------------------------------------------------------------ image side
+    def encode_image(self, images: torch.Tensor, layers: Sequence[int] = (),
+                     vv_start: Optional[int] = None) -> ImageFeatures:
+        """Run the image tower once.
+
+        Args:
+            images: [B, 3, S, S] normalised images, S = ``image_size``.
+            layers: 1-based block indices whose patch tokens are returned.
+            vv_start: 1-based first V-V block (FAPrompt: 6 of 24), or None for no V-V path.
+        """
+        visual = self.clip.visual
+        bad = [layer for layer in layers if not 1 <= layer <= self.num_layers]
+        if bad:
+            raise UserError(f"--features_list {list(layers)}: layers must lie in 1..{self.num_layers}")
+        if vv_start is not None and not 1 <= vv_start <= self.num_layers:
+            raise UserError(f"V-V start block {vv_start} must lie in 1..{self.num_layers}")
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"expected images of {self.image_size}px, got {tuple(images.shape)}")
+        with torch.no_grad(), self.autocast():
+            x = visual.conv1(images.to(visual.conv1.weight.dtype))
+            x = x.flatten(2).transpose(1, 2)
+            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat([cls, x], dim=1) + self.vision_pos_embed.to(x.dtype)
+            x = visual.ln_pre(x)
+            raw: Dict[int, torch.Tensor] = {}
+            vv = None
+            for index, block in enumerate(visual.transformer.resblocks, start=1):
+                if vv_start is not None and index == vv_start:
+                    vv = x
+                x, vv = self._block(block, x, vv=vv)
+                if index in layers:
+                    raw[index] = x[:, 1:]
+            features = ImageFeatures(
+                cls=visual.ln_post(x[:, 0]) @ visual.proj,
+                cls_raw=x[:, 0] @ visual.proj,
+                patch_raw=raw,
+                patch_proj={layer: visual.ln_post(t) @ visual.proj for layer, t in raw.items()},
+                vv_proj=None if vv is None else visual.ln_post(vv[:, 1:]) @ visual.proj,
+            )
+        return _to_float(features)
+
+    # ------------------------------------------------------------------ text side
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, context_length] with open_clip's tokenizer."""
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def token_embedding(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Word embeddings [N, L, text_width] of token ids (no position embedding)."""
+        return self.clip.token_embedding(token_ids.to(self.device)).float()
+
+    def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
+                               deep_prompts: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Encode prompts given as token embeddings; differentiable w.r.t. the inputs.
+
+        Args:
+            embeddings: [N, L, W] token embeddings (L = context length).
+            eot_index: [N] (or scalar) position whose final token is pooled.
+            deep_prompts: optional list; entry i ([n, W] or [N, n, W]) overwrites positions
+                1..n at the input of text layer i + 2 (layers are 1-based), raw, without the
+                position embedding.
+        Returns:
+            [N, D] text features (not normalised).
+        """
+        clip = self.clip
+        n_seq = embeddings.shape[0]
+        eot_index = torch.as_tensor(eot_index, device=embeddings.device).long().expand(n_seq)
+        deep_prompts = list(deep_prompts or [])
+        if len(deep_prompts) >= self.text_layers:
+            raise UserError(f"deep prompts for {len(deep_prompts) + 1} layers exceed the text "
+                            f"encoder's {self.text_layers} layers (lower --depth)")
+        with self.autocast():
+            x = embeddings + clip.positional_embedding.to(embeddings.dtype)
+            for index, block in enumerate(clip.transformer.resblocks):
+                if 1 <= index <= len(deep_prompts):
+                    prompt = deep_prompts[index - 1]
+                    if prompt.dim() == 2:
+                        prompt = prompt.unsqueeze(0).expand(n_seq, -1, -1)
+                    length = prompt.shape[1]
+                    x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + length:]], dim=1)
+                x, _ = self._block(block, x, causal=True)
+            pooled = x[torch.arange(n_seq, device=x.device), eot_index]
+            features = clip.ln_final(pooled) @ clip.text_projection
+        return features.float()
+
+    def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Plain text features [N, D] of token ids, pooled at the EOT (highest) token."""
+        token_ids = token_ids.to(self.device)
+        return self.encode_text_embeddings(self.token_embedding(token_ids), token_ids.argmax(dim=-1))
+
+
+def _to_float(features: ImageFeatures) -> ImageFeatures:
+    return ImageFeatures(
+        cls=features.cls.float(),
+        cls_raw=features.cls_raw.float(),
+        patch_raw={k: v.float() for k, v in features.patch_raw.items()},
+        patch_proj={k: v.float() for k, v in features.patch_proj.items()},
+        vv_proj=None if features.vv_proj is None else features.vv_proj.float(),
+    )
+
+
+# ---------------------------------------------------------------------- loading
+def _read_weight_file(path: str) -> tuple[dict, bool]:
+    """State dict from an OpenAI ``.pt`` (TorchScript or plain) or an open_clip checkpoint.
+
+    Returns the tensors and whether the file is in OpenAI's format (which implies QuickGELU).
+    """
+    openai_format = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated but is OpenAI's format
+            state = torch.jit.load(path, map_location="cpu").state_dict()
+        openai_format = True
+    except (RuntimeError, ValueError):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many types for a non-checkpoint file
+            raise UserError(f"--pretrained {path}: not a readable weight file ({type(err).__name__}); "
+                            "pass an OpenAI .pt file (e.g. ViT-L-14-336px.pt) or an open_clip "
+                            "checkpoint") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if key in state and isinstance(state[key], dict) and "visual.conv1.weight" not in state:
+                state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"--pretrained {path}: the file holds no state dict")
+    if any(key in state for key in _OPENAI_EXTRA_KEYS):
+        openai_format = True
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
+             if k not in _OPENAI_EXTRA_KEYS}
+    if "visual.conv1.weight" not in state:
+        raise UserError(f"--pretrained {path}: this is not a CLIP weight file (no visual.conv1.weight); "
+                        "if it is a method checkpoint, pass it as --checkpoint_path instead")
+    return state, openai_format
+
+
+def _load_state(clip: nn.Module, state: dict, path: str, model_name: str) -> None:
+    """Copy ``state`` into ``clip``; the pretrained position grid may differ from the config."""
+    pos_key = "visual.positional_embedding"
+    if pos_key in state and state[pos_key].shape != clip.visual.positional_embedding.shape:
+        clip.visual.positional_embedding = nn.Parameter(torch.empty_like(state[pos_key], dtype=torch.float32))
+    own = clip.state_dict()
+    # scripted archives also store buffers open_clip keeps out of its state dict (attn_mask)
+    transient = {name for name, _ in clip.named_buffers()} - set(own)
+    state = {k: v for k, v in state.items() if k not in transient}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        detail = "; ".join(f"{name}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("shape mismatch", mismatched)) if keys)
+        raise UserError(f"--pretrained {path} does not fit --model {model_name} ({detail}); "
+                        "pass the --model the weights were trained for")
+    clip.load_state_dict(state, strict=True)
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(host: str = "huggingface.co"):
+    """Put huggingface_hub in offline (cache-only) mode while ``host`` does not resolve.
+
+    Without this, an offline machine spends about a minute in download retries before the
+    cached file (or the error) is reached.
+    """
+    try:
+        socket.getaddrinfo(host, 443)
+        reachable = True
+    except OSError:
+        reachable = False
+    try:
+        from huggingface_hub import constants as hub_constants
+    except ImportError:
+        reachable, hub_constants = True, None
+    if reachable:
+        yield
+        return
+    log.warning("%s is unreachable: looking for cached CLIP weights only", host)
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
+def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
+    """Create the open_clip model with weights; returns it and the resolved activation."""
+    if config.activation not in ACTIVATIONS:
+        raise UserError(f"--activation must be one of {ACTIVATIONS}")
+    try:
+        model_cfg = open_clip.get_model_config(config.model)
+    except Exception:
+        model_cfg = None
+    if model_cfg is None:
+        raise UserError(f"--model {config.model}: unknown open_clip model; see open_clip.list_models()")
+    config_quick = bool(model_cfg.get("quick_gelu", False))
+    pretrained = config.pretrained
+    openai_like = False
+    if pretrained.lower() == "none":
+        log.warning("!" * 78)
+        log.warning("--pretrained none: CLIP has RANDOM weights. Results mean nothing; use this only for tests.")
+        log.warning("!" * 78)
+        clip = open_clip.create_model(config.model, pretrained=None)
+    elif os.path.isfile(pretrained):
+        state, openai_like = _read_weight_file(pretrained)
+        clip = open_clip.create_model(config.model, pretrained=None)
+        _load_state(clip, state, pretrained, config.model)
+        log.info("loaded CLIP weights from %s", pretrained)
+    elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        raise UserError(f"--pretrained {pretrained}: file not found")
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(config.model)
+        if pretrained not in tags:
+            raise UserError(f"--pretrained {pretrained}: not a file and not an open_clip tag for "
+                            f"{config.model} (known tags: {', '.join(tags) or 'none'})")
+        openai_like = pretrained == "openai"
+        log.info("fetching the '%s' weights of %s through open_clip (cached after the first run)",
+                 pretrained, config.model)
+        try:
+            with _hub_offline_unless_reachable():
+                clip = open_clip.create_model(config.model, pretrained=pretrained,
+                                              force_quick_gelu=openai_like, cache_dir=config.cache_dir)
+        except Exception as err:
+            raise UserError(
+                f"could not obtain the '{pretrained}' weights of {config.model} through open_clip "
+                f"({_first_sentence(err)}). If this machine is offline, copy the weight file "
+                f"here (for ViT-L-14-336: ViT-L-14-336px.pt from OpenAI's CLIP release) and pass "
+                f"--pretrained /path/to/ViT-L-14-336px.pt (or set CLIP_WEIGHTS for the .sh scripts)"
+            ) from None
+    activation = config.activation
+    if activation == "auto":
+        activation = "quick_gelu" if (openai_like or config_quick) else "gelu"
+    return clip, activation
+
+
+def build_backbone(config: BackboneConfig, device: Optional[torch.device | str] = None) -> ClipBackbone:
+    """Build the frozen backbone described by ``config`` on ``device``."""
+    clip, activation = build_clip(config)
+    backbone = ClipBackbone(clip, open_clip.get_tokenizer(config.model), image_size=config.image_size,
+                            pos_interpolation=config.pos_interpolation, precision=config.precision)
+    backbone.set_activation(activation)
+    if device is not None:
+        backbone.to(device)
+    log.info("backbone %s (%s weights, %s, %dpx, %dx%d grid)", config.model, config.pretrained,
+             activation, config.image_size, backbone.grid_size, backbone.grid_size)
+    return backbone
+
+
+def _first_sentence(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text.split(". ")[0][:200]
+
+
+def default_vv_start(num_layers: int, vv_blocks: int = 19) -> int:
+    """First V-V block when the last ``vv_blocks`` blocks are V-V blocks (FAPrompt: 6 of 24)."""
+    return max(1, num_layers - vv_blocks + 1)
+
+
+def layers_or_default(layers: Optional[List[int]], num_layers: int) -> List[int]:
+    """``features_list`` default: four evenly spaced layers ending at the last (6 12 18 24)."""
+    if layers:
+        return list(layers)
+    step = max(1, num_layers // 4)
+    return [step * i for i in range(1, 5) if step * i <= num_layers]

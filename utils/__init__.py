@@ -1,0 +1,1 @@
+"""Shared helpers: metrics, atomic IO, logging, user-facing errors."""
