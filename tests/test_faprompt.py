@@ -1,0 +1,217 @@
+"""FAPrompt on the tiny backbone: shapes, gradients, batching, DAP selection, official weights,
+and a learning check."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.backbone import BackboneConfig, build_backbone
+from models.faprompt import FAPrompt, FAPromptConfig, is_official_state, official_to_ours
+from utils.metrics import pixel_metrics
+
+SIZE = 32
+CONFIG = FAPromptConfig(depth=3, t_n_ctx=2, dap_k=4)
+
+
+@pytest.fixture()
+def backbone(tiny_model):
+    return build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=SIZE))
+
+
+@pytest.fixture()
+def model(backbone):
+    torch.manual_seed(3)
+    return FAPrompt(backbone, CONFIG)
+
+
+def _batch(n: int = 4, size: int = SIZE, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=g)
+    masks = torch.zeros(n, size, size)
+    masks[1:, size // 4: size // 2, size // 4: size // 2] = 1
+    labels = (masks.flatten(1).amax(1) > 0).long()
+    return images, masks, labels
+
+
+def test_output_shapes(model, backbone):
+    images, _, _ = _batch(3)
+    out = model(images, ["bottle", "screw", "bottle"])
+    p, d, w = backbone.grid_size ** 2, backbone.embed_dim, backbone.text_width
+    assert out.grid1.shape == out.grid2.shape == (3, p, 2)
+    assert out.map1.shape == out.map2.shape == (3, 2, SIZE, SIZE)
+    assert out.image_logits.shape == (3, 2)
+    assert out.prior.shape == (3, w)
+    assert out.selected.shape == (3, CONFIG.dap_k)
+    assert out.abnormal_features.shape == (1, CONFIG.abnormal_prompts, d)  # one word: "object"
+    assert out.anomaly_map.shape == (3, SIZE, SIZE)
+    assert out.image_score.shape == out.class_prob.shape == (3,)
+    torch.testing.assert_close(out.grid1.sum(-1), torch.ones(3, p))
+    # the normal text feature is shared by both passes; DAP changes only the abnormal one
+    torch.testing.assert_close(out.text_dap[:, 0], out.text_static[:, 0])
+    assert (out.text_dap[:, 1] - out.text_static[:, 1]).abs().max() > 0
+
+
+def test_parameter_shapes_follow_config(backbone):
+    cfg = FAPromptConfig(abnormal_prompts=6, normal_ctx=4, abnormal_ctx=3, depth=4, t_n_ctx=3, dap_k=5)
+    model = FAPrompt(backbone, cfg)
+    w = backbone.text_width
+    assert model.prompts.normal_ctx.shape == (4, w)
+    assert model.prompts.abnormal_ctx.shape == (6, 3, w)
+    assert [p.shape for p in model.prompts.deep_prompts] == [(3, w)] * 3
+    out = model(_batch(2)[0], ["a", "b"])
+    assert out.selected.shape == (2, 5) and out.abnormal_features.shape[1] == 6
+
+
+def test_only_prompt_learner_trains_and_backbone_is_untouched(model):
+    images, masks, labels = _batch(4)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    loss = model.loss(model(images, ["x"] * 4), masks, labels)["total"]
+    loss.backward()
+    names = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert names and all(n.startswith(("prompts.", "prior_net.")) for n in names)
+    assert all(p.grad is None for p in model.backbone.parameters())
+    optimizer.step()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_loss_terms_are_reported_separately(model):
+    images, masks, labels = _batch(4)
+    terms = model.loss(model(images, ["x"] * 4), masks, labels)
+    assert set(terms) == {"map1", "map2", "image", "fused", "orthogonal", "prior", "total"}
+    parts = sum(v for k, v in terms.items() if k != "total")
+    torch.testing.assert_close(terms["total"], parts)
+    assert all(torch.isfinite(v) and v >= 0 for v in terms.values())
+
+
+@pytest.mark.parametrize("class_word", ["object", "name"])
+def test_batch_equals_single_images(backbone, class_word):
+    torch.manual_seed(4)
+    model = FAPrompt(backbone, FAPromptConfig(depth=3, t_n_ctx=2, dap_k=4, class_word=class_word))
+    images, _, _ = _batch(4)
+    names = ["bottle", "metal_nut", "bottle", "pcb1"]
+    with torch.no_grad():
+        batch = model(images, names)
+        for i in range(4):
+            one = model(images[i:i + 1], names[i:i + 1])
+            torch.testing.assert_close(one.anomaly_map, batch.anomaly_map[i:i + 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(one.image_score, batch.image_score[i:i + 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(one.map1, batch.map1[i:i + 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(one.map2, batch.map2[i:i + 1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(one.class_prob, batch.class_prob[i:i + 1], atol=1e-5, rtol=0)
+
+
+def test_topk_and_first_differ_only_in_selected_patches(backbone):
+    torch.manual_seed(5)
+    topk = FAPrompt(backbone, CONFIG)
+    first = FAPrompt(backbone, FAPromptConfig(**{**CONFIG.__dict__, "dap_select": "first"}))
+    first.load_state_dict(topk.state_dict())
+    images, _, _ = _batch(3)
+    with torch.no_grad():
+        a, b = topk(images, ["x"] * 3), first(images, ["x"] * 3)
+        torch.testing.assert_close(a.grid1, b.grid1)  # the static pass does not depend on it
+        expected = a.grid1[..., 1].topk(CONFIG.dap_k, dim=1).indices
+        assert torch.equal(a.selected, expected)
+        assert torch.equal(b.selected, torch.arange(CONFIG.dap_k).expand(3, -1))
+        assert not torch.equal(a.selected, b.selected)
+        # the prior is the meta-net of exactly those patches, in that order
+        feats = F.normalize(backbone.encode_image(images, vv_start=topk.vv_start).vv_proj, dim=-1)
+        for out in (a, b):
+            chosen = torch.stack([feats[i, out.selected[i]] for i in range(3)])
+            torch.testing.assert_close(out.prior, topk.prior_net(chosen), atol=1e-6, rtol=0)
+
+
+def _official_state(backbone, cfg: FAPromptConfig, seed: int = 9) -> dict:
+    """An official-format prompt_learner state dict with random values, scaled to ``backbone``."""
+    g = torch.Generator().manual_seed(seed)
+    w, d, k = backbone.text_width, backbone.embed_dim, cfg.dap_k
+    rand = lambda *shape: torch.randn(*shape, generator=g) * 0.05  # noqa: E731
+    state = {
+        "ctx_pos": rand(1, 1, cfg.normal_ctx, w),
+        "ctx_neg": rand(1, cfg.abnormal_prompts, cfg.abnormal_ctx, w),
+        "patch_meta_net.linear1.weight": rand(d * k // 16, d * k),
+        "patch_meta_net.linear1.bias": rand(d * k // 16),
+        "patch_meta_net.linear2.weight": rand(w, d * k // 16),
+        "patch_meta_net.linear2.bias": rand(w),
+        "token_prefix_pos": rand(1, 1, 1, w), "token_suffix_pos": rand(1, 1, 71, w),
+        "token_prefix_neg": rand(1, cfg.abnormal_prompts, 1, w),
+        "token_suffix_neg": rand(1, cfg.abnormal_prompts, 69, w),
+        "tokenized_prompts_pos": torch.zeros(1, 1, 77, dtype=torch.int32),
+        "tokenized_prompts_neg": torch.zeros(1, cfg.abnormal_prompts, 77, dtype=torch.int32),
+    }
+    for i in range(cfg.depth - 1):
+        state[f"compound_prompts_text.{i}"] = rand(cfg.t_n_ctx, w)
+        state[f"compound_prompt_projections.{i}.weight"] = rand(7, w)
+        state[f"compound_prompt_projections.{i}.bias"] = rand(7)
+    return state
+
+
+def test_official_state_dict_loads_and_round_trips(backbone, tmp_path):
+    official = _official_state(backbone, CONFIG)
+    assert is_official_state(official)
+    state, fields = official_to_ours(official)
+    assert fields == {"abnormal_prompts": 10, "normal_ctx": 5, "abnormal_ctx": 2, "depth": 3,
+                      "t_n_ctx": 2, "dap_k": 4}
+    model = FAPrompt(backbone, FAPromptConfig(**fields))
+    result = model.load_state_dict(state, strict=False)
+    assert not result.unexpected_keys
+    assert all(k.startswith("backbone.") for k in result.missing_keys)
+    assert torch.equal(model.prompts.normal_ctx, official["ctx_pos"][0, 0])
+    assert torch.equal(model.prompts.abnormal_ctx, official["ctx_neg"][0])
+    assert torch.equal(model.prompts.deep_prompts[1], official["compound_prompts_text.1"])
+    assert torch.equal(model.prior_net.net.linear2.bias, official["patch_meta_net.linear2.bias"])
+    # round trip through a saved file gives a model with identical outputs
+    path = tmp_path / "ours.pt"
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}, path)
+    again = FAPrompt(backbone, FAPromptConfig(**fields))
+    again.load_state_dict(torch.load(path), strict=False)
+    images = _batch(2)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(again(images, ["a", "b"]).anomaly_map, model(images, ["a", "b"]).anomaly_map)
+
+
+def test_official_compat_switches():
+    official = CONFIG.official()
+    assert official.dap_select == "first" and official.fused_focal_logits and official.deep_prompt_fp16
+    assert CONFIG.dap_select == "topk" and not CONFIG.fused_focal_logits
+
+
+def _defect_batch(n: int, size: int, seed: int):
+    """Smooth random textures with bright square defects on half the images."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.interpolate(torch.randn(n, 3, size // 8, size // 8, generator=g), size=(size, size),
+                         mode="bilinear", align_corners=False)
+    masks = torch.zeros(n, size, size)
+    for i in range(n // 2, n):
+        y, x = torch.randint(0, size - 16, (2,), generator=g).tolist()
+        masks[i, y:y + 16, x:x + 16] = 1
+    images = base * 0.5 + masks[:, None] * 2.5
+    return images, masks, (masks.flatten(1).amax(1) > 0).long()
+
+
+def test_learning_lowers_loss_and_raises_pixel_auroc(tiny_model):
+    size = 64
+    backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=size))
+    torch.manual_seed(0)
+    model = FAPrompt(backbone, CONFIG)
+    images, masks, labels = _defect_batch(8, size, seed=1)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2,
+                                 betas=(0.5, 0.999))
+
+    def evaluate():
+        with torch.no_grad():
+            out = model(images, ["object"] * 8)
+            return model.loss(out, masks, labels)["total"].item(), pixel_metrics(masks, out.anomaly_map)["auroc"]
+
+    loss0, auroc0 = evaluate()
+    for _ in range(40):
+        optimizer.zero_grad()
+        model.loss(model(images, ["object"] * 8), masks, labels)["total"].backward()
+        optimizer.step()
+    loss1, auroc1 = evaluate()
+    # margins hold across initialisation seeds (0.21→0.94, 0.60→0.80, 0.10→0.76 measured)
+    assert loss1 < loss0 * 0.6
+    assert auroc1 > auroc0 + 0.15 and auroc1 > 0.7
