@@ -1,0 +1,254 @@
+"""Write an AnomalyCLIP-style ``meta.json`` for a dataset root (SPEC section 2).
+
+Layouts (one generator each, sharing the folder scan and mask matching below):
+
+* ``mvtec``  - MVTec-AD, MPDD, BTAD, DTD-Synthetic, ...: ``CLS/train/good/*``,
+  ``CLS/test/<specie>/*``, ``CLS/ground_truth/<specie>/*``.
+* ``folder`` - medical and other sets: ``CLS/test/{good,<abnormal>}/*``, optional
+  ``CLS/ground_truth/<abnormal>/*`` and optional ``CLS/train/good/*``.
+* ``visa``   - VisA: the split is read from ``split_csv/1cls.csv``.
+
+Masks are matched to images by file stem, never by sort order: a mask matches when its stem
+equals the image stem (BTAD ``0000.bmp`` <-> ``0000.png``) or the image stem plus a suffix
+such as ``_mask``/``_gt``/``_label`` (MVTec ``000.png`` <-> ``000_mask.png``). A class without
+a ``ground_truth`` folder is classification-only (``mask_path`` ""). Record paths are relative
+to the root, with forward slashes.
+
+Usage: ``python -m datasets.prepare --layout {mvtec,visa,folder} --root PATH [--out FILE]``
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from tabulate import tabulate
+
+from utils.errors import UserError, exit_with
+from utils.io import write_json
+from utils.log import setup_logging
+
+log = logging.getLogger("zsad.datasets")
+
+LAYOUTS = ("mvtec", "visa", "folder")
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+NORMAL = "good"
+# Preferred mask suffixes, in order; any other "_word"/"-word" suffix is accepted after them.
+MASK_SUFFIXES = ("_mask", "_gt", "_label", "_labels", "_segmentation", "-mask")
+_ALPHA_SUFFIX = re.compile(r"[_-][A-Za-z]+")
+
+Record = Dict[str, Any]
+Meta = Dict[str, "OrderedDict[str, List[Record]]"]
+
+
+# ---- shared helpers --------------------------------------------------------------------------
+def list_images(folder: Path) -> List[Path]:
+    """Image files in ``folder`` (not recursive), sorted by name, hidden files skipped."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+
+
+def list_dirs(folder: Path) -> List[Path]:
+    """Sub-folders of ``folder``, sorted by name, hidden ones skipped."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _mask_rank(image_stem: str, mask_stem: str) -> Optional[int]:
+    """How well a mask stem matches an image stem: 0 exact, 1.. known suffix, None no match."""
+    if mask_stem == image_stem:
+        return 0
+    if not mask_stem.startswith(image_stem):
+        return None
+    suffix = mask_stem[len(image_stem):]
+    if suffix.lower() in MASK_SUFFIXES:
+        return 1 + MASK_SUFFIXES.index(suffix.lower())
+    return 1 + len(MASK_SUFFIXES) if _ALPHA_SUFFIX.fullmatch(suffix) else None
+
+
+def match_masks(images: Sequence[Path], masks: Sequence[Path]) -> Dict[Path, Path]:
+    """Map each image to its mask by stem (see module doc); images without a mask are absent.
+
+    Two equally good candidates for one image raise :class:`UserError`.
+    """
+    by_prefix: Dict[str, List[Path]] = {}
+    for m in masks:  # index masks under every prefix ending before a "_"/"-" and the full stem
+        stem = m.stem
+        keys = {stem} | {stem[:i] for i, ch in enumerate(stem) if ch in "_-" and i > 0}
+        for key in keys:
+            by_prefix.setdefault(key, []).append(m)
+    result: Dict[Path, Path] = {}
+    for img in images:
+        ranked = sorted(((r, m) for m in by_prefix.get(img.stem, [])
+                         if (r := _mask_rank(img.stem, m.stem)) is not None), key=lambda t: t[0])
+        if not ranked:
+            continue
+        if len(ranked) > 1 and ranked[0][0] == ranked[1][0]:
+            raise UserError(f"image {img} matches several masks ({ranked[0][1].name}, "
+                            f"{ranked[1][1].name}); keep one mask per image")
+        result[img] = ranked[0][1]
+    return result
+
+
+def _record(root: Path, img: Path, mask: Optional[Path], cls: str, specie: str,
+            anomaly: int) -> Record:
+    return {"img_path": img.relative_to(root).as_posix(),
+            "mask_path": mask.relative_to(root).as_posix() if mask else "",
+            "cls_name": cls, "specie_name": specie, "anomaly": int(anomaly)}
+
+
+def _scan_class(root: Path, cls_dir: Path) -> Dict[str, List[Record]]:
+    """Records of one class in MVTec/folder layout: {"train": [...], "test": [...]}."""
+    cls = cls_dir.name
+    gt_dir = cls_dir / "ground_truth"
+    has_gt = gt_dir.is_dir()
+    test: List[Record] = []
+    for specie_dir in list_dirs(cls_dir / "test"):
+        specie = specie_dir.name
+        images = list_images(specie_dir)
+        if specie == NORMAL:
+            test += [_record(root, p, None, cls, specie, 0) for p in images]
+            continue
+        masks = match_masks(images, list_images(gt_dir / specie)) if has_gt else {}
+        if has_gt:
+            unused = len(list_images(gt_dir / specie)) - len(set(masks.values()))
+            if unused > 0:
+                log.warning("%d masks in %s match no image", unused, gt_dir / specie)
+            unmatched = [p.name for p in images if p not in masks]
+            if unmatched:
+                raise UserError(
+                    f"{len(unmatched)} anomalous images in {specie_dir} have no mask in "
+                    f"{gt_dir / specie} (e.g. {', '.join(unmatched[:3])}); add the masks or "
+                    f"remove {gt_dir} to treat '{cls}' as classification-only")
+        test += [_record(root, p, masks.get(p), cls, specie, 1) for p in images]
+    train = [_record(root, p, None, cls, NORMAL, 0)
+             for p in list_images(cls_dir / "train" / NORMAL)]
+    return {"train": train, "test": test}
+
+
+def _scan_tree(root: Path, layout: str) -> Meta:
+    meta: Meta = {"train": OrderedDict(), "test": OrderedDict()}
+    for cls_dir in list_dirs(root):
+        if not (cls_dir / "test").is_dir():
+            log.debug("skipping %s: no test/ folder", cls_dir)
+            continue
+        recs = _scan_class(root, cls_dir)
+        if not recs["test"]:
+            log.warning("class %s has no test images in %s; skipped", cls_dir.name,
+                        cls_dir / "test")
+            continue
+        if recs["train"]:
+            meta["train"][cls_dir.name] = recs["train"]
+        elif layout == "mvtec":
+            log.warning("class %s has no %s/train/good images", cls_dir.name, cls_dir)
+        meta["test"][cls_dir.name] = recs["test"]
+    if not meta["test"]:
+        raise UserError(f"no classes found in {root}: expected CLS/test/<specie>/ image folders "
+                        f"(layout {layout})")
+    return meta
+
+
+# ---- one generator per layout ---------------------------------------------------------------
+def build_mvtec(root: Path) -> Meta:
+    """MVTec layout: ``CLS/train/good``, ``CLS/test/<specie>``, ``CLS/ground_truth/<specie>``."""
+    return _scan_tree(Path(root), "mvtec")
+
+
+def build_folder(root: Path) -> Meta:
+    """Folder layout: ``CLS/test/{good,<abnormal>}``, optional ground_truth and train/good."""
+    return _scan_tree(Path(root), "folder")
+
+
+def build_visa(root: Path) -> Meta:
+    """VisA: records from ``split_csv/1cls.csv`` (object, split, label, image, mask)."""
+    root = Path(root)
+    csv_path = root / "split_csv" / "1cls.csv"
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path} does not exist; pass the VisA root (the folder holding "
+                        "split_csv/ and the class folders)")
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        need = ["object", "split", "label", "image", "mask"]
+        missing_cols = [c for c in need if c not in (reader.fieldnames or [])]
+        if missing_cols:
+            raise UserError(f"{csv_path} lacks the columns {', '.join(missing_cols)}")
+        rows = list(reader)
+    meta: Meta = {"train": OrderedDict(), "test": OrderedDict()}
+    missing: List[str] = []
+    for n, row in enumerate(rows, start=2):
+        split, label = row["split"].strip(), row["label"].strip().lower()
+        if split not in meta or label not in ("normal", "anomaly"):
+            raise UserError(f"{csv_path} line {n}: split must be train/test and label "
+                            f"normal/anomaly, got '{split}', '{label}'")
+        anomaly = int(label == "anomaly")
+        img_rel, mask_rel = row["image"].strip(), (row["mask"] or "").strip()
+        if anomaly and not mask_rel:
+            raise UserError(f"{csv_path} line {n}: anomalous image {img_rel} has no mask")
+        for rel in (img_rel, mask_rel if anomaly else ""):
+            if rel and not (root / rel).is_file():
+                missing.append(rel)
+        cls = row["object"].strip()
+        meta[split].setdefault(cls, []).append({
+            "img_path": img_rel, "mask_path": mask_rel if anomaly else "", "cls_name": cls,
+            "specie_name": "bad" if anomaly else NORMAL, "anomaly": anomaly})
+    if missing:
+        raise UserError(f"{len(missing)} files listed in {csv_path} do not exist, e.g. "
+                        f"{', '.join(missing[:3])}; check --root")
+    if not meta["test"]:
+        raise UserError(f"no classes found in {csv_path}: it has no test rows")
+    return meta
+
+
+BUILDERS = {"mvtec": build_mvtec, "visa": build_visa, "folder": build_folder}
+
+
+def build_meta(layout: str, root: Path) -> Meta:
+    """Build the meta dict of ``root`` in ``layout``; all input problems raise UserError."""
+    if layout not in BUILDERS:
+        raise UserError(f"unknown layout '{layout}'; choose one of {', '.join(LAYOUTS)}")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"dataset root {root} does not exist or is not a folder")
+    return BUILDERS[layout](root)
+
+
+def summary_table(meta: Meta) -> str:
+    """Per-class counts: train good, test good, test anomalous, masks."""
+    rows = []
+    for cls in meta["test"]:
+        test = meta["test"][cls]
+        rows.append([cls, len(meta["train"].get(cls, [])),
+                     sum(r["anomaly"] == 0 for r in test), sum(r["anomaly"] == 1 for r in test),
+                     sum(bool(r["mask_path"]) for r in test)])
+    return tabulate(rows, headers=["class", "train good", "test good", "test anomalous", "masks"])
+
+
+def write_meta(layout: str, root: Path, out: Optional[Path] = None) -> Path:
+    """Build and atomically write meta.json (default ``root/meta.json``); return its path."""
+    meta = build_meta(layout, root)
+    out = Path(out) if out is not None else Path(root).expanduser() / "meta.json"
+    write_json(out, meta)
+    log.info("per-class summary (%s layout):\n%s", layout, summary_table(meta))
+    log.info("wrote %s", out)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layout", required=True, help="one of: " + ", ".join(LAYOUTS))
+    parser.add_argument("--root", required=True, type=Path, help="dataset root folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output file (default ROOT/meta.json; paths stay relative to ROOT)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    write_meta(args.layout, args.root, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)
