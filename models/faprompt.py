@@ -19,6 +19,7 @@ from torch import nn
 
 from models.backbone import ClipBackbone, default_vv_start
 from models.losses import binary_focal_loss, cap_orthogonality, dice_loss, focal_loss
+from models.scoring import Prediction
 
 DAP_SELECT = ("topk", "first")
 
@@ -198,6 +199,7 @@ class FAPrompt(nn.Module):
     """The FAPrompt model: frozen backbone + CAP prompts + DAP prior (SPEC section 4)."""
 
     method = "faprompt"
+    score_fusion = "mean"
 
     def __init__(self, backbone: ClipBackbone, config: FAPromptConfig):
         super().__init__()
@@ -258,6 +260,11 @@ class FAPrompt(nn.Module):
                               map2=upsample_grid(grid2, size), image_logits=logits, prior=prior,
                               selected=selected, abnormal_features=abnormal, text_static=static,
                               text_dap=text_dap)
+
+    def predict(self, images: torch.Tensor, class_names: Sequence[str]) -> Prediction:
+        """Test-time outputs: the pixel map, p_cls and the map part of the fused score."""
+        out = self(images, class_names)
+        return Prediction(out.anomaly_map, out.class_prob, out.map_score)
 
     def encode_abnormal(self, words: Sequence[str], prior: torch.Tensor) -> torch.Tensor:
         """Mean abnormal feature [B, D] per image with its prior added: one text-encoder call."""
