@@ -1,0 +1,210 @@
+"""utils.metrics against scikit-learn and brute-force threshold sweeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import measure
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+from utils import metrics
+from utils.metrics import image_metrics, label_regions, macro_mean, pixel_metrics
+
+
+def sklearn_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    return float(np.nan_to_num(f1).max())
+
+
+def brute_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
+    """Every distinct score as a threshold, FPR and PRO counted directly."""
+    regions = _image_regions(masks)
+    normal = ~masks
+    xs, ys = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        on = maps >= t
+        xs.append((on & normal).sum() / normal.sum())
+        ys.append(np.mean([on[i][region].mean() for i, region in regions]))
+    area = 0.0
+    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
+        if x0 >= max_fpr:
+            break
+        if x1 > max_fpr:  # interpolate the segment at exactly max_fpr
+            y1 = y0 + (y1 - y0) * (max_fpr - x0) / (x1 - x0)
+            x1 = max_fpr
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / max_fpr
+
+
+def _regions(mask: np.ndarray) -> list[np.ndarray]:
+    labels = measure.label(mask, connectivity=2)
+    return [labels == k for k in range(1, labels.max() + 1)]
+
+
+def _image_regions(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    return [(i, region) for i, mask in enumerate(masks) for region in _regions(mask)]
+
+
+def legacy_pro(masks: np.ndarray, maps: np.ndarray, steps: int = 200) -> float | None:
+    """The classic 200-threshold loop with regionprops, written out directly."""
+    low, high = np.float64(maps.min()), np.float64(maps.max())
+    delta = (high - low) / steps
+    normal = ~masks
+    pros, fprs = [], []
+    for i in range(steps):
+        t = low + i * delta
+        on = maps > t
+        overlaps = []
+        for image_on, mask in zip(on, masks):
+            for region in measure.regionprops(measure.label(mask, connectivity=2)):
+                rows, cols = region.coords[:, 0], region.coords[:, 1]
+                overlaps.append(image_on[rows, cols].sum() / region.area)
+        pros.append(np.mean(overlaps))
+        fprs.append(np.logical_and(normal, on).sum() / normal.sum())
+    pros, fprs = np.array(pros), np.array(fprs)
+    keep = fprs < 0.3
+    if keep.sum() < 2:
+        return None
+    fprs = fprs[keep]
+    fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
+    return auc(fprs, pros[keep])
+
+
+def make_category(seed: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Small masks with several regions per image (one pair touching only diagonally,
+    which 8-connectivity joins), two defect-free images, and heavily tied scores."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((6, 24, 30), dtype=bool)
+    masks[0, 2:6, 2:6] = True
+    masks[0, 6:9, 6:9] = True  # touches the first square at a corner only
+    masks[0, 15:20, 20:28] = True
+    masks[1, 10:12, 3:25] = True
+    masks[3, 1, 1] = True
+    masks[3, 18:23, 2:5] = True
+    masks[4] = rng.random((24, 30)) < 0.05  # scattered specks: many tiny regions
+    maps = rng.random(masks.shape) + 0.35 * masks
+    return masks, np.round(maps, 2).astype(dtype)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pixel_metrics_match_references(seed: int, dtype) -> None:
+    masks, maps = make_category(seed, dtype)
+    assert len(np.unique(maps)) < maps.size // 10  # ties are really exercised
+    got = pixel_metrics(masks, maps)
+    y, s = masks.ravel(), maps.ravel()
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert got["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
+    assert got["f1_max"] == pytest.approx(sklearn_f1_max(y, s), abs=1e-9)
+    assert got["aupro"] == pytest.approx(brute_aupro(masks, maps), abs=1e-6)
+    assert got["pro_legacy"] == pytest.approx(legacy_pro(masks, maps), abs=1e-9)
+    assert all(isinstance(v, float) for v in got.values())
+
+
+def test_pixel_metrics_many_distinct_scores() -> None:
+    rng = np.random.default_rng(7)
+    masks = np.zeros((8, 40, 40), dtype=bool)
+    masks[::2, 5:15, 10:30] = True
+    maps = (rng.normal(size=masks.shape) + masks).astype(np.float32)  # negatives too
+    got = pixel_metrics(masks, maps)
+    y, s = masks.ravel(), maps.ravel()
+    assert got["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-9)
+    assert got["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-9)
+    assert got["f1_max"] == pytest.approx(sklearn_f1_max(y, s), abs=1e-9)
+    assert got["aupro"] == pytest.approx(brute_aupro(masks, maps), abs=1e-6)
+
+
+@pytest.mark.parametrize("levels", ["integers", "float32_fractions"])
+def test_pro_legacy_when_thresholds_hit_scores(levels: str) -> None:
+    # Integer scores 0..200 make every t_i equal a score (tests "strictly greater");
+    # float32(i / 200) scores sit just above or below the float64 t_i (tests rounding).
+    rng = np.random.default_rng(5)
+    masks, _ = make_category(5)
+    steps = np.where(masks, rng.integers(80, 201, masks.shape), rng.integers(0, 150, masks.shape))
+    steps[2, 0, :2] = [0, 200]  # min and max, so t_i = i exactly, or i / 200 in float64
+    maps = (steps if levels == "integers" else steps / 200).astype(np.float32)
+    assert pixel_metrics(masks, maps)["pro_legacy"] == pytest.approx(
+        legacy_pro(masks, maps), abs=1e-9
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_image_metrics_match_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = rng.random(200) < 0.4
+    scores = np.round(rng.random(200) + 0.3 * labels, 1)  # about ten distinct scores
+    got = image_metrics(labels.astype(np.int64), scores)
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+    assert got["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
+    assert got["f1_max"] == pytest.approx(sklearn_f1_max(labels, scores), abs=1e-9)
+    assert image_metrics(labels, scores.astype(np.float32)) == got
+
+
+def test_signed_zeros_are_one_threshold() -> None:
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    scores = np.array([0.0, -0.0, -0.0, 0.0, -1.0, 2.0], dtype=np.float32)
+    got = image_metrics(labels, scores)
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert got["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+
+
+def test_undefined_cases_are_none() -> None:
+    scores = np.array([0.1, 0.5, 0.7])
+    assert image_metrics(np.zeros(3), scores) == {"auroc": None, "ap": None, "f1_max": None}
+    assert image_metrics(np.ones(3), scores) == {"auroc": None, "ap": None, "f1_max": None}
+
+    masks, maps = make_category(0)
+    none = pixel_metrics(np.zeros_like(masks), maps)
+    assert none == dict.fromkeys(["auroc", "ap", "f1_max", "aupro", "pro_legacy"])
+
+    full = pixel_metrics(np.ones_like(masks), maps)
+    assert full["auroc"] is None and full["aupro"] is None and full["pro_legacy"] is None
+    assert full["ap"] == pytest.approx(1.0) and full["f1_max"] == pytest.approx(1.0)
+
+    flat = pixel_metrics(masks, np.full(masks.shape, 0.25, dtype=np.float32))
+    assert flat["pro_legacy"] is None  # max == min: no thresholds
+    assert flat["auroc"] == pytest.approx(0.5)
+    assert flat["aupro"] == pytest.approx(0.15)  # the diagonal up to FPR 0.3, / 0.3
+
+
+def test_torch_inputs_equal_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    masks, maps = make_category(3)
+    expected = pixel_metrics(masks, maps)
+    assert pixel_metrics(torch.from_numpy(masks), torch.from_numpy(maps)) == expected
+    assert pixel_metrics(masks, torch.from_numpy(maps)[:, None].squeeze(1)) == expected
+    # the GPU branch sorts with torch.sort; run it on the CPU
+    monkeypatch.setattr(metrics, "_sort_int64", lambda v: torch.sort(v).values)
+    assert pixel_metrics(torch.from_numpy(masks), torch.from_numpy(maps)) == expected
+    labels, scores = masks.reshape(6, -1).any(1), maps.reshape(6, -1).max(1)
+    assert image_metrics(torch.from_numpy(labels), torch.from_numpy(scores)) == image_metrics(
+        labels, scores
+    )
+
+
+def test_label_regions_match_skimage() -> None:
+    masks, _ = make_category(4)
+    regions, weights = label_regions(masks)
+    expected = _image_regions(masks)
+    assert regions.max() == len(expected) == len(weights) - 1
+    for i, region in expected:  # each skimage region is exactly one of ours
+        ids = np.unique(regions[i][region])
+        assert len(ids) == 1 and (regions[i] == ids[0]).sum() == region.sum()
+        assert weights[ids[0]] == pytest.approx(1 / (region.sum() * len(expected)))
+    assert (regions[2] == 0).all() and (regions[5] == 0).all()
+
+
+def test_nan_scores_raise() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        image_metrics(np.array([0, 1]), np.array([0.5, np.nan], dtype=np.float32))
+
+
+def test_macro_mean_skips_undefined() -> None:
+    per_category = {
+        "a": {"auroc": 0.8, "aupro": None},
+        "b": {"auroc": 0.6, "aupro": 0.5},
+        "c": {"auroc": None, "aupro": None, "ap": None},
+    }
+    assert macro_mean(per_category) == {"auroc": pytest.approx(0.7), "aupro": 0.5, "ap": None}

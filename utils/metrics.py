@@ -1,0 +1,387 @@
+"""Exact image- and pixel-level anomaly-detection metrics (SPEC section 7).
+
+Every metric of a call comes from one sort of the scores. A distinct score is one
+threshold and a sample is predicted anomalous when its score is >= the threshold, exactly as
+in scikit-learn (``roc_auc_score``, ``average_precision_score``, ``precision_recall_curve``).
+
+After the sort the counts of any threshold are binary searches away, and all curves are
+piecewise linear with corners only at the tie groups that contain an anomalous sample
+(between them only false positives accrue), so the ROC and PRO curves are built from those
+corners: the work beyond the sort grows with the number of anomalous samples, not pixels.
+
+Inputs may be numpy arrays or torch tensors; CUDA tensors are processed on their GPU.
+A metric that is undefined for the given labels is ``None`` (tables print "n/a").
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+Metrics = dict[str, float | None]
+
+MAX_FPR = 0.3
+LEGACY_PRO_STEPS = 200
+
+
+@dataclass
+class Ranking:
+    """Sorted scores of one evaluation set and the corners of its curves.
+
+    ``keys``: the scores sorted ascending, as float64 or as int32 order keys (see
+    :func:`_order_key`). ``positives``: sorted positions of the anomalous samples.
+    ``pro_prefix``: cumulative PRO weight of the anomalous samples in that order, leading 0.
+
+    ``fp``/``tp``/``pro`` (float64, length 2K + 2 for K tie groups with anomalous samples)
+    are the corners of the ROC and PRO curves from the lowest threshold up: the totals (all
+    negatives, all positives, total weight), then for each such group, ascending, the point
+    including it and the point just above it, then (0, 0, 0). Counts are exact integers.
+    """
+
+    keys: torch.Tensor
+    positives: torch.Tensor
+    pro_prefix: torch.Tensor
+    fp: torch.Tensor
+    tp: torch.Tensor
+    pro: torch.Tensor
+    n_pos: int
+    n_neg: int
+
+
+# --- public entry points ---
+
+
+def image_metrics(labels: ArrayLike, scores: ArrayLike) -> Metrics:
+    """Image-level AUROC, AP and F1-max.
+
+    Args:
+        labels: shape (N,), anomalous where ``label > 0.5``.
+        scores: shape (N,), higher means more anomalous.
+
+    Returns:
+        ``{"auroc", "ap", "f1_max"}``, all ``None`` unless both classes are present.
+    """
+    device = _pick_device(labels, scores)
+    y = _as_tensor(labels, device).reshape(-1) > 0.5
+    s = _as_tensor(scores, device).reshape(-1)
+    if y.numel() != s.numel():
+        raise ValueError(f"labels has {y.numel()} entries but scores has {s.numel()}")
+    ranking = rank(s, y.to(torch.int32), torch.zeros(2, dtype=torch.float64, device=device))
+    if ranking.n_pos == 0 or ranking.n_neg == 0:
+        return {"auroc": None, "ap": None, "f1_max": None}
+    return {"auroc": auroc(ranking), "ap": average_precision(ranking), "f1_max": f1_max(ranking)}
+
+
+def pixel_metrics(masks: ArrayLike, maps: ArrayLike) -> Metrics:
+    """Pixel-level AUROC, AP, F1-max, AUPRO and legacy PRO of one category.
+
+    All pixels of the category are pooled (never averaged per image) and sorted once.
+
+    Args:
+        masks: ground truth (N, H, W) (or reshapeable to it, e.g. (N, 1, H, W)), anomalous
+            where ``mask > 0.5``.
+        maps: anomaly maps of the same shape; float32 takes the fast path.
+
+    Returns:
+        ``{"auroc", "ap", "f1_max", "aupro", "pro_legacy"}``. Without anomalous pixels all
+        are ``None``; without normal pixels AUROC, AUPRO and legacy PRO are ``None``.
+    """
+    if tuple(masks.shape) != tuple(maps.shape):
+        raise ValueError(f"masks {tuple(masks.shape)} and maps {tuple(maps.shape)} differ")
+    if len(maps.shape) < 2:
+        raise ValueError("pixel metrics need (N, H, W) inputs")
+    device = _pick_device(masks, maps)
+    height, width = maps.shape[-2], maps.shape[-1]
+    gt = _as_tensor(masks, device).reshape(-1, height, width) > 0.5
+    regions, weights = label_regions(gt.cpu().numpy())
+    ranking = rank(
+        _as_tensor(maps, device).reshape(-1),
+        torch.from_numpy(regions.reshape(-1)).to(device),
+        torch.from_numpy(weights).to(device),
+    )
+    return {
+        "auroc": auroc(ranking),
+        "ap": average_precision(ranking),
+        "f1_max": f1_max(ranking),
+        "aupro": aupro(ranking),
+        "pro_legacy": pro_legacy(ranking),
+    }
+
+
+def macro_mean(per_category: dict[str, Metrics]) -> Metrics:
+    """Mean of each metric over the categories where it is defined (not ``None``).
+
+    This is the macro average the tables report; samples are never pooled across
+    categories. A metric that no category defines stays ``None``.
+    """
+    keys: list[str] = []
+    for metrics in per_category.values():
+        keys.extend(k for k in metrics if k not in keys)
+    out: Metrics = {}
+    for key in keys:
+        values = [m[key] for m in per_category.values() if m.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def label_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected anomalous regions of binary masks, 8-connectivity, separately per image.
+
+    Args:
+        masks: bool array (N, H, W).
+
+    Returns:
+        ``(regions, weights)``: int32 (N, H, W) with 0 for normal pixels and region ids
+        1..C numbered across the whole set, and float64 ``weights`` (length C + 1) with
+        ``weights[c] = 1 / (|c| * C)`` and ``weights[0] = 0``, so that the summed weight of
+        the detected pixels is the mean over regions of the detected fraction (PRO).
+    """
+    regions = np.zeros(masks.shape, dtype=np.int32)
+    areas: list[np.ndarray] = []
+    offset = 0
+    for i in np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1)):
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(
+            masks[i].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )
+        labels[labels > 0] += offset
+        regions[i] = labels
+        areas.append(stats[1:, cv2.CC_STAT_AREA])
+        offset += count - 1
+    weights = np.zeros(offset + 1, dtype=np.float64)
+    if offset:
+        weights[1:] = 1.0 / (np.concatenate(areas).astype(np.float64) * offset)
+    return regions, weights
+
+
+# --- metrics of a ranking ---
+
+
+def auroc(r: Ranking) -> float | None:
+    """Area under the ROC curve (TPR over FPR) by the trapezoid rule through every
+    threshold. ``None`` unless both classes are present."""
+    if r.n_pos == 0 or r.n_neg == 0:
+        return None
+    twice_area = float(((r.fp[:-1] - r.fp[1:]) * (r.tp[:-1] + r.tp[1:])).sum())
+    return twice_area / (2.0 * r.n_pos * r.n_neg)
+
+
+def average_precision(r: Ranking) -> float | None:
+    """AP = sum_n (R_n - R_{n-1}) * P_n over the distinct thresholds, descending, without
+    interpolation. Recall only moves at groups with anomalous samples, whose including
+    corners are the odd ones. ``None`` without anomalous samples."""
+    if r.n_pos == 0:
+        return None
+    tp, fp = r.tp[1:-1:2], r.fp[1:-1:2]
+    gain = tp - r.tp[2::2]
+    return float((gain * tp / (tp + fp)).sum()) / r.n_pos
+
+
+def f1_max(r: Ranking) -> float | None:
+    """Maximum over thresholds of F1 = 2PR / (P + R) = 2TP / (TP + FP + #positives).
+
+    Between groups with anomalous samples TP is constant while FP grows, so the maximum
+    lies at a threshold that includes such a group. ``None`` without anomalous samples.
+    """
+    if r.n_pos == 0:
+        return None
+    tp, fp = r.tp[1:-1:2], r.fp[1:-1:2]
+    return float((2.0 * tp / (tp + fp + r.n_pos)).max())
+
+
+def aupro(r: Ranking, max_fpr: float = MAX_FPR) -> float | None:
+    """Normalised area under the per-region-overlap curve (MVTec AD definition).
+
+    PRO(t) is the mean over all ground-truth regions of the fraction of the region's pixels
+    scoring >= t; FPR(t) is the fraction of all normal pixels of the category scoring >= t.
+    The curve starts at (0, 0), has a point at every distinct threshold, and is integrated
+    with the trapezoid rule over FPR in [0, max_fpr], linearly interpolated at exactly
+    ``max_fpr``; the area is divided by ``max_fpr``. ``None`` without regions or without
+    normal pixels.
+    """
+    if not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must lie in (0, 1], got {max_fpr}")
+    if r.n_pos == 0 or r.n_neg == 0:
+        return None
+    fpr = r.fp / r.n_neg
+    first = len(fpr) - int(torch.count_nonzero(fpr <= max_fpr))  # FPR falls: these trail
+    x, y = fpr[first:], r.pro[first:]
+    area = float((0.5 * (y[1:] + y[:-1]) * (x[:-1] - x[1:])).sum())
+    x0, y0 = float(x[0]), float(y[0])
+    if x0 < max_fpr:  # the first corner has FPR 1, so one beyond max_fpr exists
+        x1, y1 = float(fpr[first - 1]), float(r.pro[first - 1])
+        y_cut = y0 + (max_fpr - x0) * (y1 - y0) / (x1 - x0)
+        area += 0.5 * (y0 + y_cut) * (max_fpr - x0)
+    return area / max_fpr
+
+
+def pro_legacy(r: Ranking, steps: int = LEGACY_PRO_STEPS, max_fpr: float = MAX_FPR) -> float | None:
+    """Legacy PRO: the 200-threshold value the FAPrompt/AnomalyCLIP tables report.
+
+    Thresholds t_i = min + i * (max - min) / steps for i = 0..steps-1 over the category's
+    scores; a pixel is on when its score is strictly greater than t_i. PRO_i is the mean over
+    regions of the on fraction, FPR_i the on fraction of the normal pixels. Points with
+    FPR_i < max_fpr are kept, their FPRs rescaled min-max to [0, 1], and the area under PRO
+    over the rescaled FPR taken with the trapezoid rule (``sklearn.metrics.auc``). This is
+    not the MVTec AUPRO and differs from it by up to about a point.
+
+    ``None`` without regions or normal pixels, when max == min, when fewer than two points
+    are kept, or when the kept FPRs are all equal (the rescale is undefined).
+    """
+    if r.n_pos == 0 or r.n_neg == 0:
+        return None
+    low, high = _key_value(r.keys[0]), _key_value(r.keys[-1])
+    if high == low:
+        return None
+    delta = (high - low) / steps
+    cuts = low + torch.arange(steps, dtype=torch.float64, device=r.keys.device) * delta
+    off = torch.searchsorted(r.keys, _as_keys(cuts, r.keys.dtype), right=True)  # score <= t_i
+    off_positive = torch.searchsorted(r.positives, off)
+    fpr = ((r.keys.numel() - off) - (r.n_pos - off_positive)).double() / r.n_neg
+    pro = r.pro_prefix[-1] - r.pro_prefix[off_positive]
+    keep = fpr < max_fpr
+    if int(keep.sum()) < 2:
+        return None
+    fpr, pro = fpr[keep], pro[keep]
+    span = float(fpr.max() - fpr.min())
+    if span == 0.0:
+        return None
+    x = (fpr - fpr.min()) / span
+    # FPR falls as t_i rises, so x is non-increasing: the area is the negated trapezoid sum.
+    return float((0.5 * (pro[1:] + pro[:-1]) * (x[:-1] - x[1:])).sum())
+
+
+# --- the single sort ---
+
+
+def rank(scores: torch.Tensor, regions: torch.Tensor, weights: torch.Tensor) -> Ranking:
+    """Sort flat ``scores`` once, carrying ``regions`` (flat ints, 0 = normal, c > 0 =
+    anomalous region c) along, and derive the curve corners.
+
+    ``weights[c]`` is the PRO weight of a pixel of region c. Half-precision and float32
+    scores take the packed float32 sort; other dtypes are compared in float64 so that no
+    two distinct input scores merge into one threshold.
+    """
+    if scores.numel() == 0:
+        raise ValueError("no scores given")
+    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        keys, ids = _sort_packed(scores.to(torch.float32).contiguous(), regions.to(torch.int32))
+        keys = keys.contiguous()  # searchsorted wants contiguous boundaries
+    else:
+        keys, order = torch.sort(scores.double())
+        ids = regions[order]
+    if np.isnan(_key_value(keys[0])) or np.isnan(_key_value(keys[-1])):  # NaN sorts to an end
+        raise ValueError("scores contain NaN")
+    positives = torch.nonzero(ids != 0).reshape(-1)
+    pro_prefix = torch.zeros(positives.numel() + 1, dtype=torch.float64, device=keys.device)
+    torch.cumsum(weights[ids[positives].long()], dim=0, out=pro_prefix[1:])
+    n, n_pos = keys.numel(), positives.numel()
+
+    # Tie groups holding anomalous samples, ascending; positions are ascending, so equal
+    # keys are adjacent among them.
+    group_keys, per_group = torch.unique_consecutive(keys[positives], return_counts=True)
+    first = torch.searchsorted(keys, group_keys)  # first sorted position of the group
+    last = torch.searchsorted(keys, group_keys, right=True)  # one past its end
+    pos_through = torch.cumsum(per_group, dim=0)  # anomalous samples up to the group's end
+    pos_above = n_pos - pos_through
+    neg_above = (n - last) - pos_above
+    neg_in = (last - first) - per_group
+    pro_above = pro_prefix[-1] - pro_prefix[pos_through]
+    pro_in = pro_prefix[pos_through] - pro_prefix[pos_through - per_group]
+
+    def corners(above: torch.Tensor, inside: torch.Tensor, total: float) -> torch.Tensor:
+        out = torch.empty(2 * above.numel() + 2, dtype=torch.float64, device=above.device)
+        out[0], out[-1] = total, 0.0
+        out[1:-1:2] = above + inside
+        out[2:-1:2] = above
+        return out
+
+    return Ranking(
+        keys=keys,
+        positives=positives,
+        pro_prefix=pro_prefix,
+        fp=corners(neg_above, neg_in, float(n - n_pos)),
+        tp=corners(pos_above, per_group, float(n_pos)),
+        pro=corners(pro_above, pro_in, float(pro_prefix[-1])),
+        n_pos=n_pos,
+        n_neg=n - n_pos,
+    )
+
+
+def _sort_packed(scores: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort float32 scores ascending together with their region ids.
+
+    Sorting 64-bit integers whose high half is an order-preserving integer image of the score
+    and whose low half is the region id avoids an argsort and the gather that follows it;
+    numpy's vectorised integer sort is about ten times faster than an argsort on CPU.
+    Returns strided int32 views (score keys, region ids) into the sorted buffer.
+    """
+    if sys.byteorder != "little":  # the half-word views below assume little endian
+        raise RuntimeError("packed sort needs a little-endian machine")
+    packed = torch.empty(scores.numel(), dtype=torch.int64, device=scores.device)
+    halves = packed.view(torch.int32)
+    halves[1::2] = _order_key(scores)
+    halves[0::2] = regions
+    halves = _sort_int64(packed).view(torch.int32)
+    return halves[1::2], halves[0::2]
+
+
+def _sort_int64(values: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of a 1-D int64 tensor; on CPU in place with numpy, whose vectorised
+    sort is several times faster than ``torch.sort`` there."""
+    if values.device.type == "cpu":
+        values.numpy().sort()  # shares memory with ``values``
+        return values
+    return torch.sort(values).values
+
+
+def _order_key(scores: torch.Tensor) -> torch.Tensor:
+    """Map float32 to int32 so that integer order equals float order and -0.0 == +0.0:
+    a negative float becomes the negated magnitude of its bit pattern."""
+    bits = scores.view(torch.int32)
+    sign = bits >> 31  # arithmetic shift: -1 for negative floats, else 0
+    key = bits & 0x7FFFFFFF
+    key ^= sign
+    key -= sign
+    return key
+
+
+def _key_value(key: torch.Tensor) -> float:
+    """The score of one sorted key (inverse of :func:`_order_key` for int32 keys)."""
+    if key.dtype != torch.int32:
+        return float(key)
+    magnitude = float(key.abs().view(torch.float32))
+    return -magnitude if int(key) < 0 else magnitude
+
+
+def _as_keys(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Keys such that ``key(score) <= result`` iff ``score <= value`` for float64 values."""
+    if dtype != torch.int32:
+        return values
+    # A float32 score is <= v iff it is <= the largest float32 not above v.
+    down = values.float()
+    below = torch.nextafter(down, down.new_tensor(-np.inf))
+    down = torch.where(down.double() > values, below, down)
+    return _order_key(down.contiguous())
+
+
+# --- input handling ---
+
+
+def _pick_device(*arrays: ArrayLike) -> torch.device:
+    """The device of the first CUDA tensor among the inputs, else the CPU."""
+    for array in arrays:
+        if isinstance(array, torch.Tensor) and array.device.type != "cpu":
+            return array.device
+    return torch.device("cpu")
+
+
+def _as_tensor(array: ArrayLike, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device``, sharing memory with ``array`` where possible."""
+    if isinstance(array, torch.Tensor):
+        return array.detach().to(device)
+    return torch.as_tensor(np.ascontiguousarray(array), device=device)
