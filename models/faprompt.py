@@ -91,14 +91,20 @@ class CompoundPrompts(nn.Module):
             return [p.half().float() for p in self.deep_prompts]
         return list(self.deep_prompts)
 
-    def normal_embeddings(self, template: torch.Tensor) -> torch.Tensor:
-        """[N, L, W] normal prompts from [N, L, W] normal templates."""
-        n, _, width = template.shape
-        return torch.cat([template[:, :1], self.normal_ctx.expand(n, -1, -1),
+    def _normal_ctx(self, n: int, offset: Optional[torch.Tensor]) -> torch.Tensor:
+        """[n, n_ctx, W] normal context vectors, each row shifted by ``offset`` [n, W] if given."""
+        ctx = self.normal_ctx.expand(n, -1, -1)
+        return ctx if offset is None else ctx + offset[:, None, :]
+
+    def normal_embeddings(self, template: torch.Tensor, offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, L, W] normal prompts from [N, L, W] normal templates (context shifted by ``offset``)."""
+        return torch.cat([template[:, :1], self._normal_ctx(template.shape[0], offset),
                           template[:, 1 + self.config.normal_ctx:]], dim=1)
 
-    def abnormal_embeddings(self, template: torch.Tensor, prior: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """[N, K, L, W] abnormal prompts from [N, L, W] templates, shifted by a prior [N, W]."""
+    def abnormal_embeddings(self, template: torch.Tensor, prior: Optional[torch.Tensor] = None,
+                            offset: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[N, K, L, W] abnormal prompts from [N, L, W] templates; the abnormal tokens are
+        shifted by ``prior`` [N, W], the shared normal context by ``offset`` [N, W]."""
         n, _, width = template.shape
         k, m, _ = self.abnormal_ctx.shape
         ctx = self.abnormal_ctx.expand(n, -1, -1, -1)
@@ -106,7 +112,7 @@ class CompoundPrompts(nn.Module):
             ctx = ctx + prior[:, None, None, :]
         start = 1 + self.config.normal_ctx + m
         return torch.cat([template[:, None, :1].expand(n, k, 1, width),
-                          self.normal_ctx.expand(n, k, -1, -1),
+                          self._normal_ctx(n, offset)[:, None].expand(n, k, -1, -1),
                           ctx,
                           template[:, None, start:].expand(n, k, -1, -1)], dim=2)
 

@@ -1,0 +1,79 @@
+"""A training-free baseline: frozen CLIP with a hand-written prompt ensemble.
+
+Normal and abnormal *states* ("flawless {}", "damaged {}", ...) are combined with photo
+*templates* ("a photo of a {}.", ...); each state's text feature is the normalised mean of its
+normalised prompt features (a WinCLIP-style ensemble, with our own wording). The image score
+is CLIP's softmax of the CLS feature against (normal, abnormal); the pixel map compares the
+V-V path's patch features with the same two text features (fixed temperature 0.07), as the
+V-V path localises far better than CLIP's raw patch tokens.
+
+It needs nothing but CLIP weights, so a new user gets real zero-shot numbers at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbone import ClipBackbone, default_vv_start
+from models.faprompt import grid_probs, upsample_grid
+from models.scoring import Prediction
+
+NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "intact {}", "{} without defect",
+                 "{} without damage", "{} with no flaws")
+ABNORMAL_STATES = ("damaged {}", "broken {}", "defective {}", "{} with a defect", "{} with damage",
+                   "{} with a flaw", "{} with a scratch or a crack")
+TEMPLATES = ("a photo of a {}.", "a close-up photo of a {}.", "a cropped photo of the {}.",
+             "a bright photo of the {}.", "a dark photo of a {}.", "a blurry photo of the {}.",
+             "a low resolution photo of a {}.", "an industrial photo of a {}.",
+             "a photo of the {} for visual inspection.", "there is a {} in the scene.")
+
+
+@dataclass
+class ClipBaselineConfig:
+    temperature: float = 0.07  # pixel map
+    image_logit_scale: float = 100.0  # CLIP's trained logit scale for the image score
+    sigma: float = 4.0
+    vv_start: Optional[int] = None
+    class_word: str = "name"  # "name" (readable class name) or "object"
+
+
+class ClipBaseline(nn.Module):
+    """Zero-shot CLIP anomaly detection with a prompt ensemble; nothing to train."""
+
+    method = "clip"
+    score_fusion = "mean"
+
+    def __init__(self, backbone: ClipBackbone, config: ClipBaselineConfig):
+        super().__init__()
+        self.backbone, self.config = backbone, config
+        self.vv_start = config.vv_start or default_vv_start(backbone.num_layers)
+        self._text: Dict[str, torch.Tensor] = {}
+
+    def text_features(self, word: str) -> torch.Tensor:
+        """[2, D] normalised (normal, abnormal) ensemble features of ``word`` (cached)."""
+        if word not in self._text:
+            states = []
+            for state_set in (NORMAL_STATES, ABNORMAL_STATES):
+                texts = [t.format(s.format(word)) for s in state_set for t in TEMPLATES]
+                with torch.no_grad():
+                    feats = F.normalize(self.backbone.encode_text(self.backbone.tokenize(texts)), dim=-1)
+                states.append(F.normalize(feats.mean(0), dim=-1))
+            self._text[word] = torch.stack(states)
+        return self._text[word]
+
+    def predict(self, images: torch.Tensor, class_names: Sequence[str]) -> Prediction:
+        from datasets.names import readable_name
+
+        cfg = self.config
+        words = [readable_name(n) if cfg.class_word == "name" else "object" for n in class_names]
+        text = torch.stack([self.text_features(w) for w in words])  # [N, 2, D]
+        feats = self.backbone.encode_image(images, vv_start=self.vv_start)
+        image = F.normalize(feats.cls, dim=-1)
+        class_prob = (cfg.image_logit_scale * (image.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1)).softmax(-1)[:, 1]
+        grid = grid_probs(F.normalize(feats.vv_proj, dim=-1), text, cfg.temperature)
+        probs = upsample_grid(grid, self.backbone.image_size)
+        return Prediction((probs[:, 1] + 1 - probs[:, 0]) / 2, class_prob, grid[..., 1].amax(1))
