@@ -18,7 +18,7 @@ from torch import nn
 
 from models import bayes_pfl, faprompt
 from models.backbone import BackboneConfig, ClipBackbone
-from utils.errors import UserError
+from utils.errors import UserError, flags_not_applicable
 from utils.io import torch_save
 
 log = logging.getLogger("zsad.factory")
@@ -51,7 +51,7 @@ def make_config(method: str, fields: Dict[str, Any]):
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - set(known))
     if unknown:
-        raise UserError(f"{', '.join('--' + u for u in unknown)} do(es) not apply to --method {method}")
+        raise flags_not_applicable(unknown, method)
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
     return cls(**values)
 

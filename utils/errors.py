@@ -18,6 +18,13 @@ class UserError(Exception):
     """An error caused by input the user controls; the message says what to do."""
 
 
+def flags_not_applicable(names, method: str) -> UserError:
+    """The error for flags that mean nothing to ``method``."""
+    flags = ", ".join(f"--{n}" for n in sorted(names))
+    verb = "does" if len(names) == 1 else "do"
+    return UserError(f"{flags} {verb} not apply to --method {method}")
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)``; turn :class:`UserError` and Ctrl-C into a message and an exit code."""

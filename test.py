@@ -1,0 +1,221 @@
+"""Zero-shot test on a target dataset, or scoring of single images.
+
+    python test.py --checkpoint_path checkpoints/visa_faprompt/final.pth --data_path data/mvtec --dataset mvtec
+    python test.py --method clip --data_path data/mvtec          # training-free baseline
+    python test.py --checkpoint_path CKPT --image img.png        # single image(s), no masks
+
+The model configuration comes from the checkpoint (ours or an official FAPrompt / Bayes-PFL
+file); flags may override the settings that do not invalidate the trained weights.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from datasets.meta import MetaDataset
+from datasets.names import canonical_dataset, known_categories
+from datasets.transforms import image_to_tensor, load_image
+from models.backbone import build_backbone
+from models.factory import (METHODS, apply_compat, build_model, config_class, make_config,
+                            method_backbone_defaults, model_from_checkpoint, read_checkpoint)
+from models.scoring import fuse_image_scores
+from utils import cli
+from utils.errors import UserError, exit_with, flags_not_applicable
+from utils.evaluation import METRIC_CHOICES, results_table, run_test
+from utils.filters import gaussian_blur
+from utils.io import atomic_open, write_text
+from utils.log import setup_logging
+from utils.visualize import Visualiser, heat, write_png
+
+log = logging.getLogger("zsad.test")
+
+# Settings that may differ from training without invalidating the weights.
+SAFE_OVERRIDES = {"sigma", "sample_num", "seed", "dap_select", "official_noise", "official_state_kl",
+                  "deep_prompt_fp16", "fused_focal_logits"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    group = parser.add_argument_group("model, data and output")
+    group.add_argument("--checkpoint_path", default=None, help="checkpoint of train.py or an official one")
+    group.add_argument("--method", default=None, choices=METHODS,
+                       help="only needed for the training-free 'clip' baseline (else read from the checkpoint)")
+    group.add_argument("--data_path", default=None, help="target dataset root (with meta.json)")
+    group.add_argument("--dataset", default=None, help="target dataset name (default: the folder name)")
+    group.add_argument("--classes", nargs="+", default=None, help="test these categories only")
+    group.add_argument("--image", default=None, help="score an image file or a folder of images (no masks)")
+    group.add_argument("--class_name", default="object", help="class name of --image inputs")
+    group.add_argument("--save_path", default=None, help="results folder (default results/<dataset>_<method>)")
+    group.add_argument("--metrics", default="image-pixel", choices=sorted(METRIC_CHOICES))
+    group.add_argument("--save_vis", action="store_true", help="write overlays and a top-k strip per category")
+    group.add_argument("--vis_top_k", type=int, default=8, help="images in each category's strip")
+    group.add_argument("--save_maps", action="store_true", help="write every smoothed map (.npy) and scores.csv")
+    for flag in ("--n_ctx",):  # official flags without an effect here
+        group.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
+    group.add_argument("--feature_map_layer", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    cli.add_common_flags(parser)
+    cli.add_method_flags(parser, [config_class(m) for m in METHODS])
+    return parser
+
+
+def _configure(args):
+    """(method, config, backbone config, checkpoint or None) from the checkpoint and flags."""
+    checkpoint = read_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
+    if checkpoint is None:
+        method = args.method or "clip"
+        if method != "clip":
+            raise UserError(f"--method {method} needs --checkpoint_path (only 'clip' is training-free)")
+        stored, backbone_cfg = {}, cli.backbone_config(args, **method_backbone_defaults("clip"))
+    else:
+        method = checkpoint.method
+        if args.method not in (None, method):
+            raise UserError(f"--checkpoint_path {args.checkpoint_path} is a {method} checkpoint, not "
+                            f"{args.method}; drop --method")
+        if args.model is not None and args.model != checkpoint.backbone.model and checkpoint.official:
+            log.warning("official checkpoints were trained on %s; using --model %s", checkpoint.backbone.model,
+                        args.model)
+        elif args.model is not None and args.model != checkpoint.backbone.model:
+            raise UserError(f"--checkpoint_path {args.checkpoint_path} was trained on the backbone "
+                            f"{checkpoint.backbone.model}, not --model {args.model}; drop --model")
+        stored, backbone_cfg = dict(checkpoint.config), cli.backbone_config(args, checkpoint.backbone)
+    cls = config_class(method)
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = cli.given_method_flags(args, [config_class(m) for m in METHODS])
+    if args.features_list is not None and "features_list" in names:
+        given["features_list"] = tuple(args.features_list)
+    if args.seed is not None and "seed" in names:
+        given["seed"] = args.seed
+    stray = sorted(set(given) - names - {"features_list"})
+    if stray:
+        raise flags_not_applicable(stray, method)
+    for key, value in given.items():
+        if key not in names:
+            continue
+        value = tuple(value) if isinstance(value, list) else value
+        before = stored.get(key)
+        before = tuple(before) if isinstance(before, list) else before
+        unsafe = checkpoint is not None and key not in SAFE_OVERRIDES
+        if unsafe and not (checkpoint.official and key == "features_list") and value != before:
+            raise UserError(f"--{key} cannot change at test time: the checkpoint was trained with "
+                            f"{key} = {before}")
+        stored[key] = value
+    config = make_config(method, stored)
+    compat = args.compat
+    if compat == "auto":
+        compat = "official" if checkpoint is not None and checkpoint.official else "ours"
+    if compat == "official" and method in ("faprompt", "bayes_pfl"):
+        config, backbone_cfg = apply_compat(method, config, backbone_cfg, "official")
+        log.info("official-code compatibility on (SPEC section 8)")
+    return method, config, backbone_cfg, checkpoint
+
+
+def _check_dataset_name(name: str, dataset: MetaDataset) -> None:
+    """A known dataset name must share categories with the meta.json it is given."""
+    known = known_categories(name)
+    if known is not None and not set(known) & set(dataset.classes):
+        raise UserError(f"--dataset {name}: none of its categories ({', '.join(known[:4])}, ...) is in "
+                        f"{dataset.meta_path} (found {', '.join(dataset.classes[:4])}); check --data_path "
+                        "or --dataset")
+
+
+def _images(path: str):
+    root = Path(path)
+    if root.is_file():
+        return [root]
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        if files:
+            return files
+        raise UserError(f"--image {path}: the folder holds no image files")
+    raise UserError(f"--image {path}: no such file or folder")
+
+
+def score_images(model, paths, class_name: str, device, image_size: int, batch_size: int, sigma: float,
+                 save_path: Path) -> None:
+    """Maps (.npy and overlay .png) and scores.csv for images without ground truth."""
+    maps, probs, map_scores = [], [], []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = torch.stack([image_to_tensor(load_image(p), image_size) for p in chunk]).to(device)
+        with torch.no_grad():
+            pred = model.predict(images, [class_name] * len(chunk))
+        maps.append(gaussian_blur(pred.anomaly_map.float(), sigma).cpu())
+        probs.append(pred.class_prob.cpu())
+        map_scores.append(pred.map_score.cpu())
+    maps, probs, map_scores = torch.cat(maps), torch.cat(probs).double(), torch.cat(map_scores).double()
+    if model.score_fusion == "minmax" and len(paths) < 2:
+        scores = probs  # min-max fusion needs several images; a lone image is scored by p_cls
+    else:
+        scores = fuse_image_scores(probs, map_scores, model.score_fusion)
+    low, high = float(maps.min()), float(maps.max())
+    rows = ["img_path,image_score,class_prob,map_score,map_file"]
+    for i, path in enumerate(paths):
+        stem = f"{i:04d}_{Path(path).stem}"
+        npy = save_path / "maps" / f"{stem}.npy"
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(npy, "wb") as handle:
+            np.save(handle, maps[i].numpy().astype(np.float32))
+        rgb = np.asarray(load_image(path).convert("RGB").resize((image_size, image_size)))
+        write_png(save_path / "vis" / f"{stem}.png", heat(rgb, maps[i].numpy(), low, high))
+        rows.append(f"{path},{float(scores[i]):.6f},{float(probs[i]):.6f},{float(map_scores[i]):.6f},maps/{stem}.npy")
+        log.info("%s: image score %.4f (p_cls %.4f)", path, float(scores[i]), float(probs[i]))
+    write_text(save_path / "scores.csv", "\n".join(rows) + "\n")
+    if model.score_fusion == "minmax" and len(paths) > 1:
+        log.info("image scores are min-max fused over these %d images (Bayes-PFL's rule)", len(paths))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.image is None and args.data_path is None:
+        raise UserError("pass --data_path (a dataset root with meta.json) or --image (a file or folder)")
+    method, config, backbone_cfg, checkpoint = _configure(args)
+    dataset_name = args.dataset or (Path(args.data_path).name if args.data_path else "images")
+    save_path = cli.ensure_writable(Path(args.save_path or f"results/{dataset_name}_{method}"))
+    setup_logging(save_path / "test.log")
+    seed = args.seed if args.seed is not None else getattr(config, "seed", 111)
+    cli.seed_everything(seed)
+    device = cli.resolve_device(args.device)
+    kinds = METRIC_CHOICES[args.metrics]
+    dataset = None
+    if args.image is None:
+        dataset = MetaDataset(args.data_path, "test", classes=args.classes, image_size=backbone_cfg.image_size)
+        if args.dataset:
+            _check_dataset_name(args.dataset, dataset)
+    backbone = build_backbone(backbone_cfg, device)
+    if checkpoint is None:
+        model = build_model(method, config, backbone)
+    else:
+        model = model_from_checkpoint(checkpoint, config, backbone)
+        log.info("loaded %s (%s)", checkpoint.path, checkpoint.source)
+    model.to(device).eval()
+    batch_size = args.batch_size or 8
+    sigma = config.sigma
+    if args.image is not None:
+        paths = _images(args.image)
+        score_images(model, paths, args.class_name, device, backbone_cfg.image_size, batch_size, sigma, save_path)
+        log.info("wrote maps, overlays and scores.csv for %d image(s) to %s", len(paths), save_path)
+        return 0
+    num_workers = cli.default_workers() if args.num_workers is None else args.num_workers
+    info = {"method": method, "checkpoint": str(args.checkpoint_path or "none (training-free)"),
+            "dataset": dataset_name, "data_path": str(dataset.root), "backbone": backbone_cfg.model,
+            "pretrained": backbone_cfg.pretrained, "image_size": backbone_cfg.image_size,
+            "config": dataclasses.asdict(config)}
+    visualiser = Visualiser(save_path / "vis", dataset.root, args.vis_top_k) if args.save_vis else None
+    per_category, mean = run_test(model, dataset, device, batch_size, num_workers, sigma, kinds, save_path, info,
+                                  save_maps_flag=args.save_maps, visualiser=visualiser)
+    log.info("%s on %s (%s):\n%s", method, dataset_name, canonical_dataset(dataset_name),
+             results_table(per_category, mean, kinds, fmt="github"))
+    log.info("results: %s, %s, %s", save_path / "results.md", save_path / "results.json", save_path / "results.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    exit_with(main)

@@ -1,0 +1,180 @@
+"""Command-line plumbing shared by ``train.py`` and ``test.py``.
+
+Method flags are generated from the method config dataclasses, so a flag exists once, keeps
+the official repositories' name where there is one, and maps onto a config field of the same
+name. Their default is "unset": the method's own default applies unless the flag is given.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import random
+import tempfile
+import typing
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from models.backbone import BackboneConfig
+from utils.errors import UserError
+
+HELP = {
+    "abnormal_prompts": "FAPrompt/CAP: number K of abnormal prompts",
+    "normal_ctx": "CAP: learnable normal tokens",
+    "abnormal_ctx": "CAP: learnable abnormal tokens per abnormal prompt",
+    "depth": "deep text prompts at text layers 2..depth",
+    "t_n_ctx": "deep text prompt length",
+    "dap_k": "DAP: number of most abnormal patches fed to the meta-net",
+    "dap_select": "DAP patch selection: topk (paper) or first (official code)",
+    "class_word": "word in the prompts: 'object' or the readable class 'name'",
+    "temperature": "fixed temperature of the similarity head",
+    "sigma": "test-time Gaussian blur of the pixel map (pixels)",
+    "vv_start": "first V-V block (default: the last 19 blocks)",
+    "fused_focal_logits": "official FAPrompt: logit-input focal loss on the fused probability",
+    "deep_prompt_fp16": "official FAPrompt: round deep prompts through fp16",
+    "prompt_num": "Bayes-PFL: prompt pairs B in the bank",
+    "prompt_context_len": "Bayes-PFL: context vectors P per prompt",
+    "prompt_state_len": "Bayes-PFL: state vectors Q per prompt",
+    "num_flows": "planar transforms per prompt flow",
+    "sample_num": "flow samples R at test time",
+    "features_list": "1-based layers whose patch tokens the RCA head / fuse use",
+    "rca_heads": "attention heads of the RCA module",
+    "seed": "seed of the test-time flow noise",
+    "official_noise": "official Bayes-PFL: test noise drawn per image as 3R×D",
+    "official_state_kl": "official Bayes-PFL: the broadcast in the state flows' KL",
+    "prompt_structure": "fapfl: cap (FAPrompt) or bank (Bayes-PFL) prompts",
+    "dap": "fapfl: data-dependent abnormality prior on/off",
+    "flows": "fapfl: none | context | context+abnormal | context+state",
+    "pixel_head": "fapfl: similarity | rca | both",
+    "image_head": "fapfl: fixed (0.07 cosine) | class_mapping",
+    "image_logit_scale": "clip baseline: logit scale of the image score",
+}
+
+# Fields that belong to the shared flags (defined once in add_common_flags) or are internal.
+_SHARED = {"features_list", "seed"}
+
+
+def _flag_type(hint: Any):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        return _flag_type(next(a for a in args if a is not type(None)))
+    if origin in (tuple, typing.Tuple):
+        return ("list", args[0] if args else int)
+    return hint
+
+
+def _bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
+
+
+def add_method_flags(parser: argparse.ArgumentParser, config_classes: List[type]) -> None:
+    """One flag per config field of any method (union over methods), default unset."""
+    group = parser.add_argument_group("method settings (unset: the method's default)")
+    seen = set()
+    for cls in config_classes:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in seen or f.name in _SHARED:
+                continue
+            seen.add(f.name)
+            kind = _flag_type(hints[f.name])
+            kwargs: Dict[str, Any] = {"default": None, "help": HELP.get(f.name, f.name.replace("_", " "))}
+            if isinstance(kind, tuple):
+                kwargs.update(nargs="+", type=kind[1])
+            elif kind is bool:
+                kwargs.update(type=_bool, metavar="{on,off}")
+            else:
+                kwargs["type"] = kind
+            group.add_argument(f"--{f.name}", **kwargs)
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone and run")
+    group.add_argument("--model", default=None, help="open_clip model name (default ViT-L-14-336)")
+    group.add_argument("--pretrained", default=None,
+                       help="CLIP weights: 'openai' (open_clip download/cache), a local .pt file, or 'none'")
+    group.add_argument("--image_size", type=int, default=None, help="input size (default 518)")
+    group.add_argument("--features_list", type=int, nargs="+", default=None,
+                       help="layers whose patch tokens are used (default 6 12 18 24)")
+    group.add_argument("--batch_size", type=int, default=None, help="batch size")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="autocast on CUDA (auto = bf16); CPU always runs fp32")
+    group.add_argument("--seed", type=int, default=None, help="random seed")
+    group.add_argument("--num_workers", type=int, default=None, help="data loader workers")
+    group.add_argument("--compat", default="auto", choices=("auto", "ours", "official"),
+                       help="official: every official-code behaviour of the method (SPEC §8); "
+                            "auto: official for official checkpoints, else ours")
+    group.add_argument("--cache_dir", default=None, help="open_clip download cache")
+
+
+def method_fields(args: argparse.Namespace, config_cls: type) -> Dict[str, Any]:
+    """The explicitly given flags that are fields of ``config_cls``."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def given_method_flags(args: argparse.Namespace, config_classes: List[type]) -> Dict[str, Any]:
+    """All method flags that were given (for 'does not apply to --method' errors)."""
+    names = {f.name for cls in config_classes for f in dataclasses.fields(cls)} - {"seed"}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def backbone_config(args: argparse.Namespace, base: Optional[BackboneConfig] = None, **defaults) -> BackboneConfig:
+    """``base`` (or a default config with ``defaults``) updated by the backbone flags given."""
+    config = base or BackboneConfig(**defaults)
+    updates = {k: getattr(args, k) for k in ("model", "pretrained", "image_size", "cache_dir")
+               if getattr(args, k, None) is not None}
+    if getattr(args, "precision", "auto") != "auto":
+        updates["precision"] = args.precision
+    return dataclasses.replace(config, **updates)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device`` → a torch device; a CUDA request without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def ensure_writable(path: Path, flag: str = "--save_path") -> Path:
+    """Create ``path`` and prove it is writable, or raise a user error naming ``flag``."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{flag} {path} is not writable ({err.strerror}); choose another folder") from None
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def default_workers() -> int:
+    return 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)

@@ -1,0 +1,270 @@
+"""Evaluation: batched inference over a dataset, per-category metrics, tables and files.
+
+A dataset is processed in its meta.json order (category by category): each category's
+smoothed maps are kept only until its metrics are computed. Image scores are fused per
+category (``models.scoring``); metrics are macro-averaged over categories (SPEC section 7).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.meta import MetaDataset, collate
+from models.scoring import fuse_image_scores
+from utils.filters import gaussian_blur
+from utils.io import atomic_open, write_json, write_text
+from utils.metrics import image_metrics, macro_mean, pixel_metrics
+
+log = logging.getLogger("zsad.evaluation")
+
+IMAGE_KEYS = ("auroc", "ap", "f1_max")
+PIXEL_KEYS = ("auroc", "ap", "f1_max", "aupro", "pro_legacy")
+COLUMN_NAMES = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max",
+                "pixel_auroc": "P-AUROC", "pixel_ap": "P-AP", "pixel_f1_max": "P-F1max",
+                "pixel_aupro": "P-AUPRO", "pixel_pro_legacy": "P-PRO(legacy)"}
+METRIC_CHOICES = {"image": ("image",), "pixel": ("pixel",), "image-pixel": ("image", "pixel"),
+                  "image-level": ("image",), "pixel-level": ("pixel",), "image-pixel-level": ("image", "pixel")}
+
+
+@dataclass
+class CategoryOutputs:
+    """A category's collected predictions, one entry per image (maps smoothed, [S, S], CPU)."""
+
+    name: str
+    maps: List[torch.Tensor] = field(default_factory=list)
+    masks: List[torch.Tensor] = field(default_factory=list)
+    has_mask: List[bool] = field(default_factory=list)
+    labels: List[int] = field(default_factory=list)
+    class_prob: List[float] = field(default_factory=list)
+    map_score: List[float] = field(default_factory=list)
+    paths: List[str] = field(default_factory=list)
+
+    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths) -> None:
+        self.maps += list(maps)
+        self.masks += list(masks)
+        self.has_mask += [bool(h) for h in has_mask]
+        self.labels += [int(v) for v in labels]
+        self.class_prob += [float(v) for v in class_prob]
+        self.map_score += [float(v) for v in map_score]
+        self.paths += list(paths)
+
+
+def loader(dataset: MetaDataset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate, pin_memory=torch.cuda.is_available())
+
+
+def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
+                    progress: Optional[tqdm] = None):
+    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch."""
+    for batch in batches:
+        with torch.no_grad():
+            pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
+            maps = gaussian_blur(pred.anomaly_map.float(), sigma)
+        if progress is not None:
+            progress.update(len(batch["cls_name"]))
+        yield batch, maps.cpu(), pred.to("cpu")
+
+
+def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_size: int,
+                       num_workers: int, sigma: float, desc: str = "test"):
+    """Yield one :class:`CategoryOutputs` per category, in dataset order."""
+    if hasattr(model, "start_evaluation"):
+        model.start_evaluation()
+    current: Optional[CategoryOutputs] = None
+    with tqdm(total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for batch, maps, pred in predict_batches(model, loader(dataset, batch_size, num_workers),
+                                                 device, sigma, bar):
+            names = batch["cls_name"]
+            for i, name in enumerate(names):
+                if current is None or current.name != name:
+                    if current is not None:
+                        yield current
+                    current = CategoryOutputs(name)
+                current.add(maps[i:i + 1], batch["mask"][i:i + 1], batch["has_mask"][i:i + 1].tolist(),
+                            batch["label"][i:i + 1].tolist(), pred.class_prob[i:i + 1].tolist(),
+                            pred.map_score[i:i + 1].tolist(), batch["img_path"][i:i + 1])
+    if current is not None:
+        yield current
+
+
+def category_scores(cat: CategoryOutputs, fusion: str) -> torch.Tensor:
+    """Fused image scores of one category (Bayes-PFL's min-max fusion uses the class
+    probability alone where the category has no masks, i.e. classification-only data)."""
+    anomalous_masks = [h for h, label in zip(cat.has_mask, cat.labels) if label == 1]
+    if fusion == "minmax" and anomalous_masks and not any(anomalous_masks):
+        fusion = "class"
+    return fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
+                             torch.tensor(cat.map_score, dtype=torch.float64), fusion)
+
+
+def category_metrics(cat: CategoryOutputs, scores: torch.Tensor, kinds: Sequence[str]) -> Dict[str, Optional[float]]:
+    """Image and pixel metrics of one category (None where undefined)."""
+    out: Dict[str, Optional[float]] = {}
+    if "image" in kinds:
+        for key, value in image_metrics(np.array(cat.labels), scores.numpy()).items():
+            out[f"image_{key}"] = value
+    if "pixel" in kinds:
+        keep = [i for i, h in enumerate(cat.has_mask) if h]
+        has_pixels = any(cat.labels[i] == 1 for i in keep)
+        if has_pixels:
+            masks = torch.stack([cat.masks[i] for i in keep]).numpy()
+            maps = torch.stack([cat.maps[i] for i in keep]).numpy()
+            values = pixel_metrics(masks, maps)
+        else:
+            values = dict.fromkeys(PIXEL_KEYS)
+        for key, value in values.items():
+            out[f"pixel_{key}"] = value
+    return out
+
+
+def columns(kinds: Sequence[str]) -> List[str]:
+    cols = []
+    if "image" in kinds:
+        cols += [f"image_{k}" for k in IMAGE_KEYS]
+    if "pixel" in kinds:
+        cols += [f"pixel_{k}" for k in PIXEL_KEYS]
+    return cols
+
+
+def results_table(per_category: Dict[str, Dict[str, Optional[float]]], mean: Dict[str, Optional[float]],
+                  kinds: Sequence[str], fmt: str = "pipe") -> str:
+    """Per-category table in percent (one decimal), "n/a" where undefined, macro mean last."""
+    cols = columns(kinds)
+
+    def cell(value):
+        return "n/a" if value is None else f"{100 * value:.1f}"
+
+    rows = [[name] + [cell(m.get(c)) for c in cols] for name, m in per_category.items()]
+    rows.append(["mean"] + [cell(mean.get(c)) for c in cols])
+    return tabulate(rows, headers=["category"] + [COLUMN_NAMES[c] for c in cols], tablefmt=fmt,
+                    disable_numparse=True)
+
+
+def write_results(save_path: Path, per_category: Dict[str, Dict[str, Optional[float]]], kinds: Sequence[str],
+                  info: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """Write results.md, results.json and results.csv atomically; return the macro mean."""
+    mean = macro_mean(per_category)
+    table = results_table(per_category, mean, kinds)
+    header = "\n".join(f"- {k}: {v}" for k, v in info.items() if not isinstance(v, dict))
+    write_text(save_path / "results.md",
+               f"# Results\n\n{header}\n\nMetrics in percent, macro mean over categories. "
+               "P-AUPRO is the MVTec AD AUPRO (FPR ≤ 0.3); P-PRO(legacy) is the 200-threshold PRO "
+               "of the FAPrompt/AnomalyCLIP tables. n/a: undefined for that category.\n\n" + table + "\n")
+    write_json(save_path / "results.json", {**info, "per_category": per_category, "mean": mean,
+                                            "metrics": columns(kinds)})
+    cols = columns(kinds)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["category"] + cols)
+    for name, m in list(per_category.items()) + [("mean", mean)]:
+        writer.writerow([name] + ["" if m.get(c) is None else f"{m[c]:.6f}" for c in cols])
+    write_text(save_path / "results.csv", buffer.getvalue())
+    return mean
+
+
+class ScoreWriter:
+    """``scores.csv``: every image's path, category, label, image score and class probability."""
+
+    HEADER = ["img_path", "category", "label", "image_score", "class_prob", "map_score", "map_file"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: List[List[Any]] = []
+
+    def add(self, cat: CategoryOutputs, scores: torch.Tensor, map_files: Sequence[str]) -> None:
+        for i, p in enumerate(cat.paths):
+            self.rows.append([p, cat.name, cat.labels[i] if cat.labels[i] >= 0 else "",
+                              f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}",
+                              f"{cat.map_score[i]:.6f}", map_files[i] if map_files else ""])
+
+    def write(self) -> None:
+        with atomic_open(self.path, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(self.HEADER)
+            writer.writerows(self.rows)
+
+
+def map_file_name(root: Path, dataset_root: Path, img_path: str) -> Path:
+    """maps/<path relative to the dataset root>.npy (unique per image)."""
+    try:
+        rel = Path(img_path).resolve().relative_to(dataset_root.resolve())
+    except ValueError:
+        rel = Path(Path(img_path).name)
+    return root / rel.with_suffix(".npy")
+
+
+def save_maps(cat: CategoryOutputs, root: Path, dataset_root: Path) -> List[str]:
+    """Write each image's smoothed float32 map; return the relative file names."""
+    names = []
+    for i, path in enumerate(cat.paths):
+        target = map_file_name(root, dataset_root, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(target, "wb") as handle:
+            np.save(handle, cat.maps[i].numpy().astype(np.float32))
+        names.append(str(target.relative_to(root.parent)))
+    return names
+
+
+# ---------------------------------------------------------------------- validation
+def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_size: int,
+                      num_workers: int, sample_num: Optional[int] = None) -> Dict[str, Optional[float]]:
+    """Macro pixel AP (unsmoothed maps) and image AP (class probability), as Bayes-PFL's
+    early stopping reads them; ``sample_num`` temporarily replaces the model's R."""
+    was_training = model.training
+    saved = getattr(model.config, "sample_num", None)
+    if sample_num is not None and saved is not None:
+        model.config.sample_num = sample_num
+    model.eval()
+    pixel, image = [], []
+    try:
+        for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate"):
+            labels = np.array(cat.labels)
+            image.append(image_metrics(labels, np.array(cat.class_prob))["ap"])
+            keep = [i for i, h in enumerate(cat.has_mask) if h]
+            if any(cat.labels[i] == 1 for i in keep):
+                masks = torch.stack([cat.masks[i] for i in keep]).numpy()
+                maps = torch.stack([cat.maps[i] for i in keep]).numpy()
+                pixel.append(pixel_metrics(masks, maps)["ap"])
+    finally:
+        if saved is not None:
+            model.config.sample_num = saved
+        model.train(was_training)
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"pixel_ap": mean(pixel), "image_ap": mean(image)}
+
+
+def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
+             sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
+             save_maps_flag: bool = False, visualiser: Optional[Callable] = None):
+    """Evaluate ``model`` on ``dataset``; write results (and maps/visualisations); return tables."""
+    per_category: Dict[str, Dict[str, Optional[float]]] = {}
+    scores_out = ScoreWriter(save_path / "scores.csv") if save_maps_flag else None
+    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
+        scores = category_scores(cat, model.score_fusion)
+        per_category[cat.name] = category_metrics(cat, scores, kinds)
+        files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []
+        if scores_out is not None:
+            scores_out.add(cat, scores, files)
+        if visualiser is not None:
+            visualiser(cat, scores)
+        log.info("%s: %s", cat.name, ", ".join(
+            f"{COLUMN_NAMES[k]} {'n/a' if v is None else f'{100 * v:.1f}'}" for k, v in per_category[cat.name].items()))
+    if scores_out is not None:
+        scores_out.write()
+    mean = write_results(save_path, per_category, kinds, info)
+    return per_category, mean

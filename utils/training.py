@@ -1,0 +1,247 @@
+"""The training loop shared by the methods: optimiser, schedule, early stopping, checkpoints.
+
+Every epoch ends with an atomically written checkpoint that holds the configurations, the
+weights, the optimiser and schedule, every RNG state and the early-stopping state, so a run
+interrupted at any point resumes from its last complete epoch and ends with the same
+parameters as an uninterrupted run (the data order of epoch e is seeded with seed + e).
+
+Two-stage models (Bayes-PFL, fapfl with the class_mapping head) follow Bayes-PFL: stage 1
+trains everything and stops when validation pixel AP has not improved for ``patience + 1``
+epochs (the official counter); the best stage-1 weights are restored and stage 2 trains the
+image path on validation image AP the same way, ending on its best weights.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from datasets.meta import collate
+from models.factory import learnable_state_dict, save_checkpoint
+
+log = logging.getLogger("zsad.train")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int
+    batch_size: int
+    seed: int
+    save_path: Path
+    lr: Dict[str, float]  # per parameter-group name ("all" for single-group methods)
+    betas: tuple = (0.5, 0.999)
+    warmup: float = 0.1  # fraction of the steps, cosine schedule (two-stage models only)
+    patience: int = 3
+    num_workers: int = 0
+    keep_checkpoints: int = 3
+    save_freq: int = 1
+    interrupt_after_epoch: Optional[int] = None  # test hook: behave as if Ctrl-C hit then
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # completed epochs
+    stage: int = 1
+    best: float = -math.inf
+    patience: int = 0
+    best_state: Optional[Dict[str, torch.Tensor]] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_groups(model, lr: Dict[str, float]) -> List[dict]:
+    """The model's optimiser groups at its current stage, with the configured rates."""
+    if hasattr(model, "param_groups"):
+        groups = model.param_groups(lr_prompt=lr["prompt"], lr_flow=lr["flow"], lr_linear=lr["linear"],
+                                    lr_temperature=lr["temperature"])
+    else:
+        groups = [{"name": "all", "params": [p for n, p in model.named_parameters()
+                                             if p.requires_grad and not n.startswith("backbone.")],
+                   "lr": lr["all"]}]
+    return groups
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_fraction: float):
+    """Linear warm-up over ``warmup_fraction`` of the steps, then a half cosine to 0."""
+    warmup = int(warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Runs epochs of ``model`` on ``dataset``; ``validate(model)`` returns validation scores."""
+
+    def __init__(self, model, dataset, settings: TrainSettings, backbone_config, device: torch.device,
+                 validate: Optional[Callable[[Any], Dict[str, Optional[float]]]] = None,
+                 run_info: Optional[Dict[str, Any]] = None):
+        self.model, self.dataset, self.settings = model, dataset, settings
+        self.backbone_config, self.device, self.validate = backbone_config, device, validate
+        self.run_info = run_info or {}
+        self.two_stage = getattr(model, "two_stage", hasattr(model, "set_stage"))
+        self.state = TrainState()
+        self.steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
+        self._build_optimizer()
+
+    # ------------------------------------------------------------------ set-up
+    def _build_optimizer(self) -> None:
+        self.optimizer = torch.optim.Adam(param_groups(self.model, self.settings.lr), betas=self.settings.betas)
+        self.scheduler = None
+        if self.two_stage and self.state.stage == 1:  # the official schedule drives stage 1 only
+            self.scheduler = cosine_with_warmup(self.optimizer, self.settings.epochs * self.steps_per_epoch,
+                                                self.settings.warmup)
+
+    def resume(self, training: Dict[str, Any], state_dict: Dict[str, torch.Tensor]) -> None:
+        """Continue from a checkpoint's ``training`` entry."""
+        self.model.load_state_dict(state_dict, strict=False)
+        saved = training["state"]
+        self.state = TrainState(**saved)
+        if self.two_stage:
+            self.model.set_stage(self.state.stage)
+        self._build_optimizer()
+        self.optimizer.load_state_dict(training["optimizer"])
+        if self.scheduler is not None and training.get("scheduler"):
+            self.scheduler.load_state_dict(training["scheduler"])
+        set_rng_state(training["rng"])
+        log.info("resuming after epoch %d (stage %d)", self.state.epoch, self.state.stage)
+
+    def _loader(self, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.settings.seed + epoch)
+        return DataLoader(self.dataset, batch_size=self.settings.batch_size, shuffle=True, generator=generator,
+                          num_workers=self.settings.num_workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda", drop_last=False)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, name: str, with_training: bool = True) -> Path:
+        path = self.settings.save_path / name
+        training = None
+        if with_training:
+            training = {"state": self.state.__dict__, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                        "rng": rng_state(), "settings": {k: str(v) for k, v in self.settings.__dict__.items()},
+                        "run": self.run_info}
+        save_checkpoint(path, self.model, self.backbone_config, training)
+        return path
+
+    def _prune(self) -> None:
+        keep = self.settings.keep_checkpoints
+        files = sorted(self.settings.save_path.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        for old in files[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ loop
+    def _epoch(self) -> Dict[str, float]:
+        model = self.model
+        model.train()
+        sums: Dict[str, float] = {}
+        epoch = self.state.epoch + 1
+        bar = tqdm(self._loader(epoch), total=self.steps_per_epoch, dynamic_ncols=True,
+                   desc=f"epoch {epoch}/{self.settings.epochs} stage {self.state.stage}")
+        for step, batch in enumerate(bar, start=1):
+            images = batch["image"].to(self.device, non_blocking=True)
+            masks = batch["mask"].to(self.device, non_blocking=True)
+            labels = batch["label"].to(self.device)
+            terms = model.loss(model(images, batch["cls_name"]), masks, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+            bar.set_postfix({k: f"{v / step:.3f}" for k, v in sums.items() if k in ("total", "map1", "map",
+                                                                                 "segmentation", "image")})
+        return {k: v / max(1, self.steps_per_epoch) for k, v in sums.items()}
+
+    def _early_stopping(self, scores: Dict[str, Optional[float]]) -> None:
+        """Bayes-PFL's rule: improve (>=) resets; the (patience+1)-th miss ends the stage."""
+        key = "pixel_ap" if self.state.stage == 1 and self.two_stage else "image_ap"
+        if not self.two_stage:
+            key = "pixel_ap" if scores.get("pixel_ap") is not None else "image_ap"
+        value = scores.get(key)
+        if value is None:
+            return
+        if value >= self.state.best:
+            self.state.best, self.state.patience = value, 0
+            self.state.best_state = learnable_state_dict(self.model)
+            log.info("validation %s improved to %.4f", key, value)
+            return
+        if self.state.patience < self.settings.patience:
+            self.state.patience += 1
+            return
+        self._restore_best()
+        if self.two_stage and self.state.stage == 1:
+            log.info("stage 1 stopped early; best pixel AP %.4f; starting stage 2", self.state.best)
+            self.state.stage, self.state.best, self.state.patience = 2, -math.inf, 0
+            self.state.best_state = None
+            self.model.set_stage(2)
+            self._build_optimizer()
+        else:
+            log.info("early stop; best %s %.4f", key, self.state.best)
+            self.state.done = True
+
+    def _restore_best(self) -> None:
+        if self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state, strict=False)
+
+    def run(self) -> Path:
+        """Train until the epochs are spent or early stopping ends; return the final checkpoint."""
+        settings = self.settings
+        try:
+            while self.state.epoch < settings.epochs and not self.state.done:
+                means = self._epoch()
+                self.state.epoch += 1
+                scores = self.validate(self.model) if self.validate is not None else {}
+                record = {"epoch": self.state.epoch, "stage": self.state.stage, **means, **scores,
+                          "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}}
+                self.state.history.append(record)
+                log.info("epoch %d (stage %d): %s", self.state.epoch, record["stage"],
+                         ", ".join(f"{k} {v:.4f}" for k, v in {**means, **scores}.items() if v is not None))
+                if scores:
+                    self._early_stopping(scores)
+                if self.state.epoch % settings.save_freq == 0 or self.state.done \
+                        or self.state.epoch == settings.epochs:
+                    path = self._checkpoint(f"epoch_{self.state.epoch}.pth")
+                    log.info("saved %s", path)
+                    self._prune()
+                if settings.interrupt_after_epoch == self.state.epoch:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            last = sorted(settings.save_path.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            hint = f"; resume with --resume {last[-1]}" if last else ""
+            log.error("interrupted during epoch %d: the last complete checkpoint is intact%s",
+                      self.state.epoch + 1, hint)
+            raise
+        if self.validate is not None and not self.state.done:
+            self._restore_best()  # the epochs ran out: end on the best validated weights
+        final = self._checkpoint("final.pth", with_training=False)
+        log.info("final model (stage %d) written to %s", self.state.stage, final)
+        return final
