@@ -218,6 +218,8 @@ class FAPrompt(nn.Module):
         self.prompts = CompoundPrompts(backbone.text_width, config)
         self.prior_net = PriorNet(backbone.embed_dim, backbone.text_width, config.dap_k)
         self.vv_start = config.vv_start or default_vv_start(backbone.num_layers)
+        self.cache_static = True  # False re-encodes them every call, as the official test does
+        self._static_cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
     def words(self, class_names: Sequence[str]) -> List[str]:
         from datasets.names import readable_name
@@ -227,10 +229,20 @@ class FAPrompt(nn.Module):
         return [readable_name(name) for name in class_names]
 
     def encode_static(self, words: Sequence[str]):
-        """CAP features for the distinct words: normal [U, D], abnormal [U, K, D], word index [B]."""
+        """CAP features for the distinct words: normal [U, D], abnormal [U, K, D], word index [B].
+
+        They do not depend on the image, so at inference (no autograd) they are cached until a
+        prompt parameter changes (its version counter moves with every in-place update).
+        """
         backbone, prompts = self.backbone, self.prompts
         unique = sorted(set(words))
         index = torch.tensor([unique.index(w) for w in words], device=backbone.device)
+        key = None
+        if self.cache_static and not torch.is_grad_enabled():
+            key = (tuple(unique), str(backbone.device), tuple(p._version for p in prompts.parameters()))
+            if key in self._static_cache:
+                normal, abnormal = self._static_cache[key]
+                return normal, abnormal, index
         normal_t, normal_eot = prompts.templates(backbone, unique, abnormal=False)
         abnormal_t, abnormal_eot = prompts.templates(backbone, unique, abnormal=True)
         k = self.config.abnormal_prompts
@@ -239,7 +251,10 @@ class FAPrompt(nn.Module):
         eot = torch.cat([normal_eot, abnormal_eot.repeat_interleave(k)])
         features = backbone.encode_text_embeddings(embeddings, eot, prompts.deep())
         u = len(unique)
-        return features[:u], features[u:].reshape(u, k, -1), index
+        normal, abnormal = features[:u], features[u:].reshape(u, k, -1)
+        if key is not None:
+            self._static_cache = {key: (normal, abnormal)}
+        return normal, abnormal, index
 
     def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> FAPromptOutput:
         """Both passes for a batch. images: [B, 3, S, S]; class_names: B raw class names."""

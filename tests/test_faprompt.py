@@ -215,3 +215,22 @@ def test_learning_lowers_loss_and_raises_pixel_auroc(tiny_model):
     # margins hold across initialisation seeds (0.21→0.94, 0.60→0.80, 0.10→0.76 measured)
     assert loss1 < loss0 * 0.6
     assert auroc1 > auroc0 + 0.15 and auroc1 > 0.7
+
+
+def test_static_prompts_are_cached_at_inference_until_a_parameter_changes(model):
+    images = _batch(2)[0]
+    with torch.no_grad():
+        first = model(images, ["a", "b"])
+        assert len(model._static_cache) == 1
+        cached = model(images, ["a", "b"])
+        torch.testing.assert_close(cached.anomaly_map, first.anomaly_map, atol=0, rtol=0)
+        # an in-place update invalidates the cache (a random shift: LayerNorm hides a constant one)
+        shift = torch.randn_like(model.prompts.normal_ctx)
+        model.prompts.normal_ctx.add_(shift)
+        changed = model(images, ["a", "b"])
+    assert (changed.text_static - first.text_static).abs().max() > 1e-3
+    model.prompts.normal_ctx.data.sub_(shift)
+    with torch.no_grad():
+        model.load_state_dict(model.state_dict())  # so does loading weights
+        again = model(images, ["a", "b"])
+    torch.testing.assert_close(again.anomaly_map, first.anomaly_map, atol=1e-6, rtol=0)
