@@ -1,0 +1,335 @@
+"""Shared helpers of the model benchmarks (backbone, FAPrompt, Bayes-PFL, device check).
+
+* command-line flags every benchmark takes (``add_common_args``) and their resolution
+  (device, effective precision, image size);
+* a backbone with random (or local) weights for an open_clip model name, the CLIP module
+  cached so that several benchmarks in one process build it once (``make_backbone``);
+* the tiny open_clip config of the tests (``--model tiny``) for quick CPU runs;
+* timing with warm-up and CUDA synchronisation (``measure``), peak CUDA memory
+  (``peak_memory``), a plain-text table and a JSON writer.
+
+Nothing here imports open_clip or the models at module level, so ``device_check`` can report
+a missing package instead of failing on import.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+TINY_MODEL = "zsad-tiny-vit"
+# the same config as tests/conftest.py: 4+4 layers, width 48/32, patch 8, 32 px
+TINY_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 4, "width": 48, "head_width": 12, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 4},
+}
+TINY_ALIASES = ("tiny", TINY_MODEL)
+DEFAULT_MODEL = "ViT-L-14-336"
+DEFAULT_IMAGE_SIZE = 518
+TINY_IMAGE_SIZE = 32
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+_CLIP_CACHE: Dict[tuple, tuple] = {}
+_TINY_REGISTERED: Optional[str] = None
+
+
+# ---------------------------------------------------------------------- arguments
+def add_common_args(parser: argparse.ArgumentParser, iters: int = 10, warmup: int = 2) -> None:
+    """The flags every model benchmark takes."""
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"open_clip model name (default {DEFAULT_MODEL}); 'tiny' = the 4-layer "
+                             "test model (32 px) for quick CPU runs")
+    parser.add_argument("--pretrained", default="none",
+                        help="'none' (random weights; timing does not depend on them), an open_clip "
+                             "tag, or a local CLIP weight file")
+    parser.add_argument("--image_size", type=int, default=None,
+                        help=f"input size (default {DEFAULT_IMAGE_SIZE}; {TINY_IMAGE_SIZE} for --model tiny)")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="backbone autocast: auto = bf16 on CUDA, fp32 on CPU (autocast is CUDA only)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 matmuls/convolutions on CUDA (affects fp32 timings)")
+    parser.add_argument("--iters", type=int, default=iters, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed warm-up iterations")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures to PATH")
+
+
+def resolve_device(name: Optional[str]) -> torch.device:
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    return device
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """What the backbone really computes in: its autocast runs on CUDA only."""
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if precision == "auto" else precision
+
+
+def resolve_model(model: str) -> str:
+    """The open_clip name to build; 'tiny' registers the tests' tiny config."""
+    if model in TINY_ALIASES:
+        return register_tiny_model()
+    return model
+
+
+def resolve_image_size(model: str, image_size: Optional[int]) -> int:
+    if image_size:
+        return int(image_size)
+    return TINY_IMAGE_SIZE if model in TINY_ALIASES else DEFAULT_IMAGE_SIZE
+
+
+def setup(args: argparse.Namespace) -> Dict[str, object]:
+    """Apply the process-wide settings of ``args``; returns the resolved run settings."""
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    return {
+        "model": resolve_model(args.model),
+        "image_size": resolve_image_size(args.model, args.image_size),
+        "device": device,
+        "precision": effective_precision(args.precision, device),
+    }
+
+
+def register_tiny_model(directory: Optional[os.PathLike] = None) -> str:
+    """Write the tiny config as an open_clip model config (once per process) and register it."""
+    global _TINY_REGISTERED
+    import open_clip
+
+    if _TINY_REGISTERED is not None and directory is None:
+        return _TINY_REGISTERED
+    folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="zsad_bench_"))
+    path = folder / f"{TINY_MODEL}.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    open_clip.add_model_config(path)
+    _TINY_REGISTERED = TINY_MODEL
+    return TINY_MODEL
+
+
+# ---------------------------------------------------------------------- models
+def make_backbone(model: str, pretrained: str = "none", image_size: int = DEFAULT_IMAGE_SIZE,
+                  device: torch.device | str = "cpu", precision: str = "auto",
+                  pos_interpolation: str = "bilinear", activation: str = "auto", seed: int = 0):
+    """A ``ClipBackbone`` for an open_clip model name, random weights by default.
+
+    The CLIP module is built once per (model, weights, activation, device) and shared by the
+    backbones made from it (they differ only in image size, position-grid interpolation and
+    precision), so a process that runs several benchmarks pays the model build once.
+    """
+    import open_clip
+    from models.backbone import BackboneConfig, ClipBackbone, build_clip
+
+    model = resolve_model(model)
+    device = torch.device(device)
+    key = (model, pretrained, activation, str(device))
+    if key not in _CLIP_CACHE:
+        logging.disable(logging.WARNING)  # open_clip's "initialized randomly" note
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                clip, resolved = build_clip(BackboneConfig(model=model, pretrained=pretrained,
+                                                           activation=activation))
+        finally:
+            logging.disable(logging.NOTSET)
+        _CLIP_CACHE[key] = (clip.to(device), resolved, open_clip.get_tokenizer(model))
+    clip, resolved, tokenizer = _CLIP_CACHE[key]
+    backbone = ClipBackbone(clip, tokenizer, image_size=image_size, pos_interpolation=pos_interpolation,
+                            precision=precision)
+    backbone.set_activation(resolved)
+    return backbone.to(device)
+
+
+def clear_model_cache() -> None:
+    _CLIP_CACHE.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def random_images(n: int, size: int, device: torch.device | str, seed: int = 0) -> torch.Tensor:
+    """[n, 3, size, size] standard-normal images (the scale of CLIP-normalised pixels)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=generator).to(device)
+
+
+def random_masks(n: int, size: int, device: torch.device | str, seed: int = 0) -> torch.Tensor:
+    """[n, size, size] float masks: a random rectangle in every other image, the rest empty."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(n, size, size)
+    for i in range(0, n, 2):
+        h, w = (int(v) for v in torch.randint(size // 16 + 1, size // 4 + 2, (2,), generator=generator))
+        top, left = (int(v) for v in torch.randint(0, size - max(h, w), (2,), generator=generator))
+        masks[i, top:top + h, left:left + w] = 1
+    return masks.to(device)
+
+
+# ---------------------------------------------------------------------- timing and memory
+def synchronize(device: torch.device | str) -> None:
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn: Callable[[], object], iters: int, warmup: int, device: torch.device | str) -> Dict[str, object]:
+    """Run ``fn`` ``warmup`` times untimed, then ``iters`` times, each timed between two
+    device synchronisations. Returns per-iteration seconds and their mean, median and best."""
+    iters = max(1, int(iters))
+    for _ in range(max(0, int(warmup))):
+        fn()
+    synchronize(device)
+    times: List[float] = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    ordered = sorted(times)
+    return {"times_s": times, "mean_s": sum(times) / len(times), "median_s": ordered[len(ordered) // 2],
+            "best_s": ordered[0], "iters": iters, "warmup": max(0, int(warmup))}
+
+
+def throughput(items: int, timing: Dict[str, object]) -> float:
+    """Items per second from the mean time per iteration."""
+    return items / float(timing["mean_s"])
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device | str) -> Iterator[Dict[str, Optional[float]]]:
+    """Peak CUDA memory allocated inside the block, in bytes and GiB (None off CUDA).
+
+    The peak counts everything live on the device, weights included; ``base_bytes`` is what
+    was allocated on entry."""
+    device = torch.device(device)
+    record: Dict[str, Optional[float]] = {"peak_bytes": None, "peak_gib": None, "base_bytes": None}
+    if device.type != "cuda":
+        yield record
+        return
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    record["base_bytes"] = torch.cuda.memory_allocated(device)
+    try:
+        yield record
+    finally:
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        record["peak_bytes"] = peak
+        record["peak_gib"] = peak / 2 ** 30
+
+
+def gib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value / 2 ** 30:.2f} GiB"
+
+
+# ---------------------------------------------------------------------- output
+def format_table(rows: Sequence[Sequence[object]], headers: Sequence[str]) -> str:
+    """A left/right aligned plain-text table (numbers right-aligned)."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(row[i]) for row in rows) if rows else False for i in range(len(headers))]
+    lines = []
+    for index, row in enumerate(cells):
+        parts = [c.rjust(w) if numeric[i] and index else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(parts).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.2e}"
+        return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+    return str(value)
+
+
+def environment(device: torch.device | str) -> Dict[str, object]:
+    """What the figures were measured on."""
+    device = torch.device(device)
+    info: Dict[str, object] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update({
+            "gpu": props.name,
+            "gpu_memory_gib": round(props.total_memory / 2 ** 30, 1),
+            "cuda": torch.version.cuda,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        })
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+    return info
+
+
+def to_jsonable(value: object) -> object:
+    """Plain JSON types: tensors → numbers/lists, devices → strings, NaN → None."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return to_jsonable(value.detach().cpu().tolist())
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_json(path: Optional[str], data: object) -> None:
+    if not path:
+        return
+    target = Path(path)
+    if target.parent and not target.parent.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2))
+    tmp.replace(target)
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double().cpu() - b.detach().double().cpu()).abs().max())
+
+
+def describe_run(settings: Dict[str, object], args: argparse.Namespace) -> str:
+    return (f"model {settings['model']} ({args.pretrained} weights), {settings['image_size']} px, "
+            f"{settings['device']}, precision {settings['precision']}, "
+            f"{args.iters} timed iters after {args.warmup} warm-up")

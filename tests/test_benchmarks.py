@@ -1,0 +1,104 @@
+"""Smoke tests of the model benchmarks on the tiny model (CPU, 1-2 iterations each)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.backbone import default_vv_start
+from benchmarks import backbone as backbone_bench
+from benchmarks import bayes_pfl as bayes_bench
+from benchmarks import common, device_check
+from benchmarks import faprompt as faprompt_bench
+
+
+def _argv(tiny_model, *extra):
+    return ["--model", tiny_model, "--image_size", "32", "--device", "cpu", "--iters", "2", "--warmup", "1",
+            *extra]
+
+
+def _check_timing(timing, iters=2):
+    assert len(timing["times_s"]) == iters and all(t > 0 for t in timing["times_s"])
+    assert timing["best_s"] <= timing["median_s"] and timing["best_s"] <= timing["mean_s"]
+
+
+def _check_side_by_side(result, batch):
+    a, b = result["batched"], result["per_image"]
+    _check_timing(a["timing"])
+    _check_timing(b["timing"])
+    assert a["images_per_s"] > 0 and b["images_per_s"] > 0
+    assert a["images_per_s"] == pytest.approx(batch / a["timing"]["mean_s"])
+    assert b["images_per_s"] == pytest.approx(batch / b["timing"]["mean_s"])
+    # the ratio comes from the two measured times
+    assert result["ratio"] == pytest.approx(b["timing"]["mean_s"] / a["timing"]["mean_s"])
+
+
+def test_backbone_benchmark(tiny_model, tmp_path, capsys):
+    path = tmp_path / "backbone.json"
+    result = backbone_bench.main(_argv(tiny_model, "--batch_size", "2", "--text_batch", "6", "--json", str(path)))
+    assert result["image"]["images_per_s"] > 0 and result["text"]["prompts_per_s"] > 0
+    _check_timing(result["image"]["timing"])
+    assert result["image"]["images_per_s"] == pytest.approx(2 / result["image"]["timing"]["mean_s"])
+    settings = result["settings"]
+    assert settings["layers"] == [1, 2, 3, 4] and settings["vv_start"] == default_vv_start(4) == 2
+    assert settings["deep_prompts"] == 3  # capped below the tiny text depth of 4
+    assert result["image"]["memory"]["peak_bytes"] is None  # no CUDA here
+    out = capsys.readouterr().out
+    assert "images/s" in out and "prompts/s" in out
+    assert json.loads(path.read_text())["text"]["prompts_per_s"] > 0
+
+
+def test_faprompt_benchmark(tiny_model, capsys):
+    result = faprompt_bench.main(_argv(tiny_model, "--batch_size", "3"))
+    _check_side_by_side(result, 3)
+    assert result["max_difference"]["map"] < 1e-5 and result["max_difference"]["score"] < 1e-5
+    k = result["settings"]["abnormal_prompts"]
+    assert result["settings"]["prompts_per_batch"] == {"batched": 1 + k + 3 * k, "per_image": 3 * (1 + 2 * k)}
+    out = capsys.readouterr().out
+    assert "speed-up (a)/(b)" in out and f"{result['ratio']:.2f}x" in out
+
+
+def test_bayes_pfl_benchmark(tiny_model, capsys):
+    result = bayes_bench.main(_argv(tiny_model, "--batch_size", "2", "--sample_num", "2"))
+    _check_side_by_side(result, 2)
+    assert max(result["agreement_fp32"].values()) < bayes_bench.AGREEMENT_TOLERANCE
+    assert result["settings"]["text_calls_per_batch"] == {"batched": 1, "per_image": 8}
+    out = capsys.readouterr().out
+    assert "speed-up (a)/(b)" in out and f"{result['ratio']:.2f}x" in out
+
+
+def test_official_loop_matches_predict_on_every_image(tiny_model):
+    backbone = common.make_backbone(tiny_model, "none", 32, "cpu", "fp32", pos_interpolation="bicubic")
+    model = bayes_bench.build_model(backbone, "cpu", sample_num=3, prompt_num=2)
+    images = common.random_images(3, 32, "cpu", seed=5)
+    names = ["screw", "bottle", "pcb1"]
+    model.start_evaluation(4)
+    _, batched = bayes_bench.predict_batched(model, images, names, 0)
+    model.start_evaluation(4)
+    _, singles = bayes_bench.predict_per_image(model, images, names, 0)
+    for i, single in enumerate(singles):
+        assert common.max_abs_diff(batched.anomaly_map[i:i + 1], single.anomaly_map) < 1e-5
+        assert common.max_abs_diff(batched.class_prob[i:i + 1], single.class_prob) < 1e-5
+        assert common.max_abs_diff(batched.map_score[i:i + 1], single.map_score) < 1e-5
+
+
+def test_device_check_quick_run(tiny_model, tmp_path, capsys):
+    path = tmp_path / "device_check.json"
+    data = device_check.main(["--quick", "--model", tiny_model, "--device", "cpu", "--precisions", "fp32",
+                              "--parts", "env", "kernels", "correctness", "memory", "--out", str(path)])
+    assert data["errors"] == {}
+    saved = json.loads(path.read_text())
+    assert saved["kernels"]["metrics"]["equal_1e-9"] is True
+    assert saved["correctness"]["bayes_pfl"]["batched_vs_official_loop_fp32"]["map"] < 1e-4
+    assert saved["memory"]["faprompt_train_fp32"]["batch"] == 2
+    assert saved["imports"]["torch"]["ok"] is True
+    assert "=== summary ===" in capsys.readouterr().out
+
+
+def test_table_and_json_helpers(tmp_path):
+    table = common.format_table([["a", 1, 2.5], ["bb", 10, 0.0001]], ["name", "n", "value"])
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("name") and "1.00e-04" in lines[3]
+    path = tmp_path / "x" / "out.json"
+    common.write_json(str(path), {"nan": float("nan"), "device": common.resolve_device("cpu")})
+    assert json.loads(path.read_text()) == {"nan": None, "device": "cpu"}
