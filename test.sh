@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Zero-shot testing presets. With nothing configured this runs the training-free CLIP baseline
+# on a small synthetic demo set (generated on first use), so it works on a fresh machine with
+# nothing but CLIP weights.
+#
+# Settings (environment variables; defaults in brackets):
+#   PRESET        demo | visa2mvtec | mvtec2visa | others                     [demo, or visa2mvtec
+#                 when CHECKPOINT is set]
+#                   demo        training-free baseline on the synthetic demo set
+#                   visa2mvtec  a model trained on VisA, tested on MVTec-AD   (the papers' main table)
+#                   mvtec2visa  a model trained on MVTec-AD, tested on VisA
+#                   others      a VisA-trained model on every dataset in DATASETS
+#   CHECKPOINT    train.py's final.pth, or an official FAPrompt / Bayes-PFL checkpoint
+#   METHOD        clip for the training-free baseline (other methods come from CHECKPOINT)
+#   DATA_ROOT     folder holding one sub-folder per dataset (each with meta.json) [./data]
+#   DATA_PATH     the target dataset root (overrides DATA_ROOT/<dataset>)
+#   DATASETS      datasets of the 'others' preset      [btad mpdd dtd sdd aitex dagm elpv ...]
+#   CLIP_WEIGHTS  a local ViT-L-14-336px.pt; unset: open_clip downloads the 'openai' weights
+#   GPU           CUDA device index                   [0]
+#   IMAGE_SIZE    input size                          [518; the demo uses 336, CLIP's native size,
+#                                                      to stay quick on a CPU]
+#   SAVE_ROOT     results folder                      [./results]
+#   PYTHON        interpreter                         [python]
+# Extra arguments go to test.py (e.g. --save_vis --save_maps --batch_size 16).
+#
+# Examples:
+#   bash test.sh
+#   CHECKPOINT=checkpoints/visa_faprompt/final.pth DATA_ROOT=/data bash test.sh --save_vis
+#   PRESET=mvtec2visa CHECKPOINT=train_mvtec.pth DATA_ROOT=/data bash test.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON=${PYTHON:-python}
+GPU=${GPU:-0}
+DATA_ROOT=${DATA_ROOT:-./data}
+SAVE_ROOT=${SAVE_ROOT:-./results}
+CHECKPOINT=${CHECKPOINT:-}
+METHOD=${METHOD:-}
+if [[ -n "$CHECKPOINT" ]]; then PRESET=${PRESET:-visa2mvtec}; else PRESET=${PRESET:-demo}; fi
+DATASETS=${DATASETS:-"btad mpdd dtd sdd aitex dagm elpv brainmri headct br35h isic clinicdb colondb kvasir endo tn3k"}
+export CUDA_VISIBLE_DEVICES=$GPU
+
+weights=()
+if [[ -n "${CLIP_WEIGHTS:-}" ]]; then
+  if [[ ! -f "$CLIP_WEIGHTS" ]]; then echo "test.sh: CLIP_WEIGHTS=$CLIP_WEIGHTS is not a file" >&2; exit 2; fi
+  weights=(--pretrained "$CLIP_WEIGHTS")
+fi
+model=()
+if [[ -n "$CHECKPOINT" ]]; then
+  model=(--checkpoint_path "$CHECKPOINT")
+elif [[ "$PRESET" != demo && "${METHOD:-}" != clip ]]; then
+  echo "test.sh: PRESET=$PRESET needs CHECKPOINT=<train.py final.pth or an official checkpoint> (or METHOD=clip)" >&2
+  exit 2
+else
+  model=(--method clip)
+fi
+
+# The official test settings: 518 px, layers 6 12 18 24, Bayes-PFL R = 10 flow samples
+# and seed 333 (its test.sh); everything else comes from the checkpoint.
+if [[ "$PRESET" == demo ]]; then size=${IMAGE_SIZE:-336}; else size=${IMAGE_SIZE:-518}; fi
+official=(--image_size "$size" --metrics image-pixel)
+if [[ -n "$CHECKPOINT" ]]; then official+=(--seed 333); fi
+
+run() {  # run <dataset name> <dataset root> [test.py arguments]
+  local name=$1 root=$2
+  shift 2
+  if [[ ! -f "$root/meta.json" ]]; then
+    echo "test.sh: $root/meta.json not found; prepare it with: $PYTHON -m datasets.prepare --layout mvtec --root $root" >&2
+    return 2
+  fi
+  "$PYTHON" test.py "${model[@]}" "${weights[@]}" --data_path "$root" --dataset "$name" \
+    --save_path "$SAVE_ROOT/${name}_${PRESET}" "${official[@]}" "$@"
+}
+
+case "$PRESET" in
+  demo)
+    demo=${DATA_PATH:-./demo_data}
+    if [[ ! -f "$demo/meta.json" ]]; then
+      echo "test.sh: generating the synthetic demo set in $demo"
+      "$PYTHON" -m datasets.synthetic --out "$demo"
+    fi
+    run synthetic "$demo" --save_vis "$@"
+    echo "test.sh: results in $SAVE_ROOT/synthetic_demo (results.md, results.json, results.csv, vis/)"
+    ;;
+  visa2mvtec) run mvtec "${DATA_PATH:-$DATA_ROOT/mvtec}" "$@" ;;
+  mvtec2visa) run visa "${DATA_PATH:-$DATA_ROOT/visa}" "$@" ;;
+  others)
+    status=0
+    for name in $DATASETS; do run "$name" "$DATA_ROOT/$name" "$@" || status=$?; done
+    exit $status
+    ;;
+  *) echo "test.sh: unknown PRESET=$PRESET (demo, visa2mvtec, mvtec2visa, others)" >&2; exit 2 ;;
+esac
