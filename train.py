@@ -100,9 +100,12 @@ def _learning_rates(args, recipe) -> Dict[str, float]:
     return lr
 
 
-def _validation(args, dataset_name: str, train_set: MetaDataset, image_size: int, recipe):
-    """(training records, validation dataset or None) for the chosen protocol."""
-    protocol = recipe["validation"] if args.val_protocol == "auto" else args.val_protocol
+def _validation(args, dataset_name: str, train_set: MetaDataset, image_size: int, recipe, official: bool):
+    """(training records, validation dataset or None) for the chosen protocol; with official
+    compatibility Bayes-PFL validates on target categories, as its official code does."""
+    protocol = args.val_protocol
+    if protocol == "auto":
+        protocol = "target" if official and args.method == "bayes_pfl" else recipe["validation"]
     if protocol == "none":
         return None, None
     if protocol == "aux":
@@ -113,7 +116,8 @@ def _validation(args, dataset_name: str, train_set: MetaDataset, image_size: int
         return train_records, MetaDataset(train_set.root, "test", image_size=image_size, records=val_records,
                                           check_files=False)
     if args.val_data_path is None:
-        raise UserError("--val_protocol target needs --val_data_path (the target dataset root)")
+        raise UserError("validation on target categories (--val_protocol target, or --compat official for "
+                        "bayes_pfl) needs --val_data_path (the target dataset root); or pass --val_protocol aux")
     classes = args.val_classes
     if classes is None and args.val_dataset is not None:
         target = canonical_dataset(args.val_dataset)
@@ -175,7 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mosaic = 0.4 if augment and canonical_dataset(dataset_name) == "mvtec" else 0.0
     full = MetaDataset(args.train_data_path, "test", classes=args.train_classes,
                        image_size=backbone_cfg.image_size)
-    train_records, val_set = _validation(args, dataset_name, full, backbone_cfg.image_size, recipe)
+    train_records, val_set = _validation(args, dataset_name, full, backbone_cfg.image_size, recipe,
+                                          official=compat == "official")
     train_set = MetaDataset(full.root, "test", image_size=backbone_cfg.image_size, check_files=False,
                             records=train_records if train_records is not None else full.records,
                             augment=TrainAugment(mosaic_prob=mosaic) if augment else None)

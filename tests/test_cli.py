@@ -217,6 +217,12 @@ def test_bad_input_to_train_py(argv, message, data, tmp_path, common, caplog):
     assert message in caplog.text
 
 
+def test_official_bayes_pfl_training_validates_on_target_categories(data, tmp_path, common, caplog):
+    argv = ["--train_data_path", str(data), "--save_path", str(tmp_path), "--compat", "official", *BAYES, *common]
+    assert run_cli(train_script.main, argv) == EXIT_USER_ERROR
+    assert "needs --val_data_path" in caplog.text
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_cuda_request_without_gpu(data, tmp_path, common, caplog):
     argv = ["--train_data_path", str(data), "--save_path", str(tmp_path), *FAPROMPT, *common, "--device", "cuda"]
