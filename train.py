@@ -16,7 +16,7 @@ from datasets.augment import TrainAugment
 from datasets.meta import MetaDataset, holdout_split
 from datasets.names import canonical_dataset, known_categories
 from models.backbone import build_backbone
-from models.factory import (COMPAT, METHODS, apply_compat, build_model, config_class, make_config,
+from models.factory import (METHODS, apply_compat, build_model, config_class, make_config,
                             method_backbone_defaults, read_checkpoint)
 from utils import cli
 from utils.errors import UserError, exit_with, flags_not_applicable

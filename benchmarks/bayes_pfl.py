@@ -240,11 +240,7 @@ def report(result: Dict[str, object]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
-    args = build_parser().parse_args(argv)
-    result = run(args)
-    print(report(result))
-    common.write_json(args.json, result)
-    return result
+    return common.run_main(build_parser, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -325,6 +325,15 @@ def write_json(path: Optional[str], data: object) -> None:
     tmp.replace(target)
 
 
+def run_main(build_parser: Callable, run: Callable, report: Callable, argv: Optional[Sequence[str]]) -> Dict[str, object]:
+    """Parse flags, measure, print the report and write the JSON: every benchmark's ``main``."""
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    print(report(result))
+    write_json(args.json, result)
+    return result
+
+
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double().cpu() - b.detach().double().cpu()).abs().max())
 

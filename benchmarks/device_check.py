@@ -471,12 +471,8 @@ def _measure_memory(device: torch.device, fn: Callable[[], Dict[str, object]]) -
     return record
 
 
-def _train_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
-    from benchmarks import faprompt
-
-    model = faprompt.build_model(backbone, device, seed).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
+def _timed_steps(model, optimizer, batch: int, image_size: int, device, seed: int):
+    """Two training steps (forward, loss, backward, Adam) on random data; (seconds, losses)."""
     images = common.random_images(batch, image_size, device, seed)
     masks = common.random_masks(batch, image_size, device, seed)
     labels = (masks.flatten(1).amax(1) > 0).long()
@@ -492,6 +488,16 @@ def _train_faprompt(backbone, device, batch: int, image_size: int, seed: int) ->
         common.synchronize(device)
         times.append(time.perf_counter() - start)
         losses.append(float(loss.detach()))
+    return times, losses
+
+
+def _train_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
+    from benchmarks import faprompt
+
+    model = faprompt.build_model(backbone, device, seed).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
+    times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
     return {"batch": batch, "step_s": times, "loss": losses, "trainable_params": sum(p.numel() for p in params)}
 
 
@@ -501,21 +507,7 @@ def _train_bayes(backbone, device, batch: int, image_size: int, seed: int, stage
     model = bayes_pfl.build_model(backbone, device, seed=seed).train()
     model.set_stage(stage)
     optimizer = torch.optim.Adam(model.param_groups(), betas=(0.5, 0.999))
-    images = common.random_images(batch, image_size, device, seed)
-    masks = common.random_masks(batch, image_size, device, seed)
-    labels = (masks.flatten(1).amax(1) > 0).long()
-    names = ["bottle"] * batch
-    times, losses = [], []
-    for _ in range(2):
-        common.synchronize(device)
-        start = time.perf_counter()
-        loss = model.loss(model(images, names), masks, labels)["total"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        common.synchronize(device)
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss.detach()))
+    times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
     trainable = sum(p.numel() for group in model.param_groups() for p in group["params"])
     return {"batch": batch, "stage": stage, "step_s": times, "loss": losses, "trainable_params": trainable}
 

@@ -24,7 +24,7 @@ from torch import nn
 from models.backbone import ClipBackbone, ImageFeatures
 from models.flows import ContextFlow, GaussianEncoder, StateFlow
 from models.losses import balanced_focal_loss, bank_orthogonality, dice_loss
-from models.scoring import Prediction, bayes_topk, topk_mean
+from models.scoring import Prediction, bayes_topk, pair_class_prob, topk_mean
 
 
 @dataclass
@@ -197,8 +197,7 @@ class BayesPFLOutput:
 
     @property
     def class_prob(self) -> torch.Tensor:
-        """[N] mean over pairs of the pair's softmax probability of "abnormal"."""
-        return self.class_logits.softmax(dim=1)[:, 1].mean(1)
+        return pair_class_prob(self.class_logits)
 
     @property
     def anomaly_map(self) -> torch.Tensor:

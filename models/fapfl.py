@@ -23,11 +23,11 @@ from torch import nn
 
 from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
 from models.bayes_pfl import BayesPFLConfig, FlowNoise, PatchFuse, PromptBank, RCAHead
-from models.faprompt import CompoundPrompts, FAPromptConfig, PriorNet, grid_probs, select_patches, upsample_grid
+from models.faprompt import CompoundPrompts, FAPromptConfig, PriorNet, select_patches, upsample_grid
 from models.flows import ContextFlow, GaussianEncoder, StateFlow
 from models.losses import (balanced_focal_loss, bank_orthogonality, binary_focal_loss, cap_orthogonality,
                            dice_loss, focal_loss)
-from models.scoring import Prediction, bayes_topk, topk_mean
+from models.scoring import Prediction, bayes_topk, pair_class_prob, topk_mean
 
 STRUCTURES = ("cap", "bank")
 FLOWS = ("none", "context", "context+abnormal", "context+state")
@@ -132,7 +132,7 @@ class FAPFLOutput:
 
     @property
     def class_prob(self) -> torch.Tensor:
-        return self.class_logits.softmax(dim=1)[:, 1].mean(1)
+        return pair_class_prob(self.class_logits)
 
     @property
     def anomaly_map(self) -> torch.Tensor:

@@ -30,6 +30,12 @@ class Prediction:
         return Prediction(self.anomaly_map.to(device), self.class_prob.to(device), self.map_score.to(device))
 
 
+def pair_class_prob(logits: torch.Tensor) -> torch.Tensor:
+    """[N, 2, M] (normal, abnormal) image logits of M pairs → [N] mean over the pairs of each
+    pair's softmax probability of "abnormal"."""
+    return logits.softmax(dim=1)[:, 1].mean(1)
+
+
 def topk_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
     """Mean of the k largest values of each [S, S] map: [N, S, S] → [N] (k clipped to S·S)."""
     flat = maps.flatten(1)

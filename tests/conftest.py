@@ -1,32 +1,31 @@
 """Shared fixtures: a tiny open_clip model registered for the tests (random weights, CPU)."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TINY_MODEL = "zsad-tiny-vit"
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 48, "head_width": 12, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 4},
-}
+from benchmarks.common import register_tiny_model  # noqa: E402  (the one tiny config)
 
 
-def register_tiny_model(directory: Path) -> str:
-    """Write the tiny config as an open_clip model config and register it."""
-    path = Path(directory) / f"{TINY_MODEL}.json"
-    path.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(path)
-    return TINY_MODEL
+def defect_batch(n: int, size: int, seed: int):
+    """Smooth random textures with bright 16-px square defects on the second half of the
+    images: (images [n, 3, S, S], masks [n, S, S], labels [n]) for learning checks."""
+    g = torch.Generator().manual_seed(seed)
+    base = F.interpolate(torch.randn(n, 3, size // 8, size // 8, generator=g), size=(size, size),
+                         mode="bilinear", align_corners=False)
+    masks = torch.zeros(n, size, size)
+    for i in range(n // 2, n):
+        y, x = torch.randint(0, size - 16, (2,), generator=g).tolist()
+        masks[i, y:y + 16, x:x + 16] = 1
+    return base * 0.5 + masks[:, None] * 2.5, masks, (masks.flatten(1).amax(1) > 0).long()
 
 
 @pytest.fixture(scope="session")

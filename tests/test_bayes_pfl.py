@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from models.backbone import BackboneConfig, build_backbone
 from models.bayes_pfl import BayesPFL, BayesPFLConfig, FlowNoise, is_official_state, official_to_ours
 from models.flows import ContextFlow, GaussianEncoder, StateFlow, planar_transforms
+from conftest import defect_batch
 from utils.metrics import pixel_metrics
 
 SIZE = 32
@@ -242,23 +242,12 @@ def test_official_state_dict_loads_and_round_trips(model, backbone, tmp_path):
     torch.testing.assert_close(a.class_prob, b.class_prob)
 
 
-def _defect_batch(n: int, size: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    base = F.interpolate(torch.randn(n, 3, size // 8, size // 8, generator=g), size=(size, size),
-                         mode="bilinear", align_corners=False)
-    masks = torch.zeros(n, size, size)
-    for i in range(n // 2, n):
-        y, x = torch.randint(0, size - 16, (2,), generator=g).tolist()
-        masks[i, y:y + 16, x:x + 16] = 1
-    return base * 0.5 + masks[:, None] * 2.5, masks, (masks.flatten(1).amax(1) > 0).long()
-
-
 def test_learning_lowers_loss_and_raises_pixel_auroc(tiny_model):
     size = 64
     backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=size))
     torch.manual_seed(0)
     model = BayesPFL(backbone, BayesPFLConfig(features_list=(2, 4), sample_num=2))
-    images, masks, labels = _defect_batch(8, size, seed=1)
+    images, masks, labels = defect_batch(8, size, seed=1)
     names = ["object"] * 8
     groups = model.param_groups(lr_prompt=1e-2, lr_flow=1e-2, lr_linear=1e-2, lr_temperature=1e-2)
     optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from models.backbone import BackboneConfig, build_backbone
 from models.faprompt import FAPrompt, FAPromptConfig, is_official_state, official_to_ours
+from conftest import defect_batch
 from utils.metrics import pixel_metrics
 
 SIZE = 32
@@ -179,25 +180,12 @@ def test_official_compat_switches():
     assert CONFIG.dap_select == "topk" and not CONFIG.fused_focal_logits
 
 
-def _defect_batch(n: int, size: int, seed: int):
-    """Smooth random textures with bright square defects on half the images."""
-    g = torch.Generator().manual_seed(seed)
-    base = F.interpolate(torch.randn(n, 3, size // 8, size // 8, generator=g), size=(size, size),
-                         mode="bilinear", align_corners=False)
-    masks = torch.zeros(n, size, size)
-    for i in range(n // 2, n):
-        y, x = torch.randint(0, size - 16, (2,), generator=g).tolist()
-        masks[i, y:y + 16, x:x + 16] = 1
-    images = base * 0.5 + masks[:, None] * 2.5
-    return images, masks, (masks.flatten(1).amax(1) > 0).long()
-
-
 def test_learning_lowers_loss_and_raises_pixel_auroc(tiny_model):
     size = 64
     backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=size))
     torch.manual_seed(0)
     model = FAPrompt(backbone, CONFIG)
-    images, masks, labels = _defect_batch(8, size, seed=1)
+    images, masks, labels = defect_batch(8, size, seed=1)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2,
                                  betas=(0.5, 0.999))
 
