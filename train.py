@@ -134,24 +134,43 @@ def _validation(args, dataset_name: str, train_set: MetaDataset, image_size: int
     return None, MetaDataset(args.val_data_path, "test", classes=classes, image_size=image_size)
 
 
+def _save_path(args) -> Path:
+    name = args.dataset or Path(args.train_data_path).name
+    return Path(args.save_path or f"checkpoints/{name}_{args.method}")
+
+
+def _resume_checkpoint(args):
+    """The checkpoint named by --resume (``auto``: the latest epoch in the save path), or None."""
+    if not args.resume:
+        return None
+    path = args.resume
+    if path == "auto":
+        found = sorted(_save_path(args).glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        if not found:
+            raise UserError(f"--resume auto: no epoch_*.pth in {_save_path(args)}")
+        path = str(found[-1])
+    checkpoint = read_checkpoint(path)
+    if not checkpoint.training:
+        raise UserError(f"--resume {path}: not a resumable checkpoint of train.py (final.pth holds no "
+                        "training state; pass an epoch_N.pth)")
+    return checkpoint
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    resume = _resume_checkpoint(args)
+    if resume is not None:  # the interrupted run's flags, unless given again
+        stored = resume.training.get("run", {}).get("args", {})
+        parser.set_defaults(**{k: v for k, v in stored.items() if k not in ("resume", "interrupt_after_epoch")})
+        args = parser.parse_args(argv)
+        if resume.method != args.method:
+            raise UserError(f"--resume {args.resume}: a {resume.method} checkpoint, not --method {args.method}")
     method = args.method
     recipe = RECIPES[method]
     dataset_name = args.dataset or Path(args.train_data_path).name
-    save_path = cli.ensure_writable(Path(args.save_path or f"checkpoints/{dataset_name}_{method}"))
+    save_path = cli.ensure_writable(_save_path(args))
     setup_logging(save_path / "train.log")
-    resume = None
-    if args.resume:
-        resume_path = args.resume
-        if resume_path == "auto":
-            found = sorted(save_path.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-            if not found:
-                raise UserError(f"--resume auto: no epoch_*.pth in {save_path}")
-            resume_path = str(found[-1])
-        resume = read_checkpoint(resume_path)
-        if resume.method != method or not resume.training:
-            raise UserError(f"--resume {resume_path}: not a resumable {method} checkpoint of train.py")
     args.seed = recipe["seed"] if args.seed is None else args.seed
     cli.seed_everything(args.seed)
     device = cli.resolve_device(args.device)
@@ -205,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         def validate(m):
             return validation_scores(m, val_set, device, batch_size, num_workers, args.val_sample_num)
     trainer = Trainer(model, train_set, settings, backbone_cfg, device, validate,
-                      run_info={"dataset": dataset_name, "train_data_path": str(full.root)})
+                      run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)})
     if resume is not None:
         trainer.resume(resume.training, resume.state_dict)
     final = trainer.run()

@@ -210,6 +210,7 @@ class BayesPFL(nn.Module):
 
     method = "bayes_pfl"
     score_fusion = "minmax"
+    two_stage = True
 
     def __init__(self, backbone: ClipBackbone, config: BayesPFLConfig):
         super().__init__()

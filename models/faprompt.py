@@ -206,6 +206,7 @@ class FAPrompt(nn.Module):
 
     method = "faprompt"
     score_fusion = "mean"
+    two_stage = False
 
     def __init__(self, backbone: ClipBackbone, config: FAPromptConfig):
         super().__init__()

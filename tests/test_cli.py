@@ -104,7 +104,9 @@ def test_resume_after_interrupt_equals_uninterrupted(data, tmp_path, common):
     assert _train(data, tmp_path / "straight", common, *extra) == 0
     assert _train(data, tmp_path / "broken", common, *extra, "--interrupt_after_epoch", "1") == EXIT_INTERRUPTED
     assert (tmp_path / "broken" / "epoch_1.pth").is_file() and not (tmp_path / "broken" / "final.pth").exists()
-    assert _train(data, tmp_path / "broken", common, *extra, "--resume", "auto") == 0
+    # resuming needs only the data and the folder: the other flags come from the checkpoint
+    resume = ["--train_data_path", str(data), "--save_path", str(tmp_path / "broken"), "--resume", "auto"]
+    assert run_cli(train_script.main, resume) == 0
     a = read_checkpoint(str(tmp_path / "straight" / "final.pth")).state_dict
     b = read_checkpoint(str(tmp_path / "broken" / "final.pth")).state_dict
     assert a.keys() == b.keys()

@@ -106,7 +106,7 @@ class Trainer:
         self.model, self.dataset, self.settings = model, dataset, settings
         self.backbone_config, self.device, self.validate = backbone_config, device, validate
         self.run_info = run_info or {}
-        self.two_stage = getattr(model, "two_stage", hasattr(model, "set_stage"))
+        self.two_stage = bool(getattr(model, "two_stage", False))
         self.state = TrainState()
         self.steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
         self._build_optimizer()
@@ -183,8 +183,9 @@ class Trainer:
 
     def _early_stopping(self, scores: Dict[str, Optional[float]]) -> None:
         """Bayes-PFL's rule: improve (>=) resets; the (patience+1)-th miss ends the stage."""
-        key = "pixel_ap" if self.state.stage == 1 and self.two_stage else "image_ap"
-        if not self.two_stage:
+        if self.two_stage:
+            key = "pixel_ap" if self.state.stage == 1 else "image_ap"
+        else:
             key = "pixel_ap" if scores.get("pixel_ap") is not None else "image_ap"
         value = scores.get(key)
         if value is None:
