@@ -17,8 +17,8 @@
 #   DATASETS      datasets of the 'others' preset      [btad mpdd dtd sdd aitex dagm elpv ...]
 #   CLIP_WEIGHTS  a local ViT-L-14-336px.pt; unset: open_clip downloads the 'openai' weights
 #   GPU           CUDA device index                   [0]
-#   IMAGE_SIZE    input size                          [518; the demo uses 336, CLIP's native size,
-#                                                      to stay quick on a CPU]
+#   IMAGE_SIZE    input size                          [a checkpoint's own; 518 for the baseline,
+#                                                      336 (CLIP's native size) in its CPU-friendly demo]
 #   SAVE_ROOT     results folder                      [./results]
 #   PYTHON        interpreter                         [python]
 # Extra arguments go to test.py (e.g. --save_vis --save_maps --batch_size 16).
@@ -55,10 +55,14 @@ else
   model=(--method clip)
 fi
 
-# The official test settings: 518 px, layers 6 12 18 24, Bayes-PFL R = 10 flow samples
-# and seed 333 (its test.sh); everything else comes from the checkpoint.
-if [[ "$PRESET" == demo ]]; then size=${IMAGE_SIZE:-336}; else size=${IMAGE_SIZE:-518}; fi
-official=(--image_size "$size" --metrics image-pixel)
+# The official test settings come from the checkpoint (518 px, layers 6 12 18 24, Bayes-PFL
+# R = 10 flow samples); seed 333 as Bayes-PFL's test.sh.
+# image size: IMAGE_SIZE if set; else a checkpoint's own (518 for the published recipes); else
+# 518, or 336 (CLIP's native size, quick on a CPU) for the training-free demo
+official=(--metrics image-pixel)
+if [[ -n "${IMAGE_SIZE:-}" ]]; then official+=(--image_size "$IMAGE_SIZE")
+elif [[ -z "$CHECKPOINT" && "$PRESET" == demo ]]; then official+=(--image_size 336)
+elif [[ -z "$CHECKPOINT" ]]; then official+=(--image_size 518); fi
 if [[ -n "$CHECKPOINT" ]]; then official+=(--seed 333); fi
 
 run() {  # run <dataset name> <dataset root> [test.py arguments]

@@ -74,4 +74,8 @@ save=$SAVE_ROOT/${name}_${METHOD}
 "$PYTHON" train.py "${common[@]}" "${recipe[@]}" --dataset "$name" --train_data_path "$root" \
   --save_path "$save" "$@"
 echo "train.sh: final checkpoint $save/final.pth"
-echo "          test it:  CHECKPOINT=$save/final.pth DATA_ROOT=$DATA_ROOT bash test.sh"
+if [[ "$PRESET" == demo ]]; then
+  echo "          test it:  CHECKPOINT=$save/final.pth PRESET=demo bash test.sh"
+else
+  echo "          test it:  CHECKPOINT=$save/final.pth DATA_ROOT=$DATA_ROOT bash test.sh"
+fi

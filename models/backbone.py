@@ -367,6 +367,24 @@ def _load_state(clip: nn.Module, state: dict, path: str, model_name: str) -> Non
 
 
 @contextlib.contextmanager
+def _quiet_root_logger():
+    """Mute open_clip's root-logger warnings while we build a model whose weights we load
+    ourselves (it would report the model as "initialized randomly")."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _bare_model(name: str) -> nn.Module:
+    with _quiet_root_logger():
+        return open_clip.create_model(name, pretrained=None)
+
+
+@contextlib.contextmanager
 def _hub_offline_unless_reachable(host: str = "huggingface.co"):
     """Put huggingface_hub in offline (cache-only) mode while ``host`` does not resolve.
 
@@ -411,10 +429,10 @@ def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
         log.warning("!" * 78)
         log.warning("--pretrained none: CLIP has RANDOM weights. Results mean nothing; use this only for tests.")
         log.warning("!" * 78)
-        clip = open_clip.create_model(config.model, pretrained=None)
+        clip = _bare_model(config.model)
     elif os.path.isfile(pretrained):
         state, openai_like = _read_weight_file(pretrained)
-        clip = open_clip.create_model(config.model, pretrained=None)
+        clip = _bare_model(config.model)
         _load_state(clip, state, pretrained, config.model)
         log.info("loaded CLIP weights from %s", pretrained)
     elif os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
