@@ -24,7 +24,7 @@ from torch import nn
 from models.backbone import ClipBackbone, ImageFeatures
 from models.flows import ContextFlow, GaussianEncoder, StateFlow
 from models.losses import balanced_focal_loss, bank_orthogonality, dice_loss
-from models.scoring import Prediction, bayes_topk, pair_class_prob, topk_mean
+from models.scoring import Prediction, bayes_map_scores, pair_class_prob
 
 
 @dataclass
@@ -326,12 +326,7 @@ class BayesPFL(nn.Module):
         """Test-time outputs: the map, the class probability and the top-k mean of the map."""
         out = self(images, class_names)
         maps = out.anomaly_map
-        ks = [bayes_topk(name) for name in class_names]
-        map_score = torch.empty(len(ks), device=maps.device)
-        for k in set(ks):
-            index = torch.tensor([i for i, value in enumerate(ks) if value == k], device=maps.device)
-            map_score[index] = topk_mean(maps[index], k)
-        return Prediction(maps, out.class_prob, map_score)
+        return Prediction(maps, out.class_prob, bayes_map_scores(maps, class_names))
 
     # ------------------------------------------------------------------ training
     def loss(self, out: BayesPFLOutput, masks: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from models.faprompt import CompoundPrompts, FAPromptConfig, PriorNet, select_pa
 from models.flows import ContextFlow, GaussianEncoder, StateFlow
 from models.losses import (balanced_focal_loss, bank_orthogonality, binary_focal_loss, cap_orthogonality,
                            dice_loss, focal_loss)
-from models.scoring import Prediction, bayes_topk, pair_class_prob, topk_mean
+from models.scoring import Prediction, bayes_map_scores, pair_class_prob
 
 STRUCTURES = ("cap", "bank")
 FLOWS = ("none", "context", "context+abnormal", "context+state")
@@ -401,12 +401,7 @@ class FAPFL(nn.Module):
         maps = out.anomaly_map
         if out.map_score is not None:
             return Prediction(maps, out.class_prob, out.map_score)
-        ks = [bayes_topk(name) for name in class_names]
-        score = torch.empty(len(ks), device=maps.device)
-        for k in set(ks):
-            index = torch.tensor([i for i, v in enumerate(ks) if v == k], device=maps.device)
-            score[index] = topk_mean(maps[index], k)
-        return Prediction(maps, out.class_prob, score)
+        return Prediction(maps, out.class_prob, bayes_map_scores(maps, class_names))
 
     # ------------------------------------------------------------------ training
     def _map_terms(self, out: PassOutput, masks: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,17 @@ def bayes_topk(class_name: str) -> int:
     return 20 if class_name in SMALL_DEFECT_CLASSES else 2000
 
 
+def bayes_map_scores(maps: torch.Tensor, class_names) -> torch.Tensor:
+    """[N] Bayes-PFL map scores: the top-k mean of each unblurred map [N, S, S], with k chosen
+    by each image's category (one top-k per distinct k, not per image)."""
+    ks = [bayes_topk(name) for name in class_names]
+    scores = torch.empty(len(ks), device=maps.device, dtype=maps.dtype)
+    for k in set(ks):
+        index = torch.tensor([i for i, value in enumerate(ks) if value == k], device=maps.device)
+        scores[index] = topk_mean(maps[index], k)
+    return scores
+
+
 def minmax(x: torch.Tensor) -> torch.Tensor:
     """(x − min) / (max − min + 1e-8) over one category's images."""
     return (x - x.min()) / (x.max() - x.min() + 1e-8)
