@@ -165,12 +165,6 @@ def make_backbone(model: str, pretrained: str = "none", image_size: int = DEFAUL
     return backbone.to(device)
 
 
-def clear_model_cache() -> None:
-    _CLIP_CACHE.clear()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def random_images(n: int, size: int, device: torch.device | str, seed: int = 0) -> torch.Tensor:
     """[n, 3, size, size] standard-normal images (the scale of CLIP-normalised pixels)."""
     generator = torch.Generator().manual_seed(seed)
@@ -336,9 +330,3 @@ def run_main(build_parser: Callable, run: Callable, report: Callable, argv: Opti
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double().cpu() - b.detach().double().cpu()).abs().max())
-
-
-def describe_run(settings: Dict[str, object], args: argparse.Namespace) -> str:
-    return (f"model {settings['model']} ({args.pretrained} weights), {settings['image_size']} px, "
-            f"{settings['device']}, precision {settings['precision']}, "
-            f"{args.iters} timed iters after {args.warmup} warm-up")

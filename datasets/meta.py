@@ -242,13 +242,6 @@ class MetaDataset(Dataset):
             "has_mask": has_mask,
         }
 
-    def class_counts(self) -> Dict[str, Tuple[int, int]]:
-        """Per class: (number of normal, number of anomalous) records."""
-        counts: Dict[str, List[int]] = {c: [0, 0] for c in self.classes}
-        for rec in self.records:
-            counts[str(rec["cls_name"])][int(rec["anomaly"]) == 1] += 1
-        return {c: (n[0], n[1]) for c, n in counts.items()}
-
 
 def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Default-collate-like batching that keeps strings and bools as lists/tensors."""

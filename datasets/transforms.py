@@ -77,10 +77,3 @@ def mask_to_tensor(mask: Union[np.ndarray, Image.Image], size: int) -> torch.Ten
         pil = mask_to_pil(np.asarray(pil))
     pil = TF.resize(pil, [size, size], interpolation=InterpolationMode.BILINEAR)
     return (TF.to_tensor(pil)[0] > 0.5).float()
-
-
-def unnormalize(tensor: torch.Tensor) -> torch.Tensor:
-    """Invert the CLIP normalisation of a [3, H, W] (or [B, 3, H, W]) tensor to 0..1."""
-    mean = torch.tensor(OPENAI_MEAN, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
-    std = torch.tensor(OPENAI_STD, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
-    return (tensor * std + mean).clamp(0, 1)
