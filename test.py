@@ -25,9 +25,9 @@ from models.backbone import build_backbone
 from models.factory import (METHODS, apply_compat, build_model, config_class, make_config,
                             method_backbone_defaults, model_from_checkpoint, read_checkpoint)
 from models.scoring import fuse_image_scores
-from utils import cli
+from engine import cli
+from engine.evaluation import METRIC_CHOICES, results_table, run_test
 from utils.errors import UserError, exit_with, flags_not_applicable
-from utils.evaluation import METRIC_CHOICES, results_table, run_test
 from utils.filters import gaussian_blur
 from utils.io import atomic_open, write_text
 from utils.log import setup_logging

@@ -18,11 +18,11 @@ from datasets.names import canonical_dataset, known_categories
 from models.backbone import build_backbone
 from models.factory import (METHODS, apply_compat, build_model, config_class, make_config,
                             method_backbone_defaults, read_checkpoint)
-from utils import cli
+from engine import cli
+from engine.evaluation import validation_scores
+from engine.trainer import Trainer, TrainSettings
 from utils.errors import UserError, exit_with, flags_not_applicable
-from utils.evaluation import validation_scores
 from utils.log import setup_logging
-from utils.training import Trainer, TrainSettings
 
 log = logging.getLogger("zsad.train")
 
