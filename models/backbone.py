@@ -257,7 +257,8 @@ class ClipBackbone(nn.Module):
         return self.clip.token_embedding(token_ids.to(self.device)).float()
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
-                               deep_prompts: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+                               deep_prompts: Optional[Sequence[torch.Tensor]] = None,
+                               deep_prompt_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """Encode prompts given as token embeddings; differentiable w.r.t. the inputs.
 
         Args:
@@ -266,6 +267,8 @@ class ClipBackbone(nn.Module):
             deep_prompts: optional list; entry i ([n, W] or [N, n, W]) overwrites positions
                 1..n at the input of text layer i + 2 (layers are 1-based), raw, without the
                 position embedding.
+            deep_prompt_dtype: round each sequence's copy of the deep prompts through this
+                dtype first (official FAPrompt: float16).
         Returns:
             [N, D] text features (not normalised).
         """
@@ -287,6 +290,8 @@ class ClipBackbone(nn.Module):
                     prompt = deep_prompts[index - 1]
                     if prompt.dim() == 2:
                         prompt = prompt.unsqueeze(0).expand(n_seq, -1, -1)
+                    if deep_prompt_dtype is not None:
+                        prompt = prompt.to(deep_prompt_dtype)
                     length = prompt.shape[1]
                     x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + length:]], dim=1)
                 x, _ = self._block(block, x, causal=True)

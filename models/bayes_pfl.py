@@ -133,17 +133,22 @@ class PromptBank(nn.Module):
         self.abnormal_state = nn.Parameter(nn.init.trunc_normal_(torch.empty(b, q, text_width), -0.5, 0.02))
         self._cache: Dict[tuple, Tuple[torch.Tensor, int]] = {}
 
-    def templates(self, backbone: ClipBackbone, names: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Word embeddings [N, L, W] of ``"X {name}"`` and the EOT positions [N] after insertion."""
+    @staticmethod
+    def template_text(name: str) -> str:
+        """``"X {readable class name}"``: the vectors replace the one token "X"."""
         from datasets.names import readable_name
 
+        return f"X {readable_name(name).lower()}"
+
+    def templates(self, backbone: ClipBackbone, names: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Word embeddings [N, L, W] of ``"X {name}"`` and the EOT positions [N] after insertion."""
         b, p, w = self.context.shape
         q = self.normal_state.shape[1]
         out = []
         for name in names:
             key = (name, str(backbone.device))
             if key not in self._cache:
-                tokens = backbone.tokenize([f"X {readable_name(name).lower()}"])
+                tokens = backbone.tokenize([self.template_text(name)])
                 eot = int(tokens[0].argmax()) + p + q - 1
                 if eot >= backbone.context_length:
                     raise ValueError(f"class name {name!r} is too long for {p + q} prompt vectors")

@@ -289,7 +289,7 @@ class FAPFL(nn.Module):
         embeddings = torch.cat([prompts.normal_embeddings(rep(normal_t), offset),
                                 prompts.abnormal_embeddings(rep(abnormal_t), shift, offset).flatten(0, 1)])
         eot = torch.cat([rep(normal_eot), rep(abnormal_eot).repeat_interleave(k)])
-        features = backbone.encode_text_embeddings(embeddings, eot, prompts.deep())
+        features = backbone.encode_text_embeddings(embeddings, eot, prompts.deep(), prompts.deep_dtype)
         normal_f, abnormal_f = features[:n * r], features[n * r:].view(n * r, k, -1)
         pairs = torch.stack([normal_f, abnormal_f.mean(1)], dim=1).view(n, r, 2, -1).transpose(1, 2)
         if static:

@@ -68,13 +68,17 @@ class CompoundPrompts(nn.Module):
              for _ in range(config.depth - 1)])
         self._cache: Dict[tuple, Tuple[torch.Tensor, int]] = {}
 
+    def template_text(self, word: str, abnormal: bool) -> str:
+        """The template whose placeholder words N / A the learnable vectors replace."""
+        normal = " ".join(["N"] * self.config.normal_ctx)
+        if abnormal:
+            return f"{normal} {' '.join(['A'] * self.config.abnormal_ctx)} damaged {word}."
+        return f"{normal} {word}."
+
     def _template(self, backbone: ClipBackbone, word: str, abnormal: bool) -> Tuple[torch.Tensor, int]:
         key = (word, abnormal, str(backbone.device))
         if key not in self._cache:
-            normal = " ".join(["N"] * self.config.normal_ctx)
-            text = f"{normal} {' '.join(['A'] * self.config.abnormal_ctx)} damaged {word}." if abnormal \
-                else f"{normal} {word}."
-            tokens = backbone.tokenize([text])
+            tokens = backbone.tokenize([self.template_text(word, abnormal)])
             with torch.no_grad():
                 embeddings = backbone.token_embedding(tokens)[0]
             self._cache[key] = (embeddings, int(tokens[0].argmax()))
@@ -87,9 +91,13 @@ class CompoundPrompts(nn.Module):
                 torch.tensor([p[1] for p in pairs], device=backbone.device))
 
     def deep(self) -> List[torch.Tensor]:
-        if self.config.deep_prompt_fp16:
-            return [p.half().float() for p in self.deep_prompts]
         return list(self.deep_prompts)
+
+    @property
+    def deep_dtype(self) -> Optional[torch.dtype]:
+        """The official code rounds every sequence's copy of the deep prompts through fp16
+        (so their gradients are rounded per sequence too); None keeps fp32."""
+        return torch.float16 if self.config.deep_prompt_fp16 else None
 
     def _normal_ctx(self, n: int, offset: Optional[torch.Tensor]) -> torch.Tensor:
         """[n, n_ctx, W] normal context vectors, each row shifted by ``offset`` [n, W] if given."""
@@ -250,7 +258,7 @@ class FAPrompt(nn.Module):
         embeddings = torch.cat([prompts.normal_embeddings(normal_t),
                                 prompts.abnormal_embeddings(abnormal_t).flatten(0, 1)])
         eot = torch.cat([normal_eot, abnormal_eot.repeat_interleave(k)])
-        features = backbone.encode_text_embeddings(embeddings, eot, prompts.deep())
+        features = backbone.encode_text_embeddings(embeddings, eot, prompts.deep(), prompts.deep_dtype)
         u = len(unique)
         normal, abnormal = features[:u], features[u:].reshape(u, k, -1)
         if key is not None:
@@ -295,7 +303,7 @@ class FAPrompt(nn.Module):
         template, eot = prompts.templates(backbone, words, abnormal=True)
         embeddings = prompts.abnormal_embeddings(template, prior)
         features = backbone.encode_text_embeddings(embeddings.flatten(0, 1), eot.repeat_interleave(k),
-                                                   prompts.deep())
+                                                   prompts.deep(), prompts.deep_dtype)
         return features.view(len(words), k, -1).mean(1)
 
     def loss(self, out: FAPromptOutput, masks: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:

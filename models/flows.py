@@ -72,10 +72,13 @@ def _log_normal(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> t
 
 @dataclass
 class FlowSample:
-    """Samples of one flow. ``z`` [..., R, D]; ``kl`` the scalar KL term (training only)."""
+    """Samples of one flow: ``z`` = z_K [..., R, D]; ``z0`` the base samples, ``log_det`` [..., R]
+    the summed log-determinants and ``kl`` the scalar KL term (these three in training only)."""
 
     z: torch.Tensor
     kl: Optional[torch.Tensor] = None
+    z0: Optional[torch.Tensor] = None
+    log_det: Optional[torch.Tensor] = None
 
 
 def _sample_and_flow(mean, log_var, u, w, b, eps, batch_images: int, with_kl: bool,
@@ -90,7 +93,7 @@ def _sample_and_flow(mean, log_var, u, w, b, eps, batch_images: int, with_kl: bo
     log_q = _log_normal(z0, mean, 0.5 * log_var) + 1e-8
     log_p = _log_normal(zk, torch.zeros_like(zk), torch.zeros_like(zk)) + 1e-8
     kl = (repeat_density * (log_q - log_p).sum() - log_det.sum()) / batch_images
-    return FlowSample(zk, kl)
+    return FlowSample(zk, kl, z0, log_det)
 
 
 class ContextFlow(nn.Module):

@@ -148,20 +148,6 @@ def test_saved_maps_are_the_maps_the_metrics_used(faprompt_checkpoint, data, tmp
             assert value == pytest.approx(results["per_category"][category][f"pixel_{key}"], abs=1e-12)
 
 
-def test_official_faprompt_checkpoint_loads_through_checkpoint_path(data, tmp_path, common, tiny_model):
-    from models.backbone import BackboneConfig, build_backbone
-    from test_faprompt import CONFIG, _official_state
-
-    backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=32))
-    path = tmp_path / "official.pth"
-    torch.save({"prompt_learner": _official_state(backbone, CONFIG)}, path)
-    out = tmp_path / "official"
-    argv = ["--checkpoint_path", str(path), "--data_path", str(data), "--save_path", str(out), "--metrics", "pixel"]
-    assert run_cli(test_script.main, [*argv, *common]) == 0  # --model: official files imply ViT-L-14-336
-    results = json.loads((out / "results.json").read_text())
-    assert results["config"]["dap_select"] == "first" and results["config"]["deep_prompt_fp16"]  # compat auto
-
-
 def test_training_free_baseline(data, tmp_path, common):
     out = tmp_path / "clip"
     assert run_cli(test_script.main, ["--method", "clip", "--data_path", str(data), "--save_path", str(out),

@@ -1,5 +1,5 @@
-"""FAPrompt on the tiny backbone: shapes, gradients, batching, DAP selection, official weights,
-and a learning check."""
+"""FAPrompt on the tiny backbone: shapes, gradients, batching, DAP selection and a learning check
+(the official code's outputs and checkpoints: test_golden.py, test_official_checkpoints.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import BackboneConfig, build_backbone
-from models.faprompt import FAPrompt, FAPromptConfig, is_official_state, official_to_ours
+from models.faprompt import FAPrompt, FAPromptConfig
 from conftest import defect_batch
 from utils.metrics import pixel_metrics
 
@@ -123,55 +123,6 @@ def test_topk_and_first_differ_only_in_selected_patches(backbone):
         for out in (a, b):
             chosen = torch.stack([feats[i, out.selected[i]] for i in range(3)])
             torch.testing.assert_close(out.prior, topk.prior_net(chosen), atol=1e-6, rtol=0)
-
-
-def _official_state(backbone, cfg: FAPromptConfig, seed: int = 9) -> dict:
-    """An official-format prompt_learner state dict with random values, scaled to ``backbone``."""
-    g = torch.Generator().manual_seed(seed)
-    w, d, k = backbone.text_width, backbone.embed_dim, cfg.dap_k
-    rand = lambda *shape: torch.randn(*shape, generator=g) * 0.05  # noqa: E731
-    state = {
-        "ctx_pos": rand(1, 1, cfg.normal_ctx, w),
-        "ctx_neg": rand(1, cfg.abnormal_prompts, cfg.abnormal_ctx, w),
-        "patch_meta_net.linear1.weight": rand(d * k // 16, d * k),
-        "patch_meta_net.linear1.bias": rand(d * k // 16),
-        "patch_meta_net.linear2.weight": rand(w, d * k // 16),
-        "patch_meta_net.linear2.bias": rand(w),
-        "token_prefix_pos": rand(1, 1, 1, w), "token_suffix_pos": rand(1, 1, 71, w),
-        "token_prefix_neg": rand(1, cfg.abnormal_prompts, 1, w),
-        "token_suffix_neg": rand(1, cfg.abnormal_prompts, 69, w),
-        "tokenized_prompts_pos": torch.zeros(1, 1, 77, dtype=torch.int32),
-        "tokenized_prompts_neg": torch.zeros(1, cfg.abnormal_prompts, 77, dtype=torch.int32),
-    }
-    for i in range(cfg.depth - 1):
-        state[f"compound_prompts_text.{i}"] = rand(cfg.t_n_ctx, w)
-        state[f"compound_prompt_projections.{i}.weight"] = rand(7, w)
-        state[f"compound_prompt_projections.{i}.bias"] = rand(7)
-    return state
-
-
-def test_official_state_dict_loads_and_round_trips(backbone, tmp_path):
-    official = _official_state(backbone, CONFIG)
-    assert is_official_state(official)
-    state, fields = official_to_ours(official)
-    assert fields == {"abnormal_prompts": 10, "normal_ctx": 5, "abnormal_ctx": 2, "depth": 3,
-                      "t_n_ctx": 2, "dap_k": 4}
-    model = FAPrompt(backbone, FAPromptConfig(**fields))
-    result = model.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys
-    assert all(k.startswith("backbone.") for k in result.missing_keys)
-    assert torch.equal(model.prompts.normal_ctx, official["ctx_pos"][0, 0])
-    assert torch.equal(model.prompts.abnormal_ctx, official["ctx_neg"][0])
-    assert torch.equal(model.prompts.deep_prompts[1], official["compound_prompts_text.1"])
-    assert torch.equal(model.prior_net.net.linear2.bias, official["patch_meta_net.linear2.bias"])
-    # round trip through a saved file gives a model with identical outputs
-    path = tmp_path / "ours.pt"
-    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}, path)
-    again = FAPrompt(backbone, FAPromptConfig(**fields))
-    again.load_state_dict(torch.load(path), strict=False)
-    images = _batch(2)[0]
-    with torch.no_grad():
-        torch.testing.assert_close(again(images, ["a", "b"]).anomaly_map, model(images, ["a", "b"]).anomaly_map)
 
 
 def test_official_compat_switches():

@@ -1,0 +1,1 @@
+"""Developer tools (golden-fixture generation, mutation check); not needed to run the project."""

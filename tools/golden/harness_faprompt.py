@@ -1,0 +1,293 @@
+"""Run the official FAPrompt test and one training step on the golden data; record every stage.
+
+Runs in its own process with the official checkout first on ``sys.path`` (its module names
+``dataset``, ``loss``, ``utils`` would clash with ours). Called by ``make_golden.py``:
+
+    python harness_faprompt.py --official PATH --work DIR --clip FILE --data ROOT --out FILE.npz
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE.parents[1]]
+
+import torch  # noqa: E402
+
+import official_stubs  # noqa: E402
+from golden_checkpoints import FAPROMPT_SEED, checksum, seeded_parameters  # noqa: E402
+from recorder import Recorder, gradient_summary, patched  # noqa: E402
+
+DEPTH, T_N_CTX = 3, 4  # deep prompts at text layers 2..3 of the 4-layer tiny text tower
+
+
+def manifest(module: torch.nn.Module) -> dict:
+    params = {name for name, _ in module.named_parameters()}
+    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
+                "kind": "parameter" if k in params else "buffer"} for k, v in module.state_dict().items()}
+
+
+def pillow_masks(module) -> None:
+    """Current Pillow rejects ``Image.fromarray(float64 zeros, mode='L')``: cast masks to uint8."""
+    from PIL import Image
+
+    def fromarray(array, mode=None):
+        array = np.asarray(array)
+        if mode == "L" and array.dtype != np.uint8:
+            array = array.astype(np.uint8)
+        return Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
+
+    module.Image = types.SimpleNamespace(open=Image.open, fromarray=fromarray, new=Image.new)
+
+
+def full_size_manifest(fap_module) -> dict:
+    """Keys, shapes and dtypes of the official prompt learner at ViT-L-14-336 size (text width
+    768); only the word-embedding table of the CLIP is needed to build it."""
+    stand_in = types.SimpleNamespace(
+        transformer=types.SimpleNamespace(get_cast_dtype=lambda: torch.float32),
+        ln_final=torch.nn.LayerNorm(768), token_embedding=torch.nn.Embedding(49408, 768))
+    learner = fap_module.FAPrompt(stand_in, {"Prompt_length": 12, "learnabel_text_embedding_depth": 9,
+                                             "learnabel_text_embedding_length": 4})
+    return manifest(learner)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    for flag in ("--official", "--work", "--clip", "--data", "--out"):
+        parser.add_argument(flag, required=True)
+    parser.add_argument("--image_size", type=int, default=48)
+    args = parser.parse_args()
+    official, work = Path(args.official).resolve(), Path(args.work).resolve()
+    sys.path.insert(0, str(official))
+    official_stubs.install_common()
+    torch.set_num_threads(2)
+    rec = Recorder()
+    out: dict = {}
+    with official_stubs.working_directory(str(official)):
+        import AnomalyCLIP_lib
+        import dataset as dataset_module
+        import FAPrompt as fap_module
+        from AnomalyCLIP_lib import AnomalyCLIP as clip_module
+
+        test_module = official_stubs.load_module("official_faprompt_test", str(official / "test.py"))
+        train_module = official_stubs.load_module("official_faprompt_train", str(official / "train.py"))
+
+    pillow_masks(dataset_module)
+    meta = json.loads((Path(args.data) / "meta.json").read_text())
+    present = list(meta["test"])
+    original_classes = dataset_module.generate_class_info
+
+    def class_info(name):  # only the classes present (the official list would torch.cat([]))
+        obj_list, ids = original_classes(name)
+        return [c for c in obj_list if c in present], ids
+
+    dataset_module.generate_class_info = class_info
+    design = {"Prompt_length": 12, "learnabel_text_embedding_depth": DEPTH, "learnabel_text_embedding_length": T_N_CTX}
+
+    # --- the seeded official checkpoint ------------------------------------------------------
+    clip, _ = AnomalyCLIP_lib.load(args.clip, device="cpu", design_details=design)
+    learner = fap_module.FAPrompt(clip, design)
+    tiny_manifest = manifest(learner)
+    seeded = seeded_parameters(tiny_manifest, "faprompt", FAPROMPT_SEED)
+    learner.load_state_dict({**learner.state_dict(), **{k: torch.from_numpy(v) for k, v in seeded.items()}})
+    checkpoint = work / "faprompt_official.pth"
+    torch.save({"prompt_learner": learner.state_dict()}, checkpoint)
+    out["checkpoint_checksum"] = np.array(checksum(seeded))
+    for key in ("tokenized_prompts_pos", "tokenized_prompts_neg"):
+        out[f"tokens/{key}"] = learner.state_dict()[key].numpy().astype(np.int64)
+    del clip, learner
+
+    class SeededFAPrompt(fap_module.FAPrompt):
+        """The official prompt learner with the seeded parameters loaded after its own init."""
+
+        instance = None
+
+        def __init__(self, clip_model, design_details):
+            super().__init__(clip_model, design_details)
+            self.load_state_dict({**self.state_dict(), **{k: torch.from_numpy(v) for k, v in seeded.items()}})
+            SeededFAPrompt.instance = self
+
+        def forward(self, selected_tokens=None):
+            result = super().forward(selected_tokens)
+            rec.calls["prompt_learner"].append({"selected": None if selected_tokens is None
+                                                 else selected_tokens.detach().numpy().copy(),
+                                                 "bias": result[-1].detach().numpy().copy()
+                                                 if torch.is_tensor(result[-1]) else None})
+            return result
+
+    def clip_path_load(name, *a, **k):
+        return original_load(args.clip, *a, **k)
+
+    original_load = AnomalyCLIP_lib.load
+    wrapped = {name: rec.wrap(name, getattr(AnomalyCLIP_lib, name))
+               for name in ("compute_similarity_ori", "compute_similarity", "get_similarity_map")}
+
+    # --- the official test -------------------------------------------------------------------
+    test_args = argparse.Namespace(image_size=args.image_size, features_list=[6, 12, 18, 24], data_path=args.data,
+                                   save_path=str(work / "faprompt_test"), dataset="mvtecad",
+                                   checkpoint_path=str(checkpoint), depth=DEPTH, n_ctx=12, t_n_ctx=T_N_CTX,
+                                   metrics="image-pixel-level", seed=111, sigma=10)
+    with patched(AnomalyCLIP_lib, "load", clip_path_load), \
+            patched(test_module, "FAPrompt", SeededFAPrompt), \
+            patched(clip_module.AnomalyCLIP, "encode_image", rec.wrap("encode_image", clip_module.AnomalyCLIP.encode_image)), \
+            patched(clip_module.AnomalyCLIP, "encode_text_learn",
+                    rec.wrap("encode_text_learn", clip_module.AnomalyCLIP.encode_text_learn)), \
+            patched(test_module, "gaussian_filter", rec.wrap("gaussian_filter", test_module.gaussian_filter)), \
+            patched(test_module, "image_level_metrics",
+                    rec.wrap("image_level_metrics", test_module.image_level_metrics, keep_args=True)), \
+            patched(test_module, "pixel_level_metrics", rec.wrap("pixel_level_metrics", test_module.pixel_level_metrics)):
+        for name, fn in wrapped.items():
+            setattr(AnomalyCLIP_lib, name, fn)
+        test_module.setup_seed(111)
+        test_module.test(test_args)
+        for name in wrapped:
+            setattr(AnomalyCLIP_lib, name, getattr(AnomalyCLIP_lib.model_load, name))
+    collect_test(rec, out, present)
+    rec.calls.clear()
+
+    # --- one official training step ------------------------------------------------------------
+    out.update(train_step(train_module, SeededFAPrompt, clip_path_load, original_load, args, work, rec))
+    out["full_manifest"] = np.array(json.dumps(full_size_manifest(fap_module)))
+    out["tiny_manifest"] = np.array(json.dumps(tiny_manifest))
+    np.savez_compressed(args.out, **out)
+    print(f"wrote {args.out} ({len(out)} arrays)")
+
+
+def collect_test(rec: Recorder, out: dict, classes) -> None:
+    """Per-image arrays (in dataset order) from the recorded calls of the official test."""
+    text = rec.outputs("encode_text_learn")  # per image: static pos, static neg, DAP pos, DAP neg
+    n = len(rec.outputs("encode_image"))
+    image_feature = np.stack([o[0] for o in rec.outputs("encode_image")])  # [N, 1, D] CLS @ proj
+    patches = np.stack([o[1] for o in rec.outputs("encode_image")])  # [N, 1+P, 1, D] V-V tokens
+    out["image/cls_raw"] = image_feature[:, 0]
+    out["image/vv_proj"] = patches[:2, 1:, 0]  # two images suffice for the backbone
+    out["text/static_normal"] = np.stack([text[4 * i][0] for i in range(n)])
+    out["text/static_abnormal"] = np.stack([text[4 * i + 1] for i in range(n)])  # [N, K, D]
+    assert all(np.array_equal(out["text/static_abnormal"][0], t) for t in out["text/static_abnormal"])
+    out["text/static_abnormal"] = out["text/static_abnormal"][:1]  # the same for every image
+    out["text/dap_normal"] = np.stack([text[4 * i + 2][0] for i in range(n)])
+    out["text/dap_abnormal"] = np.stack([text[4 * i + 3] for i in range(n)])
+    sim1 = rec.outputs("compute_similarity_ori")
+    sim2 = rec.outputs("compute_similarity")
+    out["grid1"] = np.stack([s[0][1:, 0] for s in sim1])  # [N, P, 2]
+    out["grid2"] = np.stack([s[0][1:, 0] for s in sim2])
+    maps = rec.outputs("get_similarity_map")
+    out["map1"] = np.stack([maps[2 * i][0] for i in range(n)])  # [N, 2, S, S]
+    out["map2"] = np.stack([maps[2 * i + 1][0] for i in range(n)])
+    learner_calls = rec.calls["prompt_learner"]
+    dap = [c for c in learner_calls if c["selected"] is not None]
+    out["dap/selected_tokens"] = np.stack([c["selected"] for c in dap])  # [N, k, D]
+    out["dap/prior"] = np.stack([c["bias"][0] for c in dap])  # [N, W]
+    out["map_blurred"] = np.stack([g[0, 0] for g in rec.outputs("gaussian_filter")])
+    results = rec.calls["image_level_metrics"][0]["args"][0]
+    scores, labels = [], []
+    for obj in classes:
+        scores += [float(s) for s in results[obj]["pr_sp"]]
+        labels += [int(v) for v in results[obj]["gt_sp"]]
+    out["image_score"] = np.array(scores, dtype=np.float32)
+    out["labels"] = np.array(labels)
+    image_metrics = rec.outputs("image_level_metrics")  # per class: auroc, ap
+    pixel_metrics = rec.outputs("pixel_level_metrics")  # per class: auroc, aupro (legacy PRO)
+    out["metrics/image_auroc"] = np.array(image_metrics[0::2])
+    out["metrics/image_ap"] = np.array(image_metrics[1::2])
+    out["metrics/pixel_auroc"] = np.array(pixel_metrics[0::2])
+    out["metrics/pixel_pro_legacy"] = np.array(pixel_metrics[1::2])
+    out["metrics/classes"] = np.array(list(classes))
+    # the 200-step legacy PRO of np.arange over float32 maps can have 201 thresholds
+    steps = []
+    for obj_index, obj in enumerate(classes):
+        maps = np.stack([m for m, c in zip(out["map_blurred"], _image_classes(results, classes)) if c == obj])
+        low, high = maps.min(), maps.max()
+        steps.append(len(np.arange(low, high, (high - low) / 200)))
+    out["metrics/pro_thresholds"] = np.array(steps)
+
+
+def _image_classes(results, classes):
+    return [obj for obj in classes for _ in results[obj]["pr_sp"]]
+
+
+def train_step(train_module, learner_class, clip_path_load, original_load, args, work: Path, rec: Recorder) -> dict:
+    """The official training loop for one epoch of one batch (all images); records the batch
+    order, every loss term, the total and the prompt learner's gradients before the step."""
+    import AnomalyCLIP_lib
+    import loss as loss_module
+
+    out: dict = {}
+    terms: dict = {"focal": [], "dice": [], "binary_focal": [], "mse": [], "cross_entropy": [], "total": []}
+
+    def recording(cls, key):
+        class Recording(cls):
+            def forward(self, *a, **k):
+                value = super().forward(*a, **k)
+                terms[key].append(float(value))
+                return value
+        return Recording
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            if "grads" not in out:
+                names = {id(p): n for n, p in learner_class.instance.named_parameters()}
+                out["grads"] = {}
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            out["grads"].update(gradient_summary(names[id(p)], p.grad))
+            return super().step(closure)
+
+    functional = types.SimpleNamespace(**{k: getattr(torch.nn.functional, k) for k in dir(torch.nn.functional)
+                                          if not k.startswith("__")})
+    cross_entropy = torch.nn.functional.cross_entropy
+
+    def recorded_cross_entropy(*a, **k):
+        value = cross_entropy(*a, **k)
+        terms["cross_entropy"].append(float(value))
+        return value
+
+    functional.cross_entropy = recorded_cross_entropy
+    backward = torch.Tensor.backward
+
+    def recorded_backward(self, *a, **k):
+        terms["total"].append(float(self))
+        return backward(self, *a, **k)
+
+    order = []
+    data_loader = torch.utils.data.DataLoader
+
+    class RecordingLoader(data_loader):
+        def __iter__(self):
+            for items in super().__iter__():
+                order.extend(items["img_path"])
+                yield items
+
+    train_args = argparse.Namespace(train_data_path=args.data, save_path=str(work / "faprompt_train"), dataset="mvtecad",
+                                    depth=DEPTH, n_ctx=12, t_n_ctx=T_N_CTX, feature_map_layer=[0, 1, 2, 3],
+                                    features_list=[6, 12, 18, 24], epoch=1, learning_rate=0.001, batch_size=8,
+                                    image_size=args.image_size, print_freq=1, save_freq=1, seed=111)
+    Path(train_args.save_path).mkdir(parents=True, exist_ok=True)
+    with patched(AnomalyCLIP_lib, "load", clip_path_load), \
+            patched(train_module, "FAPrompt", learner_class), \
+            patched(train_module, "FocalLoss", recording(loss_module.FocalLoss, "focal")), \
+            patched(train_module, "BinaryDiceLoss", recording(loss_module.BinaryDiceLoss, "dice")), \
+            patched(train_module, "BinaryFocalLoss", recording(loss_module.BinaryFocalLoss, "binary_focal")), \
+            patched(torch.nn, "MSELoss", recording(torch.nn.MSELoss, "mse")), \
+            patched(train_module, "F", functional), \
+            patched(torch.optim, "Adam", RecordingAdam), \
+            patched(torch.utils.data, "DataLoader", RecordingLoader), \
+            patched(torch.Tensor, "backward", recorded_backward):
+        train_module.setup_seed(111)
+        train_module.train(train_args)
+    grads = out.pop("grads")
+    result = {f"train/{k}": np.array(v, dtype=np.float64) for k, v in terms.items()}
+    result["train/order"] = np.array([str(Path(p).relative_to(Path(args.data).resolve())) for p in order])
+    result.update({f"train/{k}": v for k, v in grads.items()})
+    return result
+
+
+if __name__ == "__main__":
+    main()

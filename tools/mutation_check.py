@@ -1,0 +1,233 @@
+"""Mutation check: does the test suite notice one-line misreadings of SPEC?
+
+Each mutation below replaces one exact piece of code with a plausible misreading of SPEC
+sections 3-7. For each, the repository is copied to a temporary folder, the mutation applied,
+and the suite run (golden tests first, stopping at the first failure). A mutation that leaves
+the suite green "survives": the formula it touches is not pinned by any test.
+
+    python tools/mutation_check.py              # all mutations
+    python tools/mutation_check.py -k rca       # those whose name contains "rca"
+    python tools/mutation_check.py --list
+
+A developer tool, not part of CI (a full run takes about half an hour on two cores). Exit code
+1 if any mutation survives or no longer applies (its code changed: update the list).
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    spec: str  # what SPEC says, briefly
+
+
+MUTATIONS: List[Mutation] = [
+    # -- the four misreadings that went unnoticed before the golden tests
+    Mutation("flow noise scale exp(lv/2)", "models/flows.py", "z0 = mean + eps * torch.exp(0.25 * log_var)",
+             "z0 = mean + eps * torch.exp(0.5 * log_var)", "§5: z0 = mu + eps * exp(lv/4)"),
+    Mutation("rca scale from the head width", "models/bayes_pfl.py", "self.scale = embed_dim ** -0.5",
+             "self.scale = (embed_dim // heads) ** -0.5", "§5: scale 768^-0.5, not 192^-0.5"),
+    Mutation("faprompt grid upsampling align_corners", "models/faprompt.py",
+             "def upsample_grid(probs: torch.Tensor, size: int, align_corners: bool = False)",
+             "def upsample_grid(probs: torch.Tensor, size: int, align_corners: bool = True)",
+             "§4: bilinear, align_corners=False"),
+    Mutation("cap orthogonality without abs", "models/losses.py", "return cosine.abs()[..., upper].sum()",
+             "return cosine[..., upper].sum()", "§4: sum of |cos|"),
+    # -- CAP
+    Mutation("cap abnormal mean after normalising", "models/faprompt.py",
+             "static = F.normalize(torch.stack([normal, abnormal.mean(1)], dim=1), dim=-1)[index]",
+             "static = F.normalize(torch.stack([normal, F.normalize(abnormal, dim=-1).mean(1)], dim=1), dim=-1)[index]",
+             "§4: mean taken before normalisation"),
+    Mutation("cap fixed temperature 0.01", "models/faprompt.py", "    temperature: float = 0.07",
+             "    temperature: float = 0.01", "§4: the fixed 0.07, not CLIP's logit scale"),
+    Mutation("cap image feature with ln_post", "models/faprompt.py", "image = F.normalize(feats.cls_raw, dim=-1)",
+             "image = F.normalize(feats.cls, dim=-1)", "§4/§8: CLS @ proj without ln_post"),
+    Mutation("deep prompts at positions 0..n-1", "models/backbone.py",
+             "x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + length:]], dim=1)",
+             "x = torch.cat([prompt.to(x.dtype), x[:, length:]], dim=1)", "§3: positions 1..n after SOS"),
+    Mutation("deep prompts not rounded per sequence", "models/backbone.py",
+             "                        prompt = prompt.to(deep_prompt_dtype)",
+             "                        prompt = prompt.to(torch.bfloat16)", "§8: official rounds through fp16"),
+    # -- DAP
+    Mutation("dap top-k ascending", "models/faprompt.py",
+             "return abnormal_prob.topk(k, dim=1, largest=True, sorted=True).indices",
+             "return abnormal_prob.topk(k, dim=1, largest=False, sorted=True).indices",
+             "§4: the k most abnormal patches"),
+    Mutation("dap unnormalised patch features", "models/faprompt.py",
+             "chosen = torch.gather(patches, 1, selected[..., None].expand(-1, -1, patches.shape[-1]))",
+             "chosen = torch.gather(feats.vv_proj, 1, selected[..., None].expand(-1, -1, patches.shape[-1]))",
+             "§4: normalised patch features"),
+    Mutation("dap prior mse summed over dims", "models/faprompt.py",
+             '"prior": (out.prior.pow(2).mean(1) * normal).sum(),',
+             '"prior": (out.prior.pow(2).sum(1) * normal).sum(),', "§4: MSE(beta, 0)"),
+    Mutation("fused score weights swapped", "models/faprompt.py",
+             "return (2 * self.grid1[..., 1].amax(1) + self.grid2[..., 1].amax(1)) / 3",
+             "return (self.grid1[..., 1].amax(1) + 2 * self.grid2[..., 1].amax(1)) / 3", "§4: (2 max a1 + max a2)/3"),
+    # -- the V-V path
+    Mutation("v-v attention with keys", "models/backbone.py",
+             "out = F.scaled_dot_product_attention(torch.cat([q, v]), torch.cat([k, v]), torch.cat([v, v]))",
+             "out = F.scaled_dot_product_attention(torch.cat([q, v]), torch.cat([k, k]), torch.cat([v, v]))",
+             "§3: queries and keys both replaced by the values"),
+    Mutation("v-v start one block late", "models/backbone.py", "return max(1, round(num_layers * 5 / 24) + 1)",
+             "return max(1, round(num_layers * 5 / 24) + 2)", "§3: blocks 6..24 of 24"),
+    Mutation("position grid bilinear with align_corners", "models/backbone.py",
+             """            grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bilinear",
+                                 align_corners=False)""",
+             """            grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bilinear",
+                                 align_corners=True)""", "§8: FAPrompt bilinear, align_corners=False"),
+    # -- prompt bank
+    Mutation("bank eot one position late", "models/bayes_pfl.py", "eot = int(tokens[0].argmax()) + p + q - 1",
+             "eot = int(tokens[0].argmax()) + p + q", "§5: EOT index + P + Q - 1"),
+    Mutation("bank normal state gets the abnormal sample", "models/bayes_pfl.py",
+             "states = torch.stack([self.normal_state[None] + normal_z[:, None, None, :],",
+             "states = torch.stack([self.normal_state[None] + abnormal_z[:, None, None, :],",
+             "§5: a sample goes to the matching state"),
+    Mutation("bank context sample dropped", "models/bayes_pfl.py",
+             "context = self.context[None, None] + context_z[:, :, None, None, :]  # [N, R, B, P, W]",
+             "context = self.context[None, None] + 0 * context_z[:, :, None, None, :]  # [N, R, B, P, W]",
+             "§5: z of the image-specific flow goes to the P context vectors"),
+    # -- flows and KL
+    Mutation("planar log-det without the 1", "models/flows.py",
+             "log_det = log_det + torch.log(((1 - h.pow(2)) * (w_k * u_k).sum(-1) + 1).abs() + 1e-5)",
+             "log_det = log_det + torch.log(((1 - h.pow(2)) * (w_k * u_k).sum(-1)).abs() + 1e-5)",
+             "§5: log|1 + (1 - tanh^2) w.u|"),
+    Mutation("planar derivative 1 - h", "models/flows.py",
+             "log_det = log_det + torch.log(((1 - h.pow(2)) * (w_k * u_k).sum(-1) + 1).abs() + 1e-5)",
+             "log_det = log_det + torch.log(((1 - h) * (w_k * u_k).sum(-1) + 1).abs() + 1e-5)",
+             "§5: tanh' = 1 - tanh^2"),
+    Mutation("kl q density with the encoder's lv", "models/flows.py",
+             "log_q = _log_normal(z0, mean, 0.5 * log_var) + 1e-8", "log_q = _log_normal(z0, mean, log_var) + 1e-8",
+             "§5: q(z0) = N(mu, diag exp(lv/2))"),
+    Mutation("kl not divided by the batch", "models/flows.py",
+             "kl = (repeat_density * (log_q - log_p).sum() - log_det.sum()) / batch_images",
+             "kl = (repeat_density * (log_q - log_p).sum() - log_det.sum())", "§5: divided by the batch size"),
+    Mutation("gaussian log-density without the half", "models/flows.py",
+             "return (-0.5 * (log_var + (x - mean).pow(2) * torch.exp(-log_var))).sum(-1)",
+             "return (-(log_var + (x - mean).pow(2) * torch.exp(-log_var))).sum(-1)", "§5: log N without 2 pi"),
+    # -- RCA and the image head
+    Mutation("rca without the residual", "models/bayes_pfl.py",
+             "return F.normalize(text + out.transpose(1, 2).reshape(n, m, e), dim=-1)",
+             "return F.normalize(out.transpose(1, 2).reshape(n, m, e), dim=-1)", "§5: T' = normalise(T + attn)"),
+    Mutation("rca dense features not normalised", "models/bayes_pfl.py",
+             "return F.normalize(self.proj[layer](tokens), dim=-1)", "return self.proj[layer](tokens)",
+             "§5: F = normalise(Linear(raw tokens))"),
+    Mutation("rca upsampling align_corners False", "models/bayes_pfl.py",
+             'out.append(F.interpolate(diff, size=(size, size), mode="bilinear", align_corners=True))',
+             'out.append(F.interpolate(diff, size=(size, size), mode="bilinear", align_corners=False))',
+             "§5: bilinear, align_corners=True"),
+    Mutation("rca pixel temperature from the image head", "models/bayes_pfl.py",
+             "logits = self.log_temperature_pixel.exp() * dense @ updated.transpose(1, 2)  # [N, P, 2K]",
+             "logits = self.log_temperature_image.exp() * dense @ updated.transpose(1, 2)  # [N, P, 2K]",
+             "§5: tau_pix"),
+    Mutation("stage-2 image feature normalised before fuse", "models/bayes_pfl.py",
+             "return F.normalize(self.image_mapping(feats.cls + self.fuse(tokens)), dim=-1)",
+             "return F.normalize(self.image_mapping(F.normalize(feats.cls, dim=-1) + self.fuse(tokens)), dim=-1)",
+             "§5: image_mapping(f + fuse), f unnormalised"),
+    Mutation("fuse softmax over channels", "models/bayes_pfl.py", "weights = self.score(x).softmax(dim=1)",
+             "weights = self.score(x).softmax(dim=-1)", "§5: softmax weights over the patches"),
+    # -- scoring
+    Mutation("bayes top-k 200 for small defects", "models/scoring.py",
+             "return 20 if class_name in SMALL_DEFECT_CLASSES else 2000",
+             "return 200 if class_name in SMALL_DEFECT_CLASSES else 2000", "§5: k = 20 for capsules, screw, ..."),
+    Mutation("bayes fusion weights 0.6 / 0.4", "models/scoring.py",
+             "return 0.5 * minmax(class_prob) + 0.5 * minmax(map_score)",
+             "return 0.6 * minmax(class_prob) + 0.4 * minmax(map_score)", "§5: 0.5 / 0.5"),
+    Mutation("bayes class probability from the mean logit", "models/scoring.py",
+             "return logits.softmax(dim=1)[:, 1].mean(1)", "return logits.mean(2).softmax(dim=1)[:, 1]",
+             "§5: mean over pairs of each pair's softmax"),
+    # -- losses
+    Mutation("bayes dice smoothing 1", "models/bayes_pfl.py",
+             "+ dice_loss(probs[:, 1], masks, smooth=1e-5, per_sample=False)",
+             "+ dice_loss(probs[:, 1], masks, smooth=1.0, per_sample=False)", "Bayes-PFL dice, smooth 1e-5"),
+    Mutation("balanced focal without the background mean", "models/losses.py", "return fg_loss + bg_loss",
+             "return fg_loss + 0 * bg_loss", "§5: mean over foreground + mean over background"),
+    Mutation("bank orthogonality with |cos|", "models/losses.py",
+             "cosine_sq = (unit @ unit.transpose(-1, -2)).pow(2)", "cosine_sq = (unit @ unit.transpose(-1, -2)).abs()",
+             "§5: mean squared off-diagonal cosine"),
+    Mutation("focal label smoothing off", "models/losses.py",
+             "one_hot = one_hot.clamp(smooth / (classes - 1), 1.0 - smooth)", "one_hot = one_hot.clamp(0.0, 1.0)",
+             "FAPrompt focal with label smoothing"),
+    # -- metrics and smoothing
+    Mutation("aupro 4-connected regions", "utils/metrics.py", "masks[i].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S",
+             "masks[i].astype(np.uint8), connectivity=4, ltype=cv2.CV_32S", "§7: 8-connectivity"),
+    Mutation("aupro integration limit 0.35", "utils/metrics.py", "MAX_FPR = 0.3", "MAX_FPR = 0.35",
+             "§7: FPR in [0, 0.3]"),
+    Mutation("gaussian truncate 3", "utils/filters.py", "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 4.0",
+             "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 3.0", "§4/§5: truncate 4"),
+]
+
+
+def tracked_files() -> List[str]:
+    """Files of the checkout: tracked plus untracked-not-ignored, as they are in the work tree."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    return [f for f in out if f and (ROOT / f).is_file()]
+
+
+def run(mutation: Mutation, files: List[str], timeout: int) -> tuple:
+    """("caught" | "SURVIVED" | "stale", first failing test or reason, seconds)."""
+    source = (ROOT / mutation.path).read_text()
+    if source.count(mutation.old) != 1:
+        return "stale", f"the code to mutate occurs {source.count(mutation.old)} times in {mutation.path}", 0.0
+    with tempfile.TemporaryDirectory(prefix="mutation_") as tmp:
+        copy = Path(tmp) / "repo"
+        for name in files:
+            target = copy / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target)
+        (copy / mutation.path).write_text(source.replace(mutation.old, mutation.new))
+        start = time.time()
+        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore",
+                   "tests/test_golden.py", "tests"]
+        try:
+            result = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "caught", f"timeout after {timeout} s", time.time() - start
+        seconds = time.time() - start
+        if result.returncode == 0:
+            return "SURVIVED", "", seconds
+        failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        return "caught", (failed[0].split(" - ")[0] if failed else result.stdout.strip().splitlines()[-1]), seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-k", default="", help="only mutations whose name contains this text")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per suite run")
+    args = parser.parse_args()
+    from tabulate import tabulate
+
+    chosen = [m for m in MUTATIONS if args.k.lower() in m.name.lower()]
+    if args.list:
+        print(tabulate([(m.name, m.path, m.spec) for m in chosen], headers=["mutation", "file", "SPEC"]))
+        return 0
+    files = tracked_files()
+    rows = []
+    for index, mutation in enumerate(chosen, start=1):
+        status, detail, seconds = run(mutation, files, args.timeout)
+        rows.append((mutation.name, mutation.path, status, detail, f"{seconds:.0f}"))
+        print(f"[{index}/{len(chosen)}] {status:8s} {mutation.name}: {detail}", flush=True)
+    print(tabulate(rows, headers=["mutation", "file", "result", "first failing test", "s"], tablefmt="github"))
+    bad = [r for r in rows if r[2] != "caught"]
+    print(f"{len(rows) - len(bad)} of {len(rows)} mutations caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
