@@ -21,6 +21,7 @@ import html
 import io
 import logging
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from utils.visualize import load_rgb, panel, write_png
 log = logging.getLogger("zsad.report")
 
 EXAMPLES = 4
-THUMB_HEIGHT = 192
+THUMB_SIZE = 200  # pixels of each half of a thumbnail; the page shows them at 150
 CURVE_COLUMNS = {"roc": ("fpr", "tpr"), "pr": ("recall", "precision"), "pro": ("fpr", "pro")}
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -53,7 +54,8 @@ td:first-child,th:first-child{text-align:left}tr.mean td{font-weight:bold;backgr
 table.config td,table.config th{text-align:left;vertical-align:top}
 img.curves{width:100%;max-width:1280px}
 .grid{display:flex;flex-wrap:wrap;gap:10px}
-figure{margin:0;font-size:.8em;max-width:330px}figure img{height:150px;display:block}
+figure{margin:0;font-size:.8em;max-width:310px}figure img{height:150px;display:block}
+.arg{white-space:nowrap}
 figcaption{word-break:break-all}.wrong{color:#b00020;font-weight:bold}.right{color:#2e7d32}
 """
 
@@ -141,13 +143,14 @@ class Report:
                     for level in ("image", "pixel") if curves.get(f"{level}_{kind}") is not None
                     for values in zip(curves[f"{level}_{kind}"].thresholds, curves[f"{level}_{kind}"].x,
                                       curves[f"{level}_{kind}"].y)]
-            if not rows:
+            name = f"curves/{stem}_{kind}.csv"
+            if not rows:  # no such curve in this run: drop a previous run's file
+                (self.save_path / name).unlink(missing_ok=True)
                 continue
             buffer = io.StringIO()
             writer = csv.writer(buffer)
             writer.writerow(["level", "threshold", x_name, y_name])
             writer.writerows(rows)
-            name = f"curves/{stem}_{kind}.csv"
             write_text(self.save_path / name, buffer.getvalue())
             written.append(name)
         return written
@@ -179,12 +182,16 @@ class Report:
 
     def _thumbnail(self, cat: CategoryOutputs, i: int, low: float, high: float,
                    pixel_point: Optional[OperatingPoint], target: Path) -> None:
+        """Drawn at thumbnail size, so that the outlines stay visible (2 px)."""
         amap = cat.maps[i].numpy()
-        mask = cat.masks[i].numpy() > 0.5 if cat.has_mask[i] else None
         predicted = amap >= pixel_point.threshold if pixel_point is not None else None
-        image = panel(load_rgb(cat.paths[i], amap.shape[0]), amap, mask, low, high, predicted=predicted)
-        width = image.shape[1] * THUMB_HEIGHT // image.shape[0]
-        write_png(target, cv2.resize(image, (width, THUMB_HEIGHT), interpolation=cv2.INTER_AREA))
+        mask = cat.masks[i].numpy() > 0.5 if cat.has_mask[i] else None
+        size = (THUMB_SIZE, THUMB_SIZE)
+        small = {name: None if m is None else cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+                 for name, m in (("mask", mask), ("predicted", predicted))}
+        amap = cv2.resize(amap, size, interpolation=cv2.INTER_AREA)
+        write_png(target, panel(load_rgb(cat.paths[i], THUMB_SIZE), amap, small["mask"], low, high,
+                                predicted=small["predicted"], thickness=2))
 
     def _relative(self, path: str) -> str:
         try:
@@ -261,7 +268,7 @@ def _thresholds_table(thresholds: Dict[str, Thresholds], anchors) -> str:
 
 def _section_html(section: Section) -> str:
     links = ", ".join(f'<a href="{quote(f)}">{_e(Path(f).name)}</a>' for f in section.csv_files)
-    threshold = "none" if section.threshold is None else f"{section.threshold:.6g}"
+    threshold = "n/a" if section.threshold is None else f"{section.threshold:.6g}"
     parts = [
         f'<h2 id="{section.anchor}">{_e(section.name)}</h2>',
         f'<p class="muted">{section.normal} normal and {section.anomalous} anomalous images; F1-optimal image '
@@ -290,7 +297,7 @@ def _section_html(section: Section) -> str:
 
 def _config_table(info: Dict[str, Any]) -> str:
     rows = [("", [_e(k), _e(v)]) for k, v in info.items() if not isinstance(v, dict)]
-    rows.append(("", ["command", _e(" ".join(sys.argv))]))
+    rows.append(("", ["command", " ".join(f'<span class="arg">{_e(shlex.quote(a))}</span>' for a in sys.argv)]))
     for key, value in info.items():
         if isinstance(value, dict):
             rows += [("", [_e(f"{key}.{k}"), _e(v)]) for k, v in value.items()]

@@ -60,8 +60,8 @@ def category_figure(path: Path, title: str, curves: Dict[str, Optional[Curve]], 
     _axes(pr, "precision-recall", "recall", "precision", (0, 1))
     _axes(pro, f"PRO (FPR ≤ {MAX_FPR:g})", "false positive rate", "per-region overlap", (0, MAX_FPR))
     _histogram(hist, scores, labels, points.get("image"))
-    fig.suptitle(title, fontsize=12, x=0.01, ha="left")
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=12, fontweight="bold", x=0.01, ha="left")
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.14, top=0.86, wspace=0.22)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     write_bytes(path, buffer.getvalue())
@@ -83,14 +83,16 @@ def _axes(ax, title: str, xlabel: str, ylabel: str, xlim) -> None:
 
 def _histogram(ax, scores: np.ndarray, labels: np.ndarray, point: Optional[OperatingPoint]) -> None:
     edges = np.histogram_bin_edges(scores, bins=int(np.clip(len(scores) // 3, 5, 40)))
-    for label, name, colour in ((0, "normal", NORMAL_COLOUR), (1, "anomalous", ANOMALOUS_COLOUR)):
-        values = scores[labels == label]
-        if len(values):
-            ax.hist(values, bins=edges, color=colour, alpha=0.55, label=f"{name} ({len(values)})")
+    groups = [(scores[labels == label], f"{name} ({int((labels == label).sum())})", colour)
+              for label, name, colour in ((0, "normal", NORMAL_COLOUR), (1, "anomalous", ANOMALOUS_COLOUR))
+              if (labels == label).any()]
+    if groups:  # side by side in each bin, so that neither class hides the other
+        values, names, colours = zip(*groups)
+        ax.hist(list(values), bins=edges, color=list(colours), label=list(names))
     if point is not None:
         ax.axvline(point.threshold, color="k", ls="--", lw=1.2, label=f"F1-opt threshold {point.threshold:.4g}")
     ax.set_title("image scores", fontsize=10)
     ax.set_xlabel("image score", fontsize=9)
     ax.set_ylabel("images", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper center")
+    ax.legend(fontsize=8, loc="best")

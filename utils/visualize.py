@@ -33,19 +33,22 @@ def heat(image_rgb: np.ndarray, amap: np.ndarray, low: float, high: float, alpha
     return cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
 
 
-def draw_contour(image_bgr: np.ndarray, mask: Optional[np.ndarray], colour=CONTOUR) -> np.ndarray:
+def draw_contour(image_bgr: np.ndarray, mask: Optional[np.ndarray], colour=CONTOUR,
+                 thickness: Optional[int] = None) -> np.ndarray:
+    """The outline of ``mask`` drawn on a copy (thickness: about 1 px per 256 px by default)."""
     if mask is None or not mask.any():
         return image_bgr
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return cv2.drawContours(image_bgr.copy(), contours, -1, colour, max(1, image_bgr.shape[0] // 256))
+    thickness = thickness or max(1, image_bgr.shape[0] // 256)
+    return cv2.drawContours(image_bgr.copy(), contours, -1, colour, thickness)
 
 
 def panel(image_rgb: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray], low: float, high: float,
-          caption: str = "", predicted: Optional[np.ndarray] = None) -> np.ndarray:
+          caption: str = "", predicted: Optional[np.ndarray] = None, thickness: Optional[int] = None) -> np.ndarray:
     """[image + GT contour (+ predicted contour) | heat map + GT contour] side by side (BGR)."""
-    left = draw_contour(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), predicted, PREDICTED)
-    left = draw_contour(left, mask)
-    right = draw_contour(heat(image_rgb, amap, low, high), mask)
+    left = draw_contour(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), predicted, PREDICTED, thickness)
+    left = draw_contour(left, mask, thickness=thickness)
+    right = draw_contour(heat(image_rgb, amap, low, high), mask, thickness=thickness)
     out = np.concatenate([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right], axis=1)
     if caption:  # a white band above the pictures keeps the text legible at any size
         band = max(20, out.shape[0] // 12)
