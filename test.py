@@ -152,9 +152,10 @@ def _images(path: str):
 
 
 def score_images(model, paths, class_name: str, device, image_size: int, batch_size: int, sigma: float,
-                 save_path: Path, thresholds: Decision = Decision()) -> None:
+                 save_path: Path, thresholds: Optional[Decision] = None) -> None:
     """Maps (.npy and overlay .png) and scores.csv for images without ground truth; with
     thresholds, a decision column (1 = anomalous) and a binary mask PNG beside each overlay."""
+    thresholds = thresholds or Decision()
     maps, probs, map_scores = [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
