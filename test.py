@@ -3,6 +3,7 @@
     python test.py --checkpoint_path checkpoints/visa_faprompt/final.pth --data_path data/mvtec --dataset mvtec
     python test.py --method clip --data_path data/mvtec          # training-free baseline
     python test.py --checkpoint_path CKPT --image img.png        # single image(s), no masks
+    python test.py --checkpoint_path CKPT --image folder --class_name bottle --thresholds results/mvtec/results.json
 
 The model configuration comes from the checkpoint (ours or an official FAPrompt / Bayes-PFL
 file); flags may override the settings that do not invalidate the trained weights.
@@ -10,6 +11,7 @@ file); flags may override the settings that do not invalidate the trained weight
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import logging
 from pathlib import Path
@@ -26,10 +28,12 @@ from models.factory import (METHODS, apply_compat, build_model, config_class, ma
                             method_backbone_defaults, model_from_checkpoint, read_checkpoint)
 from models.scoring import fuse_image_scores
 from engine import cli
-from engine.evaluation import METRIC_CHOICES, results_table, run_test
+from engine.evaluation import METRIC_CHOICES, decision, results_table, run_test
+from engine.report import Report
+from engine.thresholds import Decision, load_thresholds
 from utils.errors import UserError, exit_with, flags_not_applicable
 from utils.filters import gaussian_blur
-from utils.io import atomic_open, write_text
+from utils.io import atomic_open
 from utils.log import setup_logging
 from utils.visualize import Visualiser, heat, write_png
 
@@ -52,12 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--dataset", default=None, help="target dataset name (default: the folder name)")
     group.add_argument("--classes", nargs="+", default=None, help="test these categories only")
     group.add_argument("--image", default=None, help="score an image file or a folder of images (no masks)")
-    group.add_argument("--class_name", default="object", help="class name of --image inputs")
+    group.add_argument("--class_name", default="object",
+                       help="class name of --image inputs (prompts, and the category read from --thresholds)")
     group.add_argument("--save_path", default=None, help="results folder (default results/<dataset>_<method>)")
     group.add_argument("--metrics", default="image-pixel", choices=sorted(METRIC_CHOICES))
     group.add_argument("--save_vis", action="store_true", help="write overlays and a top-k strip per category")
     group.add_argument("--vis_top_k", type=int, default=8, help="images in each category's strip")
     group.add_argument("--save_maps", action="store_true", help="write every smoothed map (.npy) and scores.csv")
+    group.add_argument("--no_report", action="store_true",
+                       help="skip report.html, its figures and curves/*.csv (written by default)")
+    group.add_argument("--thresholds", default=None,
+                       help="--image: apply the F1-optimal thresholds of --class_name from this results.json")
+    group.add_argument("--threshold", type=float, default=None,
+                       help="--image: flag images with score >= this (overrides --thresholds)")
+    group.add_argument("--pixel_threshold", type=float, default=None,
+                       help="--image: mask pixels with map value >= this (overrides --thresholds)")
     for flag in ("--n_ctx",):  # official flags without an effect here
         group.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
     group.add_argument("--feature_map_layer", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
@@ -139,8 +152,10 @@ def _images(path: str):
 
 
 def score_images(model, paths, class_name: str, device, image_size: int, batch_size: int, sigma: float,
-                 save_path: Path) -> None:
-    """Maps (.npy and overlay .png) and scores.csv for images without ground truth."""
+                 save_path: Path, thresholds: Optional[Decision] = None) -> None:
+    """Maps (.npy and overlay .png) and scores.csv for images without ground truth; with
+    thresholds, a decision column (1 = anomalous) and a binary mask PNG beside each overlay."""
+    thresholds = thresholds or Decision()
     maps, probs, map_scores = [], [], []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -156,7 +171,9 @@ def score_images(model, paths, class_name: str, device, image_size: int, batch_s
     else:
         scores = fuse_image_scores(probs, map_scores, model.score_fusion)
     low, high = float(maps.min()), float(maps.max())
-    rows = ["img_path,image_score,class_prob,map_score,map_file"]
+    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
+    header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
+    rows = []
     for i, path in enumerate(paths):
         stem = f"{i:04d}_{Path(path).stem}"
         npy = save_path / "maps" / f"{stem}.npy"
@@ -165,11 +182,42 @@ def score_images(model, paths, class_name: str, device, image_size: int, batch_s
             np.save(handle, maps[i].numpy().astype(np.float32))
         rgb = np.asarray(load_image(path).convert("RGB").resize((image_size, image_size)))
         write_png(save_path / "vis" / f"{stem}.png", heat(rgb, maps[i].numpy(), low, high))
-        rows.append(f"{path},{float(scores[i]):.6f},{float(probs[i]):.6f},{float(map_scores[i]):.6f},maps/{stem}.npy")
-        log.info("%s: image score %.4f (p_cls %.4f)", path, float(scores[i]), float(probs[i]))
-    write_text(save_path / "scores.csv", "\n".join(rows) + "\n")
+        row = [str(path), f"{float(scores[i]):.6f}", f"{float(probs[i]):.6f}", f"{float(map_scores[i]):.6f}",
+               f"maps/{stem}.npy"]
+        verdict = ""
+        if thresholds.image is not None:
+            row.append(decision(float(scores[i]), thresholds.image))
+            verdict = " -> anomalous" if row[-1] == "1" else " -> normal"
+        if thresholds.pixel is not None:  # compared in float64, as the metrics' thresholds are
+            mask = maps[i].numpy() >= np.float64(thresholds.pixel)
+            write_png(save_path / "vis" / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+            row.append(f"vis/{stem}_mask.png")
+        rows.append(row)
+        log.info("%s: image score %.4f (p_cls %.4f)%s", path, float(scores[i]), float(probs[i]), verdict)
+    with atomic_open(save_path / "scores.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
     if model.score_fusion == "minmax" and len(paths) > 1:
         log.info("image scores are min-max fused over these %d images (Bayes-PFL's rule)", len(paths))
+
+
+def _decision(args, info) -> Decision:
+    """The thresholds --image applies: --thresholds (the --class_name category), then the
+    explicit --threshold / --pixel_threshold on top."""
+    given = [f for f in ("thresholds", "threshold", "pixel_threshold") if getattr(args, f) is not None]
+    if given and args.image is None:
+        raise UserError(f"--{given[0]} applies to --image only; a dataset run finds its own thresholds "
+                        "(results.json)")
+    found = load_thresholds(args.thresholds, args.class_name, info) if args.thresholds else Decision()
+    if args.threshold is not None:
+        found.image = args.threshold
+    if args.pixel_threshold is not None:
+        found.pixel = args.pixel_threshold
+    if found.image is not None or found.pixel is not None:
+        log.info("thresholds: image %s, pixel %s%s", found.image, found.pixel,
+                 f" (from {found.source})" if found.source else "")
+    return found
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -189,6 +237,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         dataset = MetaDataset(args.data_path, "test", classes=args.classes, image_size=backbone_cfg.image_size)
         if args.dataset:
             _check_dataset_name(args.dataset, dataset)
+    info = {"method": method, "checkpoint": str(args.checkpoint_path or "none (training-free)"),
+            "dataset": dataset_name, "data_path": str(dataset.root if dataset is not None else args.image),
+            "backbone": backbone_cfg.model, "pretrained": backbone_cfg.pretrained,
+            "image_size": backbone_cfg.image_size, "config": dataclasses.asdict(config)}
+    thresholds = _decision(args, info)  # bad --thresholds input fails before the model loads
+    paths = _images(args.image) if args.image is not None else []
     backbone = build_backbone(backbone_cfg, device)
     if checkpoint is None:
         model = build_model(method, config, backbone)
@@ -199,21 +253,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     batch_size = args.batch_size or 8
     sigma = config.sigma
     if args.image is not None:
-        paths = _images(args.image)
-        score_images(model, paths, args.class_name, device, backbone_cfg.image_size, batch_size, sigma, save_path)
+        score_images(model, paths, args.class_name, device, backbone_cfg.image_size, batch_size, sigma, save_path,
+                     thresholds)
         log.info("wrote maps, overlays and scores.csv for %d image(s) to %s", len(paths), save_path)
         return 0
     num_workers = cli.default_workers() if args.num_workers is None else args.num_workers
-    info = {"method": method, "checkpoint": str(args.checkpoint_path or "none (training-free)"),
-            "dataset": dataset_name, "data_path": str(dataset.root), "backbone": backbone_cfg.model,
-            "pretrained": backbone_cfg.pretrained, "image_size": backbone_cfg.image_size,
-            "config": dataclasses.asdict(config)}
     visualiser = Visualiser(save_path / "vis", dataset.root, args.vis_top_k) if args.save_vis else None
+    report = None if args.no_report else Report(save_path, dataset.root)
     per_category, mean = run_test(model, dataset, device, batch_size, num_workers, sigma, kinds, save_path, info,
-                                  save_maps_flag=args.save_maps, visualiser=visualiser)
+                                  save_maps_flag=args.save_maps, visualiser=visualiser, report=report)
     log.info("%s on %s (%s):\n%s", method, dataset_name, canonical_dataset(dataset_name),
              results_table(per_category, mean, kinds, fmt="github"))
-    log.info("results: %s, %s, %s", save_path / "results.md", save_path / "results.json", save_path / "results.csv")
+    written = ["results.md", "results.json", "results.csv"] + ([] if args.no_report else ["report.html"])
+    log.info("results: %s", ", ".join(str(save_path / name) for name in written))
     return 0
 
 

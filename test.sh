@@ -84,7 +84,7 @@ case "$PRESET" in
       "$PYTHON" -m datasets.synthetic --out "$demo"
     fi
     run synthetic "$demo" --save_vis "$@"
-    echo "test.sh: results in $SAVE_ROOT/synthetic_demo (results.md, results.json, results.csv, vis/)"
+    echo "test.sh: results in $SAVE_ROOT/synthetic_demo (report.html, results.md, results.json, results.csv, vis/)"
     ;;
   visa2mvtec) run mvtec "${DATA_PATH:-$DATA_ROOT/mvtec}" "$@" ;;
   mvtec2visa) run visa "${DATA_PATH:-$DATA_ROOT/visa}" "$@" ;;

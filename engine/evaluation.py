@@ -3,13 +3,15 @@
 A dataset is processed in its meta.json order (category by category): each category's
 smoothed maps are kept only until its metrics are computed. Image scores are fused per
 category (``models.scoring``); metrics are macro-averaged over categories (SPEC section 7).
+Each category's metrics, curves and F1-optimal thresholds come from one sort per level
+(:mod:`utils.metrics`); the curves feed the HTML report (:mod:`engine.report`).
 """
 from __future__ import annotations
 
 import csv
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -23,7 +25,7 @@ from datasets.meta import MetaDataset, collate
 from models.scoring import fuse_image_scores
 from utils.filters import gaussian_blur
 from utils.io import atomic_open, write_json, write_text
-from utils.metrics import image_metrics, macro_mean, pixel_metrics
+from utils.metrics import Evaluation, evaluate_images, evaluate_pixels, image_metrics, macro_mean, pixel_metrics
 
 log = logging.getLogger("zsad.evaluation")
 
@@ -108,24 +110,45 @@ def category_scores(cat: CategoryOutputs, fusion: str) -> torch.Tensor:
                              torch.tensor(cat.map_score, dtype=torch.float64), fusion)
 
 
-def category_metrics(cat: CategoryOutputs, scores: torch.Tensor, kinds: Sequence[str]) -> Dict[str, Optional[float]]:
-    """Image and pixel metrics of one category (None where undefined)."""
-    out: Dict[str, Optional[float]] = {}
+Thresholds = Dict[str, Optional[Dict[str, float]]]
+
+
+@dataclass
+class CategoryResult:
+    """One category's metrics (``image_*``/``pixel_*``, None where undefined) and the
+    evaluations they came from (None for a level not requested or without data)."""
+
+    metrics: Dict[str, Optional[float]]
+    image: Optional[Evaluation] = None
+    pixel: Optional[Evaluation] = None
+
+    def thresholds(self) -> Thresholds:
+        """``{"image": ..., "pixel": ...}``: the F1-optimal threshold with its precision,
+        recall and F1, or None where F1-max is undefined."""
+        out: Thresholds = {}
+        for level, evaluation in (("image", self.image), ("pixel", self.pixel)):
+            point = evaluation.best_f1() if evaluation is not None else None
+            out[level] = asdict(point) if point is not None else None
+        return out
+
+
+def evaluate_category(cat: CategoryOutputs, scores: torch.Tensor, kinds: Sequence[str]) -> CategoryResult:
+    """Image and pixel metrics of one category with their curves."""
+    result = CategoryResult({})
     if "image" in kinds:
-        for key, value in image_metrics(np.array(cat.labels), scores.numpy()).items():
-            out[f"image_{key}"] = value
+        result.image = evaluate_images(np.array(cat.labels), scores.numpy())
+        result.metrics.update({f"image_{k}": v for k, v in result.image.metrics.items()})
     if "pixel" in kinds:
         keep = [i for i, h in enumerate(cat.has_mask) if h]
-        has_pixels = any(cat.labels[i] == 1 for i in keep)
-        if has_pixels:
+        if any(cat.labels[i] == 1 for i in keep):
             masks = torch.stack([cat.masks[i] for i in keep]).numpy()
             maps = torch.stack([cat.maps[i] for i in keep]).numpy()
-            values = pixel_metrics(masks, maps)
+            result.pixel = evaluate_pixels(masks, maps)
+            values = result.pixel.metrics
         else:
             values = dict.fromkeys(PIXEL_KEYS)
-        for key, value in values.items():
-            out[f"pixel_{key}"] = value
-    return out
+        result.metrics.update({f"pixel_{k}": v for k, v in values.items()})
+    return result
 
 
 def columns(kinds: Sequence[str]) -> List[str]:
@@ -137,23 +160,25 @@ def columns(kinds: Sequence[str]) -> List[str]:
     return cols
 
 
+def percent(value: Optional[float]) -> str:
+    """A metric as the tables print it: percent with one decimal, "n/a" where undefined."""
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
 def results_table(per_category: Dict[str, Dict[str, Optional[float]]], mean: Dict[str, Optional[float]],
                   kinds: Sequence[str], fmt: str = "pipe") -> str:
     """Per-category table in percent (one decimal), "n/a" where undefined, macro mean last."""
     cols = columns(kinds)
-
-    def cell(value):
-        return "n/a" if value is None else f"{100 * value:.1f}"
-
-    rows = [[name] + [cell(m.get(c)) for c in cols] for name, m in per_category.items()]
-    rows.append(["mean"] + [cell(mean.get(c)) for c in cols])
+    rows = [[name] + [percent(m.get(c)) for c in cols] for name, m in per_category.items()]
+    rows.append(["mean"] + [percent(mean.get(c)) for c in cols])
     return tabulate(rows, headers=["category"] + [COLUMN_NAMES[c] for c in cols], tablefmt=fmt,
                     disable_numparse=True)
 
 
 def write_results(save_path: Path, per_category: Dict[str, Dict[str, Optional[float]]], kinds: Sequence[str],
-                  info: Dict[str, Any]) -> Dict[str, Optional[float]]:
-    """Write results.md, results.json and results.csv atomically; return the macro mean."""
+                  info: Dict[str, Any], thresholds: Optional[Dict[str, Thresholds]] = None) -> Dict[str, Optional[float]]:
+    """Write results.md, results.json (with each category's F1-optimal ``thresholds``) and
+    results.csv atomically; return the macro mean."""
     mean = macro_mean(per_category)
     table = results_table(per_category, mean, kinds)
     header = "\n".join(f"- {k}: {v}" for k, v in info.items() if not isinstance(v, dict))
@@ -162,7 +187,7 @@ def write_results(save_path: Path, per_category: Dict[str, Dict[str, Optional[fl
                "P-AUPRO is the MVTec AD AUPRO (FPR ≤ 0.3); P-PRO(legacy) is the 200-threshold PRO "
                "of the FAPrompt/AnomalyCLIP tables. n/a: undefined for that category.\n\n" + table + "\n")
     write_json(save_path / "results.json", {**info, "per_category": per_category, "mean": mean,
-                                            "metrics": columns(kinds)})
+                                            "metrics": columns(kinds), "thresholds": thresholds or {}})
     cols = columns(kinds)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -173,20 +198,28 @@ def write_results(save_path: Path, per_category: Dict[str, Dict[str, Optional[fl
     return mean
 
 
-class ScoreWriter:
-    """``scores.csv``: every image's path, category, label, image score and class probability."""
+def decision(score: float, threshold: Optional[float]) -> str:
+    """The decision column: 1 (anomalous) when score >= threshold, 0, or "" without one."""
+    return "" if threshold is None else str(int(float(score) >= threshold))
 
-    HEADER = ["img_path", "category", "label", "image_score", "class_prob", "map_score", "map_file"]
+
+class ScoreWriter:
+    """``scores.csv``: every image's path, category, label, image score, class probability,
+    map score and map file, and its decision at the category's F1-optimal image threshold."""
+
+    HEADER = ["img_path", "category", "label", "image_score", "class_prob", "map_score", "map_file", "decision"]
 
     def __init__(self, path: Path):
         self.path = path
         self.rows: List[List[Any]] = []
 
-    def add(self, cat: CategoryOutputs, scores: torch.Tensor, map_files: Sequence[str]) -> None:
+    def add(self, cat: CategoryOutputs, scores: torch.Tensor, map_files: Sequence[str],
+            threshold: Optional[float] = None) -> None:
         for i, p in enumerate(cat.paths):
             self.rows.append([p, cat.name, cat.labels[i] if cat.labels[i] >= 0 else "",
                               f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}",
-                              f"{cat.map_score[i]:.6f}", map_files[i] if map_files else ""])
+                              f"{cat.map_score[i]:.6f}", map_files[i] if map_files else "",
+                              decision(float(scores[i]), threshold)])
 
     def write(self) -> None:
         with atomic_open(self.path, "w", newline="", encoding="utf-8") as handle:
@@ -250,21 +283,29 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
 
 def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
              sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
-             save_maps_flag: bool = False, visualiser: Optional[Callable] = None):
-    """Evaluate ``model`` on ``dataset``; write results (and maps/visualisations); return tables."""
+             save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None):
+    """Evaluate ``model`` on ``dataset``; write results (and maps, visualisations and the
+    :class:`engine.report.Report` when given); return the tables."""
     per_category: Dict[str, Dict[str, Optional[float]]] = {}
+    thresholds: Dict[str, Thresholds] = {}
     scores_out = ScoreWriter(save_path / "scores.csv") if save_maps_flag else None
     for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
         scores = category_scores(cat, model.score_fusion)
-        per_category[cat.name] = category_metrics(cat, scores, kinds)
+        result = evaluate_category(cat, scores, kinds)
+        per_category[cat.name], thresholds[cat.name] = result.metrics, result.thresholds()
         files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []
         if scores_out is not None:
-            scores_out.add(cat, scores, files)
+            image_point = thresholds[cat.name]["image"]
+            scores_out.add(cat, scores, files, image_point["threshold"] if image_point else None)
         if visualiser is not None:
             visualiser(cat, scores)
+        if report is not None:
+            report.add(cat, scores, result)
         log.info("%s: %s", cat.name, ", ".join(
             f"{COLUMN_NAMES[k]} {'n/a' if v is None else f'{100 * v:.1f}'}" for k, v in per_category[cat.name].items()))
     if scores_out is not None:
         scores_out.write()
-    mean = write_results(save_path, per_category, kinds, info)
+    mean = write_results(save_path, per_category, kinds, info, thresholds)
+    if report is not None:
+        report.write(per_category, mean, kinds, info, thresholds)
     return per_category, mean

@@ -208,3 +208,79 @@ def test_macro_mean_skips_undefined() -> None:
         "c": {"auroc": None, "aupro": None, "ap": None},
     }
     assert macro_mean(per_category) == {"auroc": pytest.approx(0.7), "aupro": 0.5, "ap": None}
+
+
+def _flag_rates(y: np.ndarray, s: np.ndarray, t: float) -> tuple[float, float, float]:
+    """(FPR, TPR, precision) of flagging score >= t, counted directly."""
+    on = s >= t
+    tp, fp = (on & y).sum(), (on & ~y).sum()
+    return fp / (~y).sum(), tp / y.sum(), tp / max(tp + fp, 1)
+
+
+@pytest.mark.parametrize("kind", ["image", "pixel_ties", "pixel_float32"])
+def test_curves_come_from_the_metrics_sort(kind: str) -> None:
+    rng = np.random.default_rng(11)
+    if kind == "image":
+        y = rng.random(300) < 0.3
+        s = np.round(rng.random(300) + 0.4 * y, 2)  # float64 with ties
+        ev = metrics.evaluate_images(y, s)
+        masks = None
+    else:
+        masks, maps = make_category(1) if kind == "pixel_ties" else (None, None)
+        if masks is None:
+            masks = rng.random((4, 30, 30)) < 0.08
+            maps = (rng.normal(size=masks.shape) + masks).astype(np.float32)
+        ev = metrics.evaluate_pixels(masks, maps)
+        y, s = masks.ravel(), maps.ravel()
+    roc, pr, op = ev.roc(), ev.pr(), ev.best_f1()
+    # ROC: trapezoid area equals AUROC; every point is what its threshold gives
+    assert np.trapezoid(roc.y[::-1], roc.x[::-1]) == pytest.approx(ev.metrics["auroc"], abs=1e-9)
+    assert (roc.x[0], roc.y[0], roc.x[-1], roc.y[-1]) == (1.0, 1.0, 0.0, 0.0)
+    for t, fpr, tpr in zip(roc.thresholds, roc.x, roc.y):
+        assert _flag_rates(y, s, t)[:2] == pytest.approx((fpr, tpr), abs=1e-12)
+    # PR: AP is the sum of precision over the recall steps; points as their thresholds give
+    steps = pr.x - np.append(pr.x[1:], 0.0)
+    assert float((steps * pr.y).sum()) == pytest.approx(ev.metrics["ap"], abs=1e-9)
+    assert (steps >= 0).all() and pr.x[0] == 1.0
+    for t, recall, precision in zip(pr.thresholds, pr.x, pr.y):
+        assert _flag_rates(y, s, t)[1:] == pytest.approx((recall, precision), abs=1e-12)
+    # F1-optimal threshold: flagging score >= threshold reproduces F1-max, P and R
+    assert op.f1 == ev.metrics["f1_max"]
+    _, tpr, precision = _flag_rates(y, s, op.threshold)
+    assert (precision, tpr) == pytest.approx((op.precision, op.recall), abs=1e-12)
+    assert 2 * precision * tpr / (precision + tpr) == pytest.approx(ev.metrics["f1_max"], abs=1e-12)
+    if kind == "image":
+        assert ev.pro() is None
+        return
+    pro = ev.pro()
+    assert pro.x.max() == pytest.approx(0.3) and np.isnan(pro.thresholds[0]) and pro.x[-1] == 0.0
+    assert np.trapezoid(pro.y[::-1], pro.x[::-1]) / 0.3 == pytest.approx(ev.metrics["aupro"], abs=1e-9)
+    regions = _image_regions(masks)
+    for t, fpr, value in zip(pro.thresholds[1:], pro.x[1:], pro.y[1:]):
+        on = maps >= t
+        assert (on & ~masks).sum() / (~masks).sum() == pytest.approx(fpr, abs=1e-12)
+        assert np.mean([on[i][region].mean() for i, region in regions]) == pytest.approx(value, abs=1e-12)
+
+
+def test_downsampled_curves_keep_ends_and_shape() -> None:
+    rng = np.random.default_rng(3)
+    masks = rng.random((6, 60, 60)) < 0.1
+    maps = (rng.normal(size=masks.shape) + 1.5 * masks).astype(np.float32)
+    ev = metrics.evaluate_pixels(masks, maps)
+    full = ev.roc()
+    small = full.downsample(200)
+    assert len(full.x) > 2000 and 150 <= len(small.x) <= 202
+    assert (small.x[0], small.y[0], small.x[-1], small.y[-1]) == (1.0, 1.0, 0.0, 0.0)
+    kept = np.searchsorted(full.thresholds, small.thresholds)  # one threshold, one point: a subset
+    assert np.array_equal(full.x[kept], small.x) and np.array_equal(full.y[kept], small.y)
+    assert np.trapezoid(small.y[::-1], small.x[::-1]) == pytest.approx(ev.metrics["auroc"], abs=2e-3)
+    assert full.downsample(len(full.x)) is full
+
+
+def test_undefined_curves_are_none() -> None:
+    ev = metrics.evaluate_images(np.ones(4), np.arange(4.0))
+    assert (ev.roc(), ev.pr(), ev.pro(), ev.best_f1()) == (None, None, None, None)
+    masks, maps = make_category(0)
+    full = metrics.evaluate_pixels(np.ones_like(masks), maps)
+    assert full.roc() is None and full.pro() is None and full.best_f1().recall == 1.0
+    assert metrics.evaluate_pixels(np.zeros_like(masks), maps).pr() is None

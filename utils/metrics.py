@@ -8,6 +8,8 @@ After the sort the counts of any threshold are binary searches away, and all cur
 piecewise linear with corners only at the tie groups that contain an anomalous sample
 (between them only false positives accrue), so the ROC and PRO curves are built from those
 corners: the work beyond the sort grows with the number of anomalous samples, not pixels.
+The same corners are the curve points :class:`Evaluation` hands out (ROC, precision-recall,
+PRO) together with the F1-optimal threshold, so curves and metrics never disagree.
 
 Inputs may be numpy arrays or torch tensors; CUDA tensors are processed on their GPU.
 A metric that is undefined for the given labels is ``None`` (tables print "n/a").
@@ -27,6 +29,7 @@ Metrics = dict[str, float | None]
 
 MAX_FPR = 0.3
 LEGACY_PRO_STEPS = 200
+PLOT_POINTS = 1000
 
 
 @dataclass
@@ -41,6 +44,8 @@ class Ranking:
     are the corners of the ROC and PRO curves from the lowest threshold up: the totals (all
     negatives, all positives, total weight), then for each such group, ascending, the point
     including it and the point just above it, then (0, 0, 0). Counts are exact integers.
+    ``thresholds`` (float64, same length) holds for each corner a score cut that produces it
+    (a sample counts as anomalous when its score is >= the cut; ``inf`` flags nothing).
     """
 
     keys: torch.Tensor
@@ -49,8 +54,102 @@ class Ranking:
     fp: torch.Tensor
     tp: torch.Tensor
     pro: torch.Tensor
+    thresholds: torch.Tensor
     n_pos: int
     n_neg: int
+
+
+@dataclass
+class Curve:
+    """Points of one curve from the lowest threshold up (float64 arrays of equal length M).
+
+    ``thresholds[i]`` is the score cut giving point i (anomalous when score >= cut; ``inf``
+    flags nothing; ``nan`` marks a point interpolated between two cuts).
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    thresholds: np.ndarray
+
+    def downsample(self, max_points: int = PLOT_POINTS) -> "Curve":
+        """At most about ``max_points`` of the points, evenly spaced along the curve's length
+        (axes scaled to unit range), always keeping both ends; for plots and CSV files."""
+        n = len(self.x)
+        if n <= max_points:
+            return self
+        spans = [max(float(np.ptp(v)), 1e-300) for v in (self.x, self.y)]
+        step = np.hypot(np.diff(self.x) / spans[0], np.diff(self.y) / spans[1])
+        length = np.concatenate([[0.0], np.cumsum(step)])
+        picks = np.searchsorted(length, np.linspace(0.0, length[-1], max_points))
+        keep = np.unique(np.concatenate([[0, n - 1], np.minimum(picks, n - 1)]))
+        return Curve(self.x[keep], self.y[keep], self.thresholds[keep])
+
+
+@dataclass
+class OperatingPoint:
+    """The F1-optimal threshold (anomalous when score >= threshold) and its rates."""
+
+    threshold: float
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one evaluation set and, from the same sort, its curves.
+
+    A curve (or the operating point) exists exactly where its metric is defined:
+    ROC with AUROC, precision-recall with AP, PRO with AUPRO, the operating point with F1-max.
+    """
+
+    metrics: Metrics
+    ranking: Ranking
+
+    def roc(self) -> Curve | None:
+        """FPR (x) and TPR (y) at every corner; its trapezoid area is the AUROC."""
+        if self.metrics.get("auroc") is None:
+            return None
+        r = self.ranking
+        return _curve(r.fp / r.n_neg, r.tp / r.n_pos, r.thresholds)
+
+    def pr(self) -> Curve | None:
+        """Recall (x) and precision (y) at the thresholds that include a group with
+        anomalous samples (where recall moves); AP sums precision over these steps."""
+        if self.metrics.get("ap") is None:
+            return None
+        r = self.ranking
+        tp, fp = r.tp[1:-1:2], r.fp[1:-1:2]
+        return _curve(tp / r.n_pos, tp / (tp + fp), r.thresholds[1:-1:2])
+
+    def pro(self, max_fpr: float = MAX_FPR) -> Curve | None:
+        """FPR (x) and PRO (y) for FPR <= ``max_fpr``, starting with the point interpolated at
+        exactly ``max_fpr``; its trapezoid area divided by ``max_fpr`` is the AUPRO."""
+        if self.metrics.get("aupro") is None:
+            return None
+        first, x, y, cut = _pro_corners(self.ranking, max_fpr)
+        thresholds = self.ranking.thresholds[first:]
+        if cut is not None:
+            nan = torch.full((1,), float("nan"), dtype=torch.float64, device=x.device)
+            x, y = torch.cat([x.new_tensor([max_fpr]), x]), torch.cat([y.new_tensor([cut]), y])
+            thresholds = torch.cat([nan, thresholds])
+        return _curve(x, y, thresholds)
+
+    def best_f1(self) -> OperatingPoint | None:
+        """The threshold of F1-max (the lowest one where several tie) with its precision and
+        recall; flagging the samples with score >= threshold reproduces F1-max."""
+        if self.metrics.get("f1_max") is None:
+            return None
+        r = self.ranking
+        tp, fp = r.tp[1:-1:2], r.fp[1:-1:2]
+        f1 = _f1(r)
+        j = int(torch.argmax(f1))
+        return OperatingPoint(threshold=float(r.thresholds[2 * j + 1]), precision=float(tp[j] / (tp[j] + fp[j])),
+                              recall=float(tp[j] / r.n_pos), f1=float(f1[j]))
+
+
+def _curve(x: torch.Tensor, y: torch.Tensor, thresholds: torch.Tensor) -> Curve:
+    return Curve(*(v.double().cpu().numpy() for v in (x, y, thresholds)))
 
 
 # --- public entry points ---
@@ -66,15 +165,7 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike) -> Metrics:
     Returns:
         ``{"auroc", "ap", "f1_max"}``, all ``None`` unless both classes are present.
     """
-    device = _pick_device(labels, scores)
-    y = _as_tensor(labels, device).reshape(-1) > 0.5
-    s = _as_tensor(scores, device).reshape(-1)
-    if y.numel() != s.numel():
-        raise ValueError(f"labels has {y.numel()} entries but scores has {s.numel()}")
-    ranking = rank(s, y.to(torch.int32), torch.zeros(2, dtype=torch.float64, device=device))
-    if ranking.n_pos == 0 or ranking.n_neg == 0:
-        return {"auroc": None, "ap": None, "f1_max": None}
-    return {"auroc": auroc(ranking), "ap": average_precision(ranking), "f1_max": f1_max(ranking)}
+    return evaluate_images(labels, scores).metrics
 
 
 def pixel_metrics(masks: ArrayLike, maps: ArrayLike) -> Metrics:
@@ -91,6 +182,25 @@ def pixel_metrics(masks: ArrayLike, maps: ArrayLike) -> Metrics:
         ``{"auroc", "ap", "f1_max", "aupro", "pro_legacy"}``. Without anomalous pixels all
         are ``None``; without normal pixels AUROC, AUPRO and legacy PRO are ``None``.
     """
+    return evaluate_pixels(masks, maps).metrics
+
+
+def evaluate_images(labels: ArrayLike, scores: ArrayLike) -> Evaluation:
+    """:func:`image_metrics` with the curves and the F1-optimal threshold of the same sort."""
+    device = _pick_device(labels, scores)
+    y = _as_tensor(labels, device).reshape(-1) > 0.5
+    s = _as_tensor(scores, device).reshape(-1)
+    if y.numel() != s.numel():
+        raise ValueError(f"labels has {y.numel()} entries but scores has {s.numel()}")
+    ranking = rank(s, y.to(torch.int32), torch.zeros(2, dtype=torch.float64, device=device))
+    if ranking.n_pos == 0 or ranking.n_neg == 0:
+        return Evaluation({"auroc": None, "ap": None, "f1_max": None}, ranking)
+    return Evaluation({"auroc": auroc(ranking), "ap": average_precision(ranking), "f1_max": f1_max(ranking)},
+                      ranking)
+
+
+def evaluate_pixels(masks: ArrayLike, maps: ArrayLike) -> Evaluation:
+    """:func:`pixel_metrics` with the curves and the F1-optimal threshold of the same sort."""
     if tuple(masks.shape) != tuple(maps.shape):
         raise ValueError(f"masks {tuple(masks.shape)} and maps {tuple(maps.shape)} differ")
     if len(maps.shape) < 2:
@@ -104,13 +214,13 @@ def pixel_metrics(masks: ArrayLike, maps: ArrayLike) -> Metrics:
         torch.from_numpy(regions.reshape(-1)).to(device),
         torch.from_numpy(weights).to(device),
     )
-    return {
+    return Evaluation({
         "auroc": auroc(ranking),
         "ap": average_precision(ranking),
         "f1_max": f1_max(ranking),
         "aupro": aupro(ranking),
         "pro_legacy": pro_legacy(ranking),
-    }
+    }, ranking)
 
 
 def macro_mean(per_category: dict[str, Metrics]) -> Metrics:
@@ -189,8 +299,13 @@ def f1_max(r: Ranking) -> float | None:
     """
     if r.n_pos == 0:
         return None
+    return float(_f1(r).max())
+
+
+def _f1(r: Ranking) -> torch.Tensor:
+    """F1 at the thresholds that include a group with anomalous samples, ascending."""
     tp, fp = r.tp[1:-1:2], r.fp[1:-1:2]
-    return float((2.0 * tp / (tp + fp + r.n_pos)).max())
+    return 2.0 * tp / (tp + fp + r.n_pos)
 
 
 def aupro(r: Ranking, max_fpr: float = MAX_FPR) -> float | None:
@@ -207,16 +322,27 @@ def aupro(r: Ranking, max_fpr: float = MAX_FPR) -> float | None:
         raise ValueError(f"max_fpr must lie in (0, 1], got {max_fpr}")
     if r.n_pos == 0 or r.n_neg == 0:
         return None
+    _, x, y, y_cut = _pro_corners(r, max_fpr)
+    area = float((0.5 * (y[1:] + y[:-1]) * (x[:-1] - x[1:])).sum())
+    if y_cut is not None:
+        x0, y0 = float(x[0]), float(y[0])
+        area += 0.5 * (y0 + y_cut) * (max_fpr - x0)
+    return area / max_fpr
+
+
+def _pro_corners(r: Ranking, max_fpr: float) -> tuple[int, torch.Tensor, torch.Tensor, float | None]:
+    """``(first, fpr, pro, pro_cut)``: the corners from index ``first`` on, those with
+    FPR <= max_fpr, and the PRO interpolated at exactly ``max_fpr`` (``None`` when a
+    corner lies there)."""
     fpr = r.fp / r.n_neg
     first = len(fpr) - int(torch.count_nonzero(fpr <= max_fpr))  # FPR falls: these trail
     x, y = fpr[first:], r.pro[first:]
-    area = float((0.5 * (y[1:] + y[:-1]) * (x[:-1] - x[1:])).sum())
     x0, y0 = float(x[0]), float(y[0])
-    if x0 < max_fpr:  # the first corner has FPR 1, so one beyond max_fpr exists
-        x1, y1 = float(fpr[first - 1]), float(r.pro[first - 1])
-        y_cut = y0 + (max_fpr - x0) * (y1 - y0) / (x1 - x0)
-        area += 0.5 * (y0 + y_cut) * (max_fpr - x0)
-    return area / max_fpr
+    if x0 >= max_fpr:
+        return first, x, y, None
+    # the first corner has FPR 1, so one beyond max_fpr exists
+    x1, y1 = float(fpr[first - 1]), float(r.pro[first - 1])
+    return first, x, y, y0 + (max_fpr - x0) * (y1 - y0) / (x1 - x0)
 
 
 def pro_legacy(r: Ranking, steps: int = LEGACY_PRO_STEPS, max_fpr: float = MAX_FPR) -> float | None:
@@ -293,6 +419,15 @@ def rank(scores: torch.Tensor, regions: torch.Tensor, weights: torch.Tensor) -> 
     pro_above = pro_prefix[-1] - pro_prefix[pos_through]
     pro_in = pro_prefix[pos_through] - pro_prefix[pos_through - per_group]
 
+    # Corner thresholds: the lowest score flags everything; a group's own score flags it;
+    # the next score above a group (inf past the top) flags what lies above it.
+    cut_above = _key_values(keys[last.clamp(max=n - 1)])
+    cut_above[last == n] = float("inf")
+    thresholds = torch.empty(2 * group_keys.numel() + 2, dtype=torch.float64, device=keys.device)
+    thresholds[0], thresholds[-1] = _key_value(keys[0]), float("inf")
+    thresholds[1:-1:2] = _key_values(group_keys)
+    thresholds[2:-1:2] = cut_above
+
     def corners(above: torch.Tensor, inside: torch.Tensor, total: float) -> torch.Tensor:
         out = torch.empty(2 * above.numel() + 2, dtype=torch.float64, device=above.device)
         out[0], out[-1] = total, 0.0
@@ -307,6 +442,7 @@ def rank(scores: torch.Tensor, regions: torch.Tensor, weights: torch.Tensor) -> 
         fp=corners(neg_above, neg_in, float(n - n_pos)),
         tp=corners(pos_above, per_group, float(n_pos)),
         pro=corners(pro_above, pro_in, float(pro_prefix[-1])),
+        thresholds=thresholds,
         n_pos=n_pos,
         n_neg=n - n_pos,
     )
@@ -356,6 +492,14 @@ def _key_value(key: torch.Tensor) -> float:
         return float(key)
     magnitude = float(key.abs().view(torch.float32))
     return -magnitude if int(key) < 0 else magnitude
+
+
+def _key_values(keys: torch.Tensor) -> torch.Tensor:
+    """float64 scores of sorted keys (vectorised :func:`_key_value`)."""
+    if keys.dtype != torch.int32:
+        return keys.double()
+    magnitude = keys.abs().view(torch.float32).double()
+    return torch.where(keys < 0, -magnitude, magnitude)
 
 
 def _as_keys(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -15,10 +15,12 @@ from PIL import Image
 
 from utils.io import write_bytes
 
-CONTOUR = (0, 255, 0)  # BGR green
+CONTOUR = (0, 255, 0)  # BGR green: ground truth
+PREDICTED = (255, 0, 255)  # BGR magenta: pixels at or above a decision threshold
 
 
-def _load_rgb(path: str, size: int) -> np.ndarray:
+def load_rgb(path: str, size: int) -> np.ndarray:
+    """The image as RGB uint8 [size, size, 3], resized as the overlays show it."""
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC))
 
@@ -31,18 +33,22 @@ def heat(image_rgb: np.ndarray, amap: np.ndarray, low: float, high: float, alpha
     return cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
 
 
-def draw_contour(image_bgr: np.ndarray, mask: Optional[np.ndarray]) -> np.ndarray:
+def draw_contour(image_bgr: np.ndarray, mask: Optional[np.ndarray], colour=CONTOUR,
+                 thickness: Optional[int] = None) -> np.ndarray:
+    """The outline of ``mask`` drawn on a copy (thickness: about 1 px per 256 px by default)."""
     if mask is None or not mask.any():
         return image_bgr
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return cv2.drawContours(image_bgr.copy(), contours, -1, CONTOUR, max(1, image_bgr.shape[0] // 256))
+    thickness = thickness or max(1, image_bgr.shape[0] // 256)
+    return cv2.drawContours(image_bgr.copy(), contours, -1, colour, thickness)
 
 
 def panel(image_rgb: np.ndarray, amap: np.ndarray, mask: Optional[np.ndarray], low: float, high: float,
-          caption: str = "") -> np.ndarray:
-    """[image + GT contour | heat map + GT contour] side by side (BGR)."""
-    left = draw_contour(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), mask)
-    right = draw_contour(heat(image_rgb, amap, low, high), mask)
+          caption: str = "", predicted: Optional[np.ndarray] = None, thickness: Optional[int] = None) -> np.ndarray:
+    """[image + GT contour (+ predicted contour) | heat map + GT contour] side by side (BGR)."""
+    left = draw_contour(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), predicted, PREDICTED, thickness)
+    left = draw_contour(left, mask, thickness=thickness)
+    right = draw_contour(heat(image_rgb, amap, low, high), mask, thickness=thickness)
     out = np.concatenate([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right], axis=1)
     if caption:  # a white band above the pictures keeps the text legible at any size
         band = max(20, out.shape[0] // 12)
@@ -88,7 +94,7 @@ class Visualiser:
             mask = cat.masks[i].numpy() > 0.5 if cat.has_mask[i] else None
             label = {1: "anomalous", 0: "normal"}.get(cat.labels[i], "")
             caption = f"score {float(scores[i]):.3f} {label}".strip()
-            image = panel(_load_rgb(path, size), maps[i], mask, low, high, caption)
+            image = panel(load_rgb(path, size), maps[i], mask, low, high, caption)
             target = self._target(cat.name, path)
             write_png(target, image)
             written.append(target)
