@@ -58,3 +58,13 @@ def known_categories(dataset: str) -> Optional[List[str]]:
 def is_classification_only(dataset: str) -> bool:
     """True for datasets that have image labels but no masks (HeadCT, BrainMRI, Br35H)."""
     return canonical_dataset(dataset) in CLASSIFICATION_ONLY
+
+
+def prompt_words(class_names, class_word: str) -> List[str]:
+    """The word each image's prompts use: the generic "object" (FAPrompt, AnomalyCLIP) or the
+    readable class name (Bayes-PFL)."""
+    if class_word == "object":
+        return ["object"] * len(class_names)
+    if class_word == "name":
+        return [readable_name(name) for name in class_names]
+    raise ValueError(f"class_word must be 'object' or 'name', got {class_word!r}")

@@ -72,18 +72,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def param_groups(model, lr: Dict[str, float]) -> List[dict]:
-    """The model's optimiser groups at its current stage, with the configured rates."""
-    if hasattr(model, "param_groups"):
-        groups = model.param_groups(lr_prompt=lr["prompt"], lr_flow=lr["flow"], lr_linear=lr["linear"],
-                                    lr_temperature=lr["temperature"])
-    else:
-        groups = [{"name": "all", "params": [p for n, p in model.named_parameters()
-                                             if p.requires_grad and not n.startswith("backbone.")],
-                   "lr": lr["all"]}]
-    return groups
-
-
 def cosine_with_warmup(optimizer, total_steps: int, warmup_fraction: float):
     """Linear warm-up over ``warmup_fraction`` of the steps, then a half cosine to 0."""
     warmup = int(warmup_fraction * total_steps)
@@ -113,7 +101,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _build_optimizer(self) -> None:
-        self.optimizer = torch.optim.Adam(param_groups(self.model, self.settings.lr), betas=self.settings.betas)
+        self.optimizer = torch.optim.Adam(self.model.param_groups(self.settings.lr), betas=self.settings.betas)
         self.scheduler = None
         if self.two_stage and self.state.stage == 1:  # the official schedule drives stage 1 only
             self.scheduler = cosine_with_warmup(self.optimizer, self.settings.epochs * self.steps_per_epoch,

@@ -63,6 +63,9 @@ class ImageFeatures:
     patch_raw:  {layer: [B, P, C]} raw outputs of the selected blocks, CLS removed.
     patch_proj: {layer: [B, P, D]} the same through ``ln_post`` and ``proj``.
     vv_proj:    [B, P, D] final V-V path tokens through ``ln_post`` and ``proj`` (or None).
+    vv_layers:  {layer: [B, P, D]} V-V path tokens after the selected blocks through ``ln_post``
+                and ``proj`` (AnomalyCLIP's multi-layer maps); the original path's tokens for
+                blocks before the V-V start.
     """
 
     cls: torch.Tensor
@@ -70,6 +73,7 @@ class ImageFeatures:
     patch_raw: Dict[int, torch.Tensor] = field(default_factory=dict)
     patch_proj: Dict[int, torch.Tensor] = field(default_factory=dict)
     vv_proj: Optional[torch.Tensor] = None
+    vv_layers: Dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _quick_gelu_module() -> nn.Module:
@@ -98,10 +102,8 @@ class ClipBackbone(nn.Module):
             raise ValueError(f"pos_interpolation must be one of {POS_INTERPOLATIONS}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
-        visual = getattr(clip, "visual", None)
-        if visual is None or not hasattr(visual, "transformer") or not hasattr(clip, "token_embedding"):
-            raise UserError("only open_clip CLIP models with a ViT image tower and the standard "
-                            "text tower are supported (e.g. ViT-L-14-336, ViT-B-16)")
+        _check_supported(clip)
+        visual = clip.visual
         self.clip = clip
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -124,7 +126,12 @@ class ClipBackbone(nn.Module):
         self.truncate_text = True
         clip.requires_grad_(False)
         clip.eval()
-        self.register_buffer("vision_pos_embed", self._interpolated_pos_embed(), persistent=False)
+        # open_clip's own embedding step (_embeds) reads visual.positional_embedding: it gets the
+        # grid for image_size, interpolated from the pretrained grid kept beside it
+        if not hasattr(visual, "pretrained_positional_embedding"):
+            visual.register_buffer("pretrained_positional_embedding",
+                                   visual.positional_embedding.detach().clone(), persistent=False)
+        visual.positional_embedding = nn.Parameter(self._interpolated_pos_embed(), requires_grad=False)
 
     # ------------------------------------------------------------------ set-up helpers
     def train(self, mode: bool = True) -> "ClipBackbone":
@@ -133,7 +140,7 @@ class ClipBackbone(nn.Module):
 
     def _interpolated_pos_embed(self) -> torch.Tensor:
         """[1 + grid², C] position embedding for ``image_size`` from the pretrained grid."""
-        pos = self.clip.visual.positional_embedding.detach()
+        pos = self.clip.visual.pretrained_positional_embedding
         old = round((pos.shape[0] - 1) ** 0.5)
         if old == self.grid_size:
             return pos.clone()
@@ -208,42 +215,52 @@ class ClipBackbone(nn.Module):
 
     # ------------------------------------------------------------------ image side
     def encode_image(self, images: torch.Tensor, layers: Sequence[int] = (),
-                     vv_start: Optional[int] = None) -> ImageFeatures:
+                     vv_start: Optional[int] = None, vv_layers: Sequence[int] = ()) -> ImageFeatures:
         """Run the image tower once.
 
         Args:
             images: [B, 3, S, S] normalised images, S = ``image_size``.
             layers: 1-based block indices whose patch tokens are returned.
             vv_start: 1-based first V-V block (FAPrompt: 6 of 24), or None for no V-V path.
+            vv_layers: 1-based blocks whose V-V path tokens are returned (needs ``vv_start``).
         """
         visual = self.clip.visual
-        bad = [layer for layer in layers if not 1 <= layer <= self.num_layers]
+        bad = [layer for layer in list(layers) + list(vv_layers) if not 1 <= layer <= self.num_layers]
         if bad:
-            raise UserError(f"--features_list {list(layers)}: layers must lie in 1..{self.num_layers}")
+            raise UserError(f"--features_list {list(layers) + list(vv_layers)}: layers must lie in "
+                            f"1..{self.num_layers}")
         if vv_start is not None and not 1 <= vv_start <= self.num_layers:
             raise UserError(f"V-V start block {vv_start} must lie in 1..{self.num_layers}")
+        if vv_layers and vv_start is None:
+            raise ValueError("V-V layer tokens need a V-V start block")
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise ValueError(f"expected images of {self.image_size}px, got {tuple(images.shape)}")
+        layers = sorted(set(layers))
         with torch.no_grad(), self.autocast():
-            x = visual.conv1(images.to(visual.conv1.weight.dtype))
-            x = x.flatten(2).transpose(1, 2)
-            cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat([cls, x], dim=1) + self.vision_pos_embed.to(x.dtype)
-            x = visual.ln_pre(x)
-            raw: Dict[int, torch.Tensor] = {}
-            vv = None
-            for index, block in enumerate(visual.transformer.resblocks, start=1):
-                if vv_start is not None and index == vv_start:
-                    vv = x
-                x, vv = self._block(block, x, vv=vv)
-                if index in layers:
-                    raw[index] = x[:, 1:]
+            x = visual._embeds(images.to(visual.conv1.weight.dtype))
+            vv, vv_tokens = None, {}
+            if vv_start is None and not layers:  # the plain tower: open_clip's own blocks
+                x, raw = visual.transformer(x), {}
+            elif vv_start is None:
+                x, taken = visual.transformer.forward_intermediates(x, indices=[layer - 1 for layer in layers])
+                raw = {layer: t[:, 1:] for layer, t in zip(layers, taken)}
+            else:
+                raw = {}
+                for index, block in enumerate(visual.transformer.resblocks, start=1):
+                    if index == vv_start:
+                        vv = x
+                    x, vv = self._block(block, x, vv=vv)
+                    if index in layers:
+                        raw[index] = x[:, 1:]
+                    if index in vv_layers:
+                        vv_tokens[index] = (x if vv is None else vv)[:, 1:]
             features = ImageFeatures(
                 cls=visual.ln_post(x[:, 0]) @ visual.proj,
                 cls_raw=x[:, 0] @ visual.proj,
                 patch_raw=raw,
                 patch_proj={layer: visual.ln_post(t) @ visual.proj for layer, t in raw.items()},
                 vv_proj=None if vv is None else visual.ln_post(vv[:, 1:]) @ visual.proj,
+                vv_layers={layer: visual.ln_post(t) @ visual.proj for layer, t in vv_tokens.items()},
             )
         return _to_float(features)
 
@@ -312,7 +329,34 @@ def _to_float(features: ImageFeatures) -> ImageFeatures:
         patch_raw={k: v.float() for k, v in features.patch_raw.items()},
         patch_proj={k: v.float() for k, v in features.patch_proj.items()},
         vv_proj=None if features.vv_proj is None else features.vv_proj.float(),
+        vv_layers={k: v.float() for k, v in features.vv_layers.items()},
     )
+
+
+def _check_supported(clip: nn.Module) -> None:
+    """Refuse open_clip models whose features this wrapper would compute wrongly."""
+    visual = getattr(clip, "visual", None)
+    if visual is None or not hasattr(visual, "transformer") or not hasattr(visual, "conv1") \
+            or not hasattr(clip, "token_embedding"):
+        raise UserError("only open_clip CLIP models with a ViT image tower and the standard text tower are "
+                        "supported (e.g. ViT-L-14-336, ViT-B-16); timm, ResNet and custom-text towers are not")
+    reasons = []
+    if getattr(visual, "attn_pool", None) is not None:
+        reasons.append("attentional pooling")
+    if getattr(visual, "pool_type", "tok") != "tok" or getattr(visual, "final_ln_after_pool", False):
+        reasons.append(f"image pooling '{getattr(visual, 'pool_type', '?')}' (the methods need the class token)")
+    if getattr(clip, "text_pool_type", "argmax") != "argmax":
+        reasons.append(f"text pooling '{clip.text_pool_type}' (the methods pool at the EOT token)")
+    for tower, blocks in (("image", visual.transformer.resblocks), ("text", clip.transformer.resblocks)):
+        block = blocks[0]
+        if type(block).__name__ != "ResidualAttentionBlock" or not isinstance(getattr(block, "attn", None),
+                                                                             nn.MultiheadAttention):
+            reasons.append(f"custom {tower} blocks ({type(block).__name__})")
+        elif hasattr(block, "ln_1_kv"):
+            reasons.append(f"cross-attention {tower} blocks")
+    if reasons:
+        raise UserError(f"this open_clip model is not supported: {'; '.join(reasons)}. Use a CLIP ViT such as "
+                        "ViT-L-14-336 or ViT-B-16")
 
 
 # ---------------------------------------------------------------------- loading

@@ -4,8 +4,8 @@ Normal and abnormal *states* ("flawless {}", "damaged {}", ...) are combined wit
 *templates* ("a photo of a {}.", ...); each state's text feature is the normalised mean of its
 normalised prompt features (a WinCLIP-style ensemble, with our own wording). The image score
 is CLIP's softmax of the CLS feature against (normal, abnormal); the pixel map compares the
-V-V path's patch features with the same two text features (fixed temperature 0.07), as the
-V-V path localises far better than CLIP's raw patch tokens.
+V-V path's patch features with the same two text features (the similarity head at the fixed
+temperature 0.07), as the V-V path localises far better than CLIP's raw patch tokens.
 
 It needs nothing but CLIP weights, so a new user gets real zero-shot numbers at once.
 """
@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import ClipBackbone, default_vv_start
-from models.faprompt import grid_probs, upsample_grid
+from datasets.names import prompt_words
+from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
+from models.heads import similarity_probs, upsample_grid
 from models.scoring import Prediction
 
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "intact {}", "{} without defect",
@@ -46,6 +47,7 @@ class ClipBaseline(nn.Module):
 
     method = "clip"
     score_fusion = "mean"
+    two_stage = False
 
     def __init__(self, backbone: ClipBackbone, config: ClipBaselineConfig):
         super().__init__()
@@ -65,15 +67,17 @@ class ClipBaseline(nn.Module):
             self._text[word] = torch.stack(states)
         return self._text[word]
 
-    def predict(self, images: torch.Tensor, class_names: Sequence[str]) -> Prediction:
-        from datasets.names import readable_name
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        return self.backbone.encode_image(images, vv_start=self.vv_start)
 
+    def predict(self, images: torch.Tensor, class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> Prediction:
         cfg = self.config
-        words = [readable_name(n) if cfg.class_word == "name" else "object" for n in class_names]
-        text = torch.stack([self.text_features(w) for w in words])  # [N, 2, D]
-        feats = self.backbone.encode_image(images, vv_start=self.vv_start)
+        words = prompt_words(class_names, cfg.class_word)
+        pairs = torch.stack([self.text_features(w) for w in words])[:, :, None]  # [N, 2, 1, D]
+        feats = features if features is not None else self.encode_images(images)
         image = F.normalize(feats.cls, dim=-1)
-        class_prob = (cfg.image_logit_scale * (image.unsqueeze(1) @ text.transpose(1, 2)).squeeze(1)).softmax(-1)[:, 1]
-        grid = grid_probs(F.normalize(feats.vv_proj, dim=-1), text, cfg.temperature)
+        logits = cfg.image_logit_scale * torch.einsum("nd,ncmd->nc", image, pairs)
+        grid = similarity_probs(F.normalize(feats.vv_proj, dim=-1), pairs, cfg.temperature)
         probs = upsample_grid(grid, self.backbone.image_size)
-        return Prediction((probs[:, 1] + 1 - probs[:, 0]) / 2, class_prob, grid[..., 1].amax(1))
+        return Prediction((probs[:, 1] + 1 - probs[:, 0]) / 2, logits.softmax(-1)[:, 1], grid[..., 1].amax(1))

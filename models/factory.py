@@ -1,9 +1,9 @@
-"""Build models by method name; save and read checkpoints (ours and both official formats).
+"""Build models by method name; save and read checkpoints (ours and the official formats).
 
-A checkpoint of ours holds everything ``test.py`` needs: the method, the backbone and method
-configurations, and the learnable weights (the frozen CLIP is never stored). Official
-checkpoints load through the same reader: FAPrompt's ``{"prompt_learner": ...}`` and
-Bayes-PFL's ``{"MyModel": ...}`` are mapped onto our modules by explicit name maps.
+A method is a preset of the one model (``models/config.py``), or the training-free ``clip``
+baseline. A checkpoint of ours holds everything ``test.py`` needs: the method, the backbone and
+model configurations, and the learnable weights (the frozen CLIP is never stored). Official
+checkpoints load through the same reader by the name maps of ``models/official.py``.
 """
 from __future__ import annotations
 
@@ -16,53 +16,57 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from models import bayes_pfl, faprompt
+from models import official
 from models.backbone import BackboneConfig, ClipBackbone
+from models.clip_baseline import ClipBaseline, ClipBaselineConfig
+from models.config import OFFICIAL, PRESETS, ModelConfig, preset
+from models.model import ZSADModel
 from utils.errors import UserError, flags_not_applicable
 from utils.io import torch_save
 
 log = logging.getLogger("zsad.factory")
 
-FORMAT = "zsad-checkpoint/1"
-METHODS = ("faprompt", "bayes_pfl", "fapfl", "clip")
+FORMAT = "zsad-checkpoint/2"
+LEGACY_FORMATS = ("zsad-checkpoint/1",)
+METHODS = tuple(PRESETS) + ("clip",)
+LEARNED = tuple(PRESETS)
 COMPAT = ("auto", "ours", "official")
 
-
-def _registry() -> Dict[str, tuple]:
-    from models import clip_baseline, fapfl
-
-    return {
-        "faprompt": (faprompt.FAPrompt, faprompt.FAPromptConfig),
-        "bayes_pfl": (bayes_pfl.BayesPFL, bayes_pfl.BayesPFLConfig),
-        "fapfl": (fapfl.FAPFL, fapfl.FAPFLConfig),
-        "clip": (clip_baseline.ClipBaseline, clip_baseline.ClipBaselineConfig),
-    }
+# Format 1 (before the methods were presets of one model) named some parts differently.
+_FORMAT_1_NAMES = (("prior_net.", "dap."), ("context_flow.", "flows.context."),
+                   ("state_encoder.", "flows.state_encoder."), ("normal_flow.", "flows.normal."),
+                   ("abnormal_flow.", "flows.abnormal."), ("log_temperature_pixel", "rca.log_temperature"),
+                   ("log_temperature_image", "image_head.log_temperature"),
+                   ("class_mapping.", "image_head.class_mapping."), ("image_mapping.", "image_head.image_mapping."),
+                   ("fuse.", "image_head.fuse."))
 
 
 def config_class(method: str):
     if method not in METHODS:
         raise UserError(f"--method {method}: choose one of {', '.join(METHODS)}")
-    return _registry()[method][1]
+    return ClipBaselineConfig if method == "clip" else ModelConfig
 
 
 def make_config(method: str, fields: Dict[str, Any]):
-    """The method's config from ``fields`` (unknown names are an error)."""
+    """The method's configuration: its preset with ``fields`` on top (unknown names are an error)."""
     cls = config_class(method)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - set(known))
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise flags_not_applicable(unknown, method)
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
-    return cls(**values)
+    if method == "clip":
+        return ClipBaselineConfig(**values)
+    config = preset(method, **values)
+    try:
+        config.validate()
+    except ValueError as err:
+        raise UserError(f"--method {method}: {err}") from None
+    return config
 
 
 def method_backbone_defaults(method: str) -> Dict[str, Any]:
     """Backbone settings that follow the method's official code (SPEC section 8)."""
-    if method == "bayes_pfl":
-        return {"pos_interpolation": "bicubic"}
-    if method == "clip":
-        return {"pos_interpolation": "bicubic"}
-    return {"pos_interpolation": "bilinear"}
+    return {"pos_interpolation": "bicubic" if method in ("bayes_pfl", "clip") else "bilinear"}
 
 
 def apply_compat(method: str, config, backbone: BackboneConfig, compat: str):
@@ -71,18 +75,19 @@ def apply_compat(method: str, config, backbone: BackboneConfig, compat: str):
         raise ValueError(compat)
     if compat == "ours":
         return config, backbone
-    if method == "faprompt":
-        return config.official(), backbone
-    if method == "bayes_pfl":
-        return config.official(), dataclasses.replace(backbone, activation="gelu")
-    raise UserError(f"--compat official: --method {method} has no official code to be compatible with")
+    if method not in OFFICIAL:
+        raise UserError(f"--compat official: --method {method} has no official code to be compatible with")
+    if method == "bayes_pfl":  # exact GELU in both towers
+        backbone = dataclasses.replace(backbone, activation="gelu")
+    return dataclasses.replace(config, **OFFICIAL[method]), backbone
 
 
 def build_model(method: str, config, backbone: ClipBackbone) -> nn.Module:
     """An untrained model of ``method`` on ``backbone``."""
-    cls = _registry()[method][0]
     try:
-        return cls(backbone, config)
+        if method == "clip":
+            return ClipBaseline(backbone, config)
+        return ZSADModel(backbone, config, method)
     except ValueError as err:  # configuration the backbone cannot host
         raise UserError(f"--method {method}: {err}") from None
 
@@ -94,12 +99,15 @@ def learnable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def load_learnable_state(model: nn.Module, state: Dict[str, torch.Tensor], source: str) -> None:
     """Load ``state`` into ``model``; every learnable tensor must be present and fit."""
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("backbone.")]
-    if missing or result.unexpected_keys:
-        raise UserError(f"{source} does not fit this model configuration "
-                        f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}); "
-                        "it was made with other settings or for another method")
+    own = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k]))
+    if missing or unexpected or mismatched:
+        raise UserError(f"{source} does not fit this model configuration (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}, other shape {mismatched[:3]}); it was made with other settings or "
+                        "for another method")
+    model.load_state_dict(state, strict=False)
 
 
 @dataclass
@@ -110,7 +118,7 @@ class Checkpoint:
     backbone: BackboneConfig
     config: Dict[str, Any]
     state_dict: Dict[str, torch.Tensor]
-    source: str = "ours"  # "ours", "official-faprompt" or "official-bayes_pfl"
+    source: str = "ours"  # "ours" or "official-<method>"
     training: Dict[str, Any] = field(default_factory=dict)
     path: str = ""
 
@@ -133,6 +141,17 @@ def save_checkpoint(path: Path, model: nn.Module, backbone: BackboneConfig,
     torch_save(payload, path)
 
 
+def _format_1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    renamed = {}
+    for key, value in state.items():
+        for old, new in _FORMAT_1_NAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    return renamed
+
+
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a checkpoint of ours or an official one; bad files raise :class:`UserError`."""
     file = Path(path)
@@ -144,32 +163,32 @@ def read_checkpoint(path: str) -> Checkpoint:
         raise UserError(f"--checkpoint_path {path}: not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(payload, dict):
         raise UserError(f"--checkpoint_path {path}: not a checkpoint (no dictionary inside)")
-    if payload.get("format") == FORMAT:
+    if payload.get("format") in (FORMAT,) + LEGACY_FORMATS:
         fields = {f.name for f in dataclasses.fields(BackboneConfig)}
         backbone = BackboneConfig(**{k: v for k, v in payload["backbone"].items() if k in fields})
-        return Checkpoint(payload["method"], backbone, payload["config"], payload["state_dict"],
-                          "ours", payload.get("training", {}), str(path))
-    if "prompt_learner" in payload and faprompt.is_official_state(payload["prompt_learner"]):
-        state, config = faprompt.official_to_ours(payload["prompt_learner"])
-        return Checkpoint("faprompt", BackboneConfig(**method_backbone_defaults("faprompt")), config,
-                          state, "official-faprompt", {}, str(path))
-    if "MyModel" in payload and bayes_pfl.is_official_state(payload["MyModel"]):
-        state, config = bayes_pfl.official_to_ours(payload["MyModel"])
-        backbone = BackboneConfig(**method_backbone_defaults("bayes_pfl"))
-        return Checkpoint("bayes_pfl", backbone, config, state, "official-bayes_pfl", {}, str(path))
+        state = payload["state_dict"]
+        if payload["format"] != FORMAT:
+            state = _format_1_state(state)
+        return Checkpoint(payload["method"], backbone, payload["config"], state, "ours",
+                          payload.get("training", {}), str(path))
+    found = official.detect(payload)
+    if found is not None:
+        method, raw = found
+        state, config = official.TO_OURS[method](raw)
+        return Checkpoint(method, BackboneConfig(**method_backbone_defaults(method)), config, state,
+                          f"official-{method}", {}, str(path))
     if "visual.conv1.weight" in payload or "state_dict" in payload:
         raise UserError(f"--checkpoint_path {path} looks like CLIP weights; pass it as --pretrained")
-    raise UserError(f"--checkpoint_path {path}: unknown checkpoint format (expected one written by "
-                    "train.py, an official FAPrompt or an official Bayes-PFL checkpoint)")
+    raise UserError(f"--checkpoint_path {path}: unknown checkpoint format (expected one written by train.py, "
+                    "or an official FAPrompt, AnomalyCLIP or Bayes-PFL checkpoint)")
 
 
 def model_from_checkpoint(ckpt: Checkpoint, config, backbone: ClipBackbone) -> nn.Module:
     """Build the checkpoint's model with ``config`` (possibly overridden) and load its weights."""
     model = build_model(ckpt.method, config, backbone)
-    if ckpt.method == "bayes_pfl":
-        stored = sum(1 for k in ckpt.state_dict if k.startswith("rca.proj.") and k.endswith(".weight"))
-        if stored != len(config.features_list):
-            raise UserError(f"--checkpoint_path {ckpt.path} has {stored} RCA layers; pass --features_list "
-                            f"with {stored} layers (got {list(config.features_list)})")
+    stored = sum(1 for k in ckpt.state_dict if k.startswith("rca.proj.") and k.endswith(".weight"))
+    if stored and stored != len(config.features_list):
+        raise UserError(f"--checkpoint_path {ckpt.path} has {stored} RCA layers; pass --features_list "
+                        f"with {stored} layers (got {list(config.features_list)})")
     load_learnable_state(model, ckpt.state_dict, f"--checkpoint_path {ckpt.path}")
     return model

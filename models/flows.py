@@ -18,8 +18,8 @@ terms are summed over the samples drawn (SPEC section 5).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -137,3 +137,108 @@ class StateFlow(nn.Module):
         mean, log_var = self.encoder(self.state)
         return _sample_and_flow(mean[0], log_var[0], self.u, self.w, self.b, eps, batch_images, with_kl,
                                 repeat_density=batch_images if official_kl else 1)
+
+
+@dataclass
+class FlowSamples:
+    """One draw of every flow in use: offsets for the prompts and the KL terms (training).
+
+    context: [N, R, W] (image-specific); normal, abnormal: [R, W] (image-agnostic), or None.
+    """
+
+    context: Optional[torch.Tensor] = None
+    normal: Optional[torch.Tensor] = None
+    abnormal: Optional[torch.Tensor] = None
+    kl: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PromptFlows(nn.Module):
+    """Bayes-PFL's prompt flows in use: the image-specific context flow, and the image-agnostic
+    abnormal-state (and normal-state) flows, which share one encoder as in the official code.
+
+    kind: "context", "context+abnormal" or "context+state". Linear layers are initialised
+    N(0, 0.02) with zero biases (the official init); the state flows' free parameters N(0, 1).
+    """
+
+    def __init__(self, kind: str, embed_dim: int, hidden: int, text_width: int, num_flows: int):
+        super().__init__()
+        self.kind, self.width = kind, text_width
+        self.context = ContextFlow(embed_dim, hidden, text_width, num_flows)
+        if kind in ("context+abnormal", "context+state"):
+            self.state_encoder = GaussianEncoder(embed_dim, hidden, text_width)
+            self.abnormal = StateFlow(self.state_encoder, embed_dim, text_width, num_flows)
+        if kind == "context+state":
+            self.normal = StateFlow(self.state_encoder, embed_dim, text_width, num_flows)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def free_parameters(self):
+        """The transform parameters (u, w, b and the states): Bayes-PFL's flow learning rate."""
+        params = list(self.context.u.parameters()) + list(self.context.w.parameters()) \
+            + list(self.context.b.parameters())
+        for name in ("normal", "abnormal"):
+            if hasattr(self, name):
+                flow = getattr(self, name)
+                params += [flow.state, flow.u, flow.w, flow.b]
+        return params
+
+    def training_noise(self, n_images: int, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sample per image from the global generator, in the official order: context
+        [N, 1, W], then normal and abnormal state [1, W] (both drawn whatever flows are in use)."""
+        return (torch.randn(n_images, 1, self.width, device=device), torch.randn(1, self.width, device=device),
+                torch.randn(1, self.width, device=device))
+
+    def forward(self, feature: torch.Tensor, eps: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                with_kl: bool = False, official_kl: bool = False) -> FlowSamples:
+        """Samples for the image features ``feature`` [N, E] and noise (context [N, R, W],
+        normal [R, W], abnormal [R, W]); KL terms when ``with_kl``."""
+        n = feature.shape[0]
+        context = self.context(feature, eps[0], with_kl)
+        out = FlowSamples(context=context.z)
+        kl = {"kl_context": context.kl}
+        for name, noise in (("normal", eps[1]), ("abnormal", eps[2])):
+            if hasattr(self, name):
+                sample = getattr(self, name)(noise, n, with_kl, official_kl)
+                setattr(out, name, sample.z)
+                kl[f"kl_{name}"] = sample.kl
+        if with_kl:
+            out.kl = kl
+        return out
+
+
+class FlowNoise:
+    """Seeded test-time flow noise, the same whatever the batch size.
+
+    ours:     the R normal and R abnormal state samples once, then R context draws per image.
+    official: per image one draw of [3R, D] — context, normal, abnormal — of which the state
+              parts of the first image are kept for the whole run (the rest is drawn but unused).
+    The draws come from a CPU generator seeded with ``seed``, which gives the same numbers as
+    the official code's global CPU generator seeded with ``seed`` right before the first batch.
+    One [N, 3R, D] draw equals the official R·3·N successive [1, D] draws because torch's CPU
+    normal sampler fills blocks of 16 values: that needs D % 16 == 0 (true of every CLIP).
+    """
+
+    def __init__(self, seed: int, samples: int, dim: int, official: bool):
+        if official and dim % 16:
+            raise ValueError(f"the official noise order needs a width divisible by 16, got {dim}")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.samples, self.dim, self.official = samples, dim, official
+        self.state: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def draw(self, n_images: int, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Context [N, R, D], normal [R, D], abnormal [R, D]."""
+        r, d, g = self.samples, self.dim, self.generator
+        if self.official:
+            eps = torch.randn(n_images, 3 * r, d, generator=g)
+            if self.state is None:
+                self.state = (eps[0, r:2 * r], eps[0, 2 * r:])
+            context = eps[:, :r]
+        else:
+            if self.state is None:
+                states = torch.randn(2 * r, d, generator=g)
+                self.state = (states[:r], states[r:])
+            context = torch.randn(n_images, r, d, generator=g)
+        return context.to(device), self.state[0].to(device), self.state[1].to(device)
+

@@ -172,7 +172,7 @@ def test_openai_state_dict_loads_and_pos_embed_interpolates(tiny_model, tmp_path
     kwargs = {"antialias": True} if mode == "bicubic" else {}
     grid = F.interpolate(grid, size=(6, 6), mode=mode, align_corners=False, **kwargs)
     expected = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(36, -1)])
-    torch.testing.assert_close(larger.vision_pos_embed, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(larger.clip.visual.positional_embedding, expected, atol=1e-6, rtol=0)
     feats = larger.encode_image(_images(1, 48), layers=[4])
     assert feats.patch_raw[4].shape == (1, 36, larger.vision_width)
 

@@ -6,13 +6,19 @@ import pytest
 import torch
 
 from models.backbone import BackboneConfig, build_backbone
-from models.bayes_pfl import BayesPFL, BayesPFLConfig, FlowNoise
-from models.flows import ContextFlow, GaussianEncoder, StateFlow, planar_transforms
+from models.config import preset
+from models.flows import ContextFlow, FlowNoise, GaussianEncoder, StateFlow, planar_transforms
+from models.model import ZSADModel
 from conftest import defect_batch
 from utils.metrics import pixel_metrics
 
 SIZE = 32
-CONFIG = BayesPFLConfig(features_list=(2, 4), sample_num=3)
+CONFIG = preset("bayes_pfl", features_list=(2, 4), sample_num=3)
+RATES = {"prompt": 1e-3, "temperature": 1e-2, "flow": 1e-3, "linear": 1e-4}
+
+
+def BayesPFL(backbone, config=CONFIG):
+    return ZSADModel(backbone, config, "bayes_pfl")
 
 
 @pytest.fixture()
@@ -24,7 +30,7 @@ def backbone(tiny_model):
 @pytest.fixture()
 def model(backbone):
     torch.manual_seed(3)
-    return BayesPFL(backbone, CONFIG)
+    return BayesPFL(backbone)
 
 
 def _images(n: int, seed: int = 0) -> torch.Tensor:
@@ -74,17 +80,17 @@ def test_output_shapes_train_and_eval(model, backbone):
     model.train()
     out = model(images, names)
     b, e = CONFIG.prompt_num, backbone.embed_dim
-    assert out.text.shape == (3, 2, 1, b, e) and out.class_logits.shape == (3, 2, 1)
-    assert len(out.pixel_logits) == 2 and out.pixel_logits[0].shape == (3, 1, SIZE, SIZE)
+    assert out.text.shape == (3, 2, b, e) and out.class_logits.shape == (3, 2, 1)
+    assert len(out.final.rca_diffs) == 2 and out.final.rca_diffs[0].shape == (3, 1, SIZE, SIZE)
     assert set(out.kl) == {"kl_context", "kl_normal", "kl_abnormal"} and 0 <= out.pair < b
     model.eval()
     with torch.no_grad():
         out = model(images, names)
         pred = model.predict(images, names)
     r = CONFIG.sample_num
-    assert out.text.shape == (3, 2, r, b, e) and out.class_logits.shape == (3, 2, r * b)
-    assert out.pixel_logits[1].shape == (3, r * b, SIZE, SIZE)
-    torch.testing.assert_close(out.text.norm(dim=-1), torch.ones(3, 2, r, b))
+    assert out.text.shape == (3, 2, r * b, e) and out.class_logits.shape == (3, 2, r * b)
+    assert out.final.rca_diffs[1].shape == (3, r * b, SIZE, SIZE)
+    torch.testing.assert_close(out.text.norm(dim=-1), torch.ones(3, 2, r * b))
     assert pred.anomaly_map.shape == (3, SIZE, SIZE) and pred.class_prob.shape == pred.map_score.shape == (3,)
     assert ((pred.anomaly_map >= 0) & (pred.anomaly_map <= 1)).all()
 
@@ -124,13 +130,14 @@ def test_only_learnable_parts_get_gradients(model):
     masks = torch.zeros(3, SIZE, SIZE)
     masks[1:, 8:16, 8:20] = 1
     terms = model.loss(model(_images(3), ["a", "b", "c"]), masks, torch.tensor([0, 1, 1]))
-    assert {"image", "segmentation", "kl_context", "kl_normal", "kl_abnormal", "orthogonal", "total"} == set(terms)
+    assert {"image", "map", "kl_context", "kl_normal", "kl_abnormal", "orthogonal", "total"} == set(terms)
     terms["total"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    with_grad = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == {"bank", "context_flow", "state_encoder", "normal_flow", "abnormal_flow", "rca",
-                         "class_mapping", "log_temperature_pixel", "log_temperature_image"}
-    groups = model.param_groups()
+    with_grad = {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad == {"bank.context", "bank.normal_state", "bank.abnormal_state", "flows.context",
+                         "flows.state_encoder", "flows.normal", "flows.abnormal", "rca.proj", "rca.query",
+                         "rca.log_temperature", "image_head.class_mapping", "image_head.log_temperature"}
+    groups = model.param_groups(RATES)
     torch.optim.Adam(groups, betas=(0.5, 0.999)).step()
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     assert {g["name"]: g["lr"] for g in groups} == {"prompt": 1e-3, "temperature": 1e-2, "flow": 1e-3,
@@ -143,7 +150,7 @@ def test_stage_two_updates_only_its_three_modules(model):
     model.set_stage(2)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.Adam(model.param_groups(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.param_groups(RATES), lr=1e-2)
     for _ in range(2):
         optimizer.zero_grad()
         terms = model.loss(model(_images(4), ["a"] * 4), torch.zeros(4, SIZE, SIZE), torch.tensor([0, 1, 0, 1]))
@@ -151,18 +158,18 @@ def test_stage_two_updates_only_its_three_modules(model):
         terms["total"].backward()
         optimizer.step()
     after = model.state_dict()
-    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"class_mapping", "image_mapping", "fuse"}
+    changed = {".".join(k.split(".")[:2]) for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"image_head.class_mapping", "image_head.image_mapping", "image_head.fuse"}
 
 
 def test_learning_lowers_loss_and_raises_pixel_auroc(tiny_model):
     size = 64
     backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=size))
     torch.manual_seed(0)
-    model = BayesPFL(backbone, BayesPFLConfig(features_list=(2, 4), sample_num=2))
+    model = BayesPFL(backbone, preset("bayes_pfl", features_list=(2, 4), sample_num=2))
     images, masks, labels = defect_batch(8, size, seed=1)
     names = ["object"] * 8
-    groups = model.param_groups(lr_prompt=1e-2, lr_flow=1e-2, lr_linear=1e-2, lr_temperature=1e-2)
+    groups = model.param_groups({"prompt": 1e-2, "flow": 1e-2, "linear": 1e-2, "temperature": 1e-2})
     optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
 
     def evaluate():

@@ -1,18 +1,26 @@
-"""The combined model: each published method is one setting of it (equivalence with the
-dedicated code paths), and every switch combination runs, batches and trains."""
+"""The combined model: each published method is one column of its design card — the fapfl
+method with that column's switches reproduces the method's official outputs — and every switch
+combination runs, batches and trains."""
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
 from models.backbone import BackboneConfig, build_backbone
-from models.bayes_pfl import BayesPFL, BayesPFLConfig
 from models.clip_baseline import ClipBaseline, ClipBaselineConfig
-from models.faprompt import FAPrompt, FAPromptConfig
-from models.fapfl import FAPFL, FAPFLConfig
+from models.config import PRESETS, STRUCTURE_SWITCHES, official, preset
+from models.model import ZSADModel
+from tools.golden import stages
 
 SIZE = 32
 TINY = dict(depth=3, t_n_ctx=2, dap_k=4, features_list=(2, 4), sample_num=2)
+
+
+def FAPFL(backbone, config):
+    return ZSADModel(backbone, config, "fapfl")
 
 
 @pytest.fixture()
@@ -31,70 +39,33 @@ def _batch(n=4, seed=0):
 NAMES = ["bottle", "pcb1", "bottle", "screw"]
 
 
-@pytest.mark.parametrize("official", [False, True])
-def test_faprompt_preset_equals_faprompt(backbone, official):
-    torch.manual_seed(1)
-    dedicated_cfg = FAPromptConfig(depth=3, t_n_ctx=2, dap_k=4)
-    combined_cfg = FAPFLConfig.faprompt_preset(**TINY)
-    if official:
-        dedicated_cfg = dedicated_cfg.official()
-        combined_cfg = FAPFLConfig.faprompt_preset(**TINY, dap_select="first", fused_focal_logits=True,
-                                                   deep_prompt_fp16=True)
-    dedicated = FAPrompt(backbone, dedicated_cfg)
-    combined = FAPFL(backbone, combined_cfg)
-    combined.load_state_dict(dedicated.state_dict())  # the same parameter names
-    images, masks, labels = _batch()
-    a, b = dedicated(images, NAMES), combined(images, NAMES)
-    torch.testing.assert_close(b.first.grid, a.grid1[..., 1], atol=1e-6, rtol=0)
-    torch.testing.assert_close(b.final.grid, a.grid2[..., 1], atol=1e-6, rtol=0)
-    torch.testing.assert_close(b.prior, a.prior, atol=1e-6, rtol=0)
-    torch.testing.assert_close(b.text[:, :, 0], a.text_dap, atol=1e-6, rtol=0)
-    torch.testing.assert_close(b.class_logits[:, :, 0], a.image_logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(b.anomaly_map, a.anomaly_map, atol=1e-6, rtol=0)
-    torch.testing.assert_close(b.fused_score, a.image_score, atol=1e-6, rtol=0)
-    loss_a, loss_b = dedicated.loss(a, masks, labels), combined.loss(b, masks, labels)
-    pairs = {"map1": "map_first", "map2": "map_final", "image": "image", "fused": "fused",
-             "orthogonal": "orthogonal", "prior": "prior", "total": "total"}
-    assert set(loss_b) == set(pairs.values())
-    for key_a, key_b in pairs.items():
-        torch.testing.assert_close(loss_b[key_b], loss_a[key_a], atol=1e-5, rtol=1e-6)
-    assert combined.score_fusion == dedicated.score_fusion == "mean"
+@pytest.fixture(scope="module")
+def golden(tmp_path_factory):
+    return stages.prepare(tmp_path_factory.mktemp("golden"))
 
 
-@pytest.mark.parametrize("official", [False, True])
-def test_bayes_pfl_preset_equals_bayes_pfl(backbone, official):
-    torch.manual_seed(2)
-    extra = dict(official_noise=official, official_state_kl=official)
-    dedicated = BayesPFL(backbone, BayesPFLConfig(features_list=(2, 4), sample_num=2, **extra))
-    combined = FAPFL(backbone, FAPFLConfig.bayes_pfl_preset(**TINY, **extra))
-    combined.load_state_dict(dedicated.state_dict())
-    images, masks, labels = _batch()
-    dedicated.eval(), combined.eval()
-    with torch.no_grad():
-        dedicated.start_evaluation(5)
-        combined.start_evaluation(5)
-        a, b = dedicated(images, NAMES), combined(images, NAMES)
-        pa, pb = dedicated.predict(images, NAMES), combined.predict(images, NAMES)
-    torch.testing.assert_close(b.text, a.text.flatten(2, 3), atol=1e-6, rtol=0)
-    torch.testing.assert_close(b.class_logits, a.class_logits, atol=1e-5, rtol=0)
-    for da, db in zip(a.pixel_logits, b.final.diffs):
-        torch.testing.assert_close(db, da, atol=1e-5, rtol=0)
-    torch.testing.assert_close(b.anomaly_map, a.anomaly_map, atol=1e-6, rtol=0)
-    for field in ("anomaly_map", "class_prob", "map_score"):
-        torch.testing.assert_close(getattr(pb, field), getattr(pa, field), atol=1e-6, rtol=0)
-    assert combined.score_fusion == dedicated.score_fusion == "minmax"
-    # training: the same seed draws the same noise and bank pair
-    dedicated.train(), combined.train()
-    torch.manual_seed(11)
-    ta = dedicated.loss(dedicated(images, NAMES), masks, labels)
-    torch.manual_seed(11)
-    out = combined(images, NAMES)
-    tb = combined.loss(out, masks, labels)
-    names = {"segmentation": "map", "image": "image", "kl_context": "kl_context", "kl_normal": "kl_normal",
-             "kl_abnormal": "kl_abnormal", "orthogonal": "orthogonal", "total": "total"}
-    assert set(tb) == set(names.values())
-    for key_a, key_b in names.items():
-        torch.testing.assert_close(tb[key_b], ta[key_a], atol=1e-5, rtol=1e-6)
+@pytest.mark.parametrize("method", ["faprompt", "bayes_pfl"])
+def test_design_card_column_reproduces_the_official_outputs(method, golden):
+    """--method fapfl with a published method's column of switches (and its official ones) on
+    that method's official checkpoint gives the official code's maps, scores and features."""
+    column = {k: v for k, v in PRESETS[method].items() if k in STRUCTURE_SWITCHES | {"class_word", "sigma"}}
+    model = stages.build(golden, method, "official")
+    combined = FAPFL(model.backbone, official(method, dataclasses.replace(preset("fapfl", **column), **{
+        k: getattr(model.config, k) for k in ("abnormal_prompts", "normal_ctx", "abnormal_ctx", "depth", "t_n_ctx",
+                                              "dap_k", "prompt_num", "prompt_context_len", "prompt_state_len",
+                                              "num_flows", "sample_num", "features_list")})))
+    combined.load_state_dict(model.state_dict())  # the same parameter names
+    combined.eval()
+    reference = stages.fixture(f"{method}_official")
+    if method == "faprompt":
+        values = stages.faprompt_stages(combined, golden)
+        keys = ("grid1", "grid2", "map1", "map2", "dap/prior", "image_score", "map_blurred")
+    else:
+        values = stages.bayes_pfl_stages(combined, golden, stages.official_noise(reference, combined.config.sample_num))
+        keys = ("text", "image_logits", "class_prob", "anomaly_map", "image_score", "map_blurred")
+    for key in keys:
+        bound = 1e-5 * max(1.0, float(np.abs(reference[key]).max()))
+        assert float(np.abs(values[key] - reference[key]).max()) <= bound, key
 
 
 SWITCHES = [
@@ -109,7 +80,7 @@ SWITCHES = [
 @pytest.mark.parametrize("switches", SWITCHES)
 def test_switch_combinations_run_batch_and_train(backbone, switches):
     torch.manual_seed(3)
-    model = FAPFL(backbone, FAPFLConfig(**{**TINY, **switches}))
+    model = FAPFL(backbone, preset("fapfl", **{**TINY, **switches}))
     images, masks, labels = _batch()
     model.eval()
     with torch.no_grad():
@@ -128,7 +99,7 @@ def test_switch_combinations_run_batch_and_train(backbone, switches):
     assert all(torch.isfinite(v) for v in terms.values())
     terms["total"].backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    groups = model.param_groups()
+    groups = model.param_groups({"prompt": 1e-3, "flow": 1e-3, "linear": 1e-4, "temperature": 1e-2})
     torch.optim.Adam(groups).step()
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
     ids = [id(p) for g in groups for p in g["params"]]
@@ -137,12 +108,13 @@ def test_switch_combinations_run_batch_and_train(backbone, switches):
 
 
 def test_default_uses_flows_dap_and_both_heads(backbone):
-    model = FAPFL(backbone, FAPFLConfig(**TINY))
-    assert hasattr(model, "context_flow") and hasattr(model, "abnormal_flow") and not hasattr(model, "normal_flow")
-    assert hasattr(model, "prior_net") and hasattr(model, "rca") and hasattr(model, "class_mapping")
+    model = FAPFL(backbone, preset("fapfl", **TINY))
+    flows = model.flows
+    assert hasattr(flows, "context") and hasattr(flows, "abnormal") and not hasattr(flows, "normal")
+    assert hasattr(model, "dap") and hasattr(model, "rca") and hasattr(model.image_head, "class_mapping")
     model.train()
     out = model(_batch(2)[0], ["bottle", "pcb1"])
-    assert out.first is not None and out.final.probs is not None and len(out.final.diffs) == 2
+    assert out.first is not None and len(out.final.similarity_maps) == 1 and len(out.final.rca_diffs) == 2
     assert set(out.kl) == {"kl_context", "kl_abnormal"}
 
 
@@ -153,7 +125,7 @@ def test_default_uses_flows_dap_and_both_heads(backbone):
 ])
 def test_invalid_switches_are_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
-        FAPFLConfig(**{**TINY, **bad}).validate()
+        preset("fapfl", **{**TINY, **bad}).validate()
 
 
 def test_clip_baseline_predicts_without_training(backbone):

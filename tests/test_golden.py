@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.bayes_pfl import FlowNoise
+from models.flows import FlowNoise
 from tools.golden import stages
 
 TOL = 1e-5
@@ -268,7 +268,8 @@ def test_bayes_pfl_gradients(bpfl_train, bpfl_ref):
     names = [k for k in bpfl_ref if k.startswith("train/grad/") and not k.endswith("/index")]
     assert len(names) >= 20
     for key in names:
-        close(bpfl_train[key], bpfl_ref[key], key)
+        # the sum of a sampled tensor adds up its 10^4-10^6 entries' float32 rounding: 1e-4
+        close(bpfl_train[key], bpfl_ref[key], key, 1e-4 if key.endswith("/sum") else TOL)
 
 
 # ---------------------------------------------------------------------- test.py end to end (--compat auto)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.meta import MetaDataset, collate
-from models import bayes_pfl, faprompt
+from models import official
 from models.backbone import build_backbone
 from models.factory import apply_compat, make_config, model_from_checkpoint, read_checkpoint
 from models.scoring import bayes_map_scores, fuse_image_scores
@@ -30,6 +30,8 @@ from utils.filters import gaussian_blur
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "golden"
 METHODS = {"faprompt": ("prompt_learner", FAPROMPT_SEED), "bayes_pfl": ("MyModel", BAYES_PFL_SEED)}
+# our loss-term names → the fixtures' (named when the methods were separate models)
+FIXTURE_TERMS = {"map_first": "map1", "map_final": "map2", "map": "segmentation"}
 Arrays = Dict[str, np.ndarray]
 
 
@@ -126,8 +128,7 @@ def official_names(method: str) -> Dict[str, str]:
     keys = list(entries)
     probe = {k: torch.full(e["shape"], float(i)) if e["dtype"].startswith("float")
              else torch.zeros(e["shape"], dtype=torch.long) for i, (k, e) in enumerate(entries.items())}
-    module = faprompt if method == "faprompt" else bayes_pfl
-    ours, _ = module.official_to_ours(probe)
+    ours, _ = official.TO_OURS[method](probe)
     return {keys[int(v.flatten()[0])]: k for k, v in ours.items() if v.is_floating_point() and v.numel()}
 
 
@@ -135,17 +136,18 @@ def gradients(model, method: str, reference: Arrays) -> Arrays:
     """Our gradients under the official names and in the fixture's form (full or sampled)."""
     params = dict(model.named_parameters(remove_duplicate=False))  # shared modules under every alias
     out: Arrays = {}
-    for official, ours in official_names(method).items():
+    for name, ours in official_names(method).items():
         grad = params[ours].grad
         if grad is None:
             grad = torch.zeros_like(params[ours])  # no gradient reached it: compared as zeros
-        if f"train/grad/{official}" in reference:
-            out[f"train/grad/{official}"] = grad.detach().numpy().reshape(reference[f"train/grad/{official}"].shape)
-        elif f"train/grad/{official}/index" in reference:
+        key = f"train/grad/{name}"
+        if key in reference:
+            out[key] = grad.detach().numpy().reshape(reference[key].shape)
+        elif f"{key}/index" in reference:
             flat = grad.detach().double().flatten()
-            out[f"train/grad/{official}/sample"] = flat[torch.from_numpy(reference[f"train/grad/{official}/index"])].numpy()
-            out[f"train/grad/{official}/sum"] = np.array(float(flat.sum()))
-            out[f"train/grad/{official}/norm"] = np.array(float(flat.norm()))
+            out[f"{key}/sample"] = flat[torch.from_numpy(reference[f"{key}/index"])].numpy()
+            out[f"{key}/sum"] = np.array(float(flat.sum()))
+            out[f"{key}/norm"] = np.array(float(flat.norm()))
     return out
 
 
@@ -155,11 +157,13 @@ def faprompt_stages(model, golden: Golden) -> Arrays:
     backbone, prompts = model.backbone, model.prompts
     words = model.words(golden.classes)
     with torch.no_grad():
-        feats = backbone.encode_image(golden.images, vv_start=model.vv_start)
-        normal, abnormal, index = model.encode_static(words)
+        feats = model.encode_images(golden.images)
+        normal, abnormal = prompts.static_features(backbone, words)
+        index = torch.tensor([sorted(set(words)).index(w) for w in words])
         out = model(golden.images, golden.classes)
-        dap_abnormal = model.encode_abnormal(words, out.prior)
+        dap_abnormal = prompts.pairs(backbone, words, prior=out.prior)[1].mean(1)
     patches = F.normalize(feats.vv_proj, dim=-1)
+    first, final = out.first, out.final
     stages = {
         "tokens/normal": backbone.tokenize([prompts.template_text("object", False)])[0],
         "tokens/abnormal": backbone.tokenize([prompts.template_text("object", True)])[0],
@@ -168,12 +172,13 @@ def faprompt_stages(model, golden: Golden) -> Arrays:
         "image/cls_raw": feats.cls_raw, "image/vv_proj": feats.vv_proj[:2],
         "text/static_normal": normal[index], "text/static_abnormal": abnormal[index][:1],
         "text/dap_abnormal_mean": dap_abnormal,
-        "text/static": out.text_static, "text/dap": out.text_dap,
-        "grid1": out.grid1, "grid2": out.grid2, "map1": out.map1, "map2": out.map2,
+        "text/static": first.pairs[:, :, 0], "text/dap": final.pairs[:, :, 0],
+        "grid1": first.similarity_grids[0], "grid2": final.similarity_grids[0],
+        "map1": first.similarity_maps[0], "map2": final.similarity_maps[0],
         "dap/selected": out.selected,
         "dap/selected_tokens": torch.gather(patches, 1, out.selected[..., None].expand(-1, -1, patches.shape[-1])),
         "dap/prior": out.prior, "class_prob": out.class_prob, "map_score": out.map_score,
-        "image_score": out.image_score, "anomaly_map": out.anomaly_map,
+        "image_score": out.fused_score, "anomaly_map": out.anomaly_map,
         "map_blurred": gaussian_blur(out.anomaly_map, model.config.sigma),
     }
     return _numpy(stages)
@@ -187,7 +192,7 @@ def faprompt_train(model, golden: Golden, order: Sequence[str], reference: Array
     terms = model.loss(model(images, classes), masks, labels)
     terms["total"].backward()
     model.eval()
-    out = {f"train/{k}": np.array(float(v.detach())) for k, v in terms.items()}
+    out = {f"train/{FIXTURE_TERMS.get(k, k)}": np.array(float(v.detach())) for k, v in terms.items()}
     out.update(gradients(model, "faprompt", reference))
     return out
 
@@ -227,12 +232,12 @@ def bayes_pfl_stages(model, golden: Golden, noise: Optional[FixedNoise]) -> Arra
         model.noise = noise
         eps = (noise.context, noise.normal, noise.abnormal)
     with torch.no_grad():
-        feats = backbone.encode_image(golden.images, layers=cfg.features_list)
+        feats = model.encode_images(golden.images)
         out = model(golden.images, golden.classes)
-        flow_context = model.context_flow(feats.cls, eps[0]).z
-        flow_normal, flow_abnormal = model.normal_flow(eps[1]).z, model.abnormal_flow(eps[2]).z
-        n, _, r, b, e = out.text.shape
-        text = out.text.reshape(n, 2 * r * b, e)
+        flow_context = model.flows.context(feats.cls, eps[0]).z
+        flow_normal, flow_abnormal = model.flows.normal(eps[1]).z, model.flows.abnormal(eps[2]).z
+        n, _, k, e = out.text.shape
+        text = out.text.reshape(n, 2 * k, e)
         maps = out.anomaly_map
         map_score = bayes_map_scores(maps, golden.classes)
         image_score = torch.empty(n, dtype=torch.float64)
@@ -240,9 +245,10 @@ def bayes_pfl_stages(model, golden: Golden, noise: Optional[FixedNoise]) -> Arra
             index = torch.tensor([i for i, c in enumerate(golden.classes) if c == cls])
             image_score[index] = fuse_image_scores(out.class_prob[index].double(), map_score[index].double(), "minmax")
         stages = {
-            "tokens": torch.stack([backbone.tokenize([model.bank.template_text(c)])[0] for c in golden.classes]),
+            "tokens": torch.stack([backbone.tokenize([model.bank.template_text(w)])[0]
+                                   for w in model.words(golden.classes)]),
             "image/cls": feats.cls, "flow/context": flow_context, "flow/normal": flow_normal,
-            "flow/abnormal": flow_abnormal, "text": text, "image_logits": out.class_logits.reshape(n, 2 * r * b),
+            "flow/abnormal": flow_abnormal, "text": text, "image_logits": out.class_logits.reshape(n, 2 * k),
             "class_prob": out.class_prob, "anomaly_map": maps, "map_score": map_score, "image_score": image_score,
             "map_blurred": gaussian_blur(maps, cfg.sigma),
         }
@@ -251,7 +257,7 @@ def bayes_pfl_stages(model, golden: Golden, noise: Optional[FixedNoise]) -> Arra
             dense = model.rca.dense(i, feats.patch_raw[layer][:1])
             stages[f"rca/dense/{layer}"] = dense
             stages[f"rca/text/{layer}"] = model.rca.attend(text[:1], dense)
-            stages[f"pixel_diff/{layer}"] = out.pixel_logits[i][:1]
+            stages[f"pixel_diff/{layer}"] = out.final.rca_diffs[i][:1]
     return _numpy(stages)
 
 
@@ -268,19 +274,19 @@ def bayes_pfl_train(model, golden: Golden, order: Sequence[str], seed: int, refe
     out = model(images, classes)
     terms = model.loss(out, masks, labels)
     terms["total"].backward()
-    result = {f"train/{k}": np.array(float(v.detach())) for k, v in terms.items()}
+    result = {f"train/{FIXTURE_TERMS.get(k, k)}": np.array(float(v.detach())) for k, v in terms.items()}
     result["train/pair"] = np.array(out.pair)
-    n, _, _, b, e = out.text.shape
-    result["train/text"] = out.text[:, :, 0].reshape(n, 2 * b, e).detach().numpy()
+    n, e = out.text.shape[0], out.text.shape[-1]
+    result["train/text"] = out.text.reshape(n, -1, e).detach().numpy()  # R = 1: [N, 2B, E]
     result["train/image_logits_pair"] = out.class_logits[:, :, 0].detach().numpy()
-    result["train/pixel_diff_pair/24"] = out.pixel_logits[-1][:, 0].detach().numpy()
+    result["train/pixel_diff_pair/24"] = out.final.rca_diffs[-1][:, 0].detach().numpy()
     result.update(gradients(model, "bayes_pfl", reference))
     official_kl = model.config.official_state_kl
     with torch.no_grad():
-        feats = model.backbone.encode_image(images, layers=model.config.features_list)
-        samples = {"context": model.context_flow(feats.cls, torch.from_numpy(reference["train/noise/context"])[:, None],
-                                                 with_kl=True)}
-        for name, flow in (("normal", model.normal_flow), ("abnormal", model.abnormal_flow)):
+        feats = model.encode_images(images)
+        samples = {"context": model.flows.context(feats.cls, torch.from_numpy(reference["train/noise/context"])[:, None],
+                                                  with_kl=True)}
+        for name, flow in (("normal", model.flows.normal), ("abnormal", model.flows.abnormal)):
             samples[name] = flow(torch.from_numpy(reference[f"train/noise/{name}"]), n, with_kl=True,
                                  official_kl=official_kl)
     for name, sample in samples.items():

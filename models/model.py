@@ -1,0 +1,325 @@
+"""The one model: a frozen CLIP and the parts its configuration selects (SPEC section 6).
+
+FAPrompt, Bayes-PFL, AnomalyCLIP and the combined model are presets of :class:`ZSADModel`
+(``models/config.py``); the parts live in their own modules: CAP and DAP in ``cap.py``, the
+prompt bank in ``bank.py``, the prompt flows in ``flows.py``, the similarity, RCA and image heads
+in ``heads.py``, the losses in ``losses.py`` and test-time scoring in ``scoring.py``. This file
+only wires them:
+
+1. one image pass (``encode_images``);
+2. with DAP, a first pass: the prompts without flow noise and without the prior are scored, and
+   the most abnormal grid patches give the prior β;
+3. the flows are sampled (R = 1 in training, ``sample_num`` at test) and the final text pairs
+   encoded with the samples and β; in training a bank draws one pair;
+4. the heads score the pairs: pixel maps (averaged over pairs, layers and heads) and image logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasets.names import prompt_words
+from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
+from models.bank import PromptBank
+from models.cap import CompoundPrompts, PriorNet
+from models.config import ModelConfig
+from models.flows import FlowNoise, FlowSamples, PromptFlows
+from models.heads import ImageHead, RCAHead, similarity_probs, upsample_grid
+from models.losses import (balanced_focal_loss, bank_orthogonality, binary_focal_loss, cap_orthogonality,
+                           dice_loss, focal_loss)
+from models.scoring import Prediction, bayes_map_scores, pair_class_prob
+
+
+@dataclass
+class PassOutput:
+    """One pass of the pixel heads over text pairs [N, 2, M, D] (S: image size, P: patches).
+
+    similarity_grids: per similarity layer [N, P, 2] probabilities, averaged over the pairs.
+    similarity_maps:  the same upsampled, [N, 2, S, S].
+    rca_diffs:        per RCA layer [N, M, S, S] upsampled abnormal − normal logits.
+    grid:             [N, P] abnormal probability averaged over heads, layers and pairs.
+    map:              [N, S, S] (a + 1 − n)/2, reduced over layers, averaged over pairs and heads.
+    """
+
+    pairs: torch.Tensor
+    grid: torch.Tensor
+    map: torch.Tensor
+    similarity_grids: List[torch.Tensor] = field(default_factory=list)
+    similarity_maps: List[torch.Tensor] = field(default_factory=list)
+    rca_diffs: List[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class ModelOutput:
+    """One forward pass. ``text``: the final pass's pairs before a training bank pair is drawn
+    (``pair``); ``cap_features``: the K abnormal features for CAP's orthogonality loss."""
+
+    first: Optional[PassOutput]
+    final: PassOutput
+    text: torch.Tensor
+    class_logits: torch.Tensor  # [N, 2, M] of the scored pairs
+    cap_features: Optional[torch.Tensor] = None
+    prior: Optional[torch.Tensor] = None  # [N, W]
+    selected: Optional[torch.Tensor] = None  # [N, k] grid indices read by DAP
+    kl: Dict[str, torch.Tensor] = field(default_factory=dict)
+    pair: Optional[int] = None
+
+    @property
+    def class_prob(self) -> torch.Tensor:
+        return pair_class_prob(self.class_logits)
+
+    @property
+    def anomaly_map(self) -> torch.Tensor:
+        """[N, S, S] the mean over the passes (before the test-time blur)."""
+        return self.final.map if self.first is None else (self.first.map + self.final.map) / 2
+
+    @property
+    def map_score(self) -> Optional[torch.Tensor]:
+        """FAPrompt's (2·max a_first + max a_final) / 3 over the grid (with DAP only)."""
+        if self.first is None:
+            return None
+        return (2 * self.first.grid.amax(1) + self.final.grid.amax(1)) / 3
+
+    @property
+    def fused_score(self) -> Optional[torch.Tensor]:
+        return None if self.first is None else 0.5 * (self.class_prob + self.map_score)
+
+
+class ZSADModel(nn.Module):
+    """Frozen CLIP + the parts of ``config``; ``method`` is the preset's name (for checkpoints)."""
+
+    def __init__(self, backbone: ClipBackbone, config: ModelConfig, method: str = "fapfl"):
+        super().__init__()
+        config.validate()
+        cfg, self.method = config, method
+        if cfg.prompt_structure == "cap" and cfg.depth - 1 >= backbone.text_layers:
+            raise ValueError(f"--depth {cfg.depth} needs more than {backbone.text_layers} text layers")
+        needs_layers = cfg.uses_rca or cfg.two_stage or (cfg.uses_similarity and cfg.similarity_layers == "features")
+        bad = [layer for layer in cfg.features_list if not 1 <= layer <= backbone.num_layers]
+        if needs_layers and bad:
+            raise ValueError(f"features_list {list(cfg.features_list)} outside 1..{backbone.num_layers}")
+        self.backbone, self.config = backbone, cfg
+        e, c, w = backbone.embed_dim, backbone.vision_width, backbone.text_width
+        n_layers = len(cfg.features_list)
+        if cfg.prompt_structure == "cap":
+            self.prompts = CompoundPrompts(w, cfg.abnormal_prompts, cfg.normal_ctx, cfg.abnormal_ctx, cfg.depth,
+                                           cfg.t_n_ctx, cfg.share_normal_context, cfg.deep_prompt_fp16)
+        else:
+            self.bank = PromptBank(w, cfg.prompt_num, cfg.prompt_context_len, cfg.prompt_state_len)
+        if cfg.dap:
+            self.dap = PriorNet(e, w, cfg.dap_k)
+        if cfg.flows != "none":
+            self.flows = PromptFlows(cfg.flows, e, c // 2, w, cfg.num_flows)
+        if cfg.uses_rca:
+            self.rca = RCAHead(c, e, n_layers, cfg.rca_heads)
+        self.image_head = ImageHead(cfg.image_head, e, c, n_layers, cfg.temperature)
+        if cfg.two_stage:
+            self.register_buffer("stage", torch.tensor(1), persistent=True)
+        self.vv_start = cfg.vv_start or default_vv_start(backbone.num_layers)
+        self.noise: Optional[FlowNoise] = None
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def two_stage(self) -> bool:
+        return self.config.two_stage
+
+    @property
+    def score_fusion(self) -> str:
+        return self.config.score_fusion
+
+    def _stage(self) -> int:
+        return int(self.stage) if self.two_stage else 1
+
+    def set_stage(self, stage: int) -> None:
+        if not self.two_stage or stage not in (1, 2):
+            raise ValueError("only the class_mapping image head has stages 1 and 2")
+        self.stage.fill_(stage)
+
+    def start_evaluation(self, seed: Optional[int] = None) -> None:
+        """Reset the seeded test-time flow noise; call once before the first test batch."""
+        cfg = self.config
+        self.noise = None if cfg.flows == "none" else FlowNoise(
+            cfg.seed if seed is None else seed, cfg.sample_num, self.backbone.text_width, cfg.official_noise)
+
+    # ------------------------------------------------------------------ image side
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        """The one backbone pass with exactly the image tensors this model reads."""
+        cfg = self.config
+        similarity = cfg.uses_similarity
+        layers = cfg.features_list if (cfg.uses_rca or cfg.two_stage) else ()
+        vv_layers = cfg.features_list if (similarity and cfg.similarity_layers == "features"
+                                          and not cfg.vv_aliased) else ()
+        return self.backbone.encode_image(images, layers=layers, vv_start=self.vv_start if similarity else None,
+                                          vv_layers=vv_layers)
+
+    def _similarity_patches(self, feats: ImageFeatures) -> List[torch.Tensor]:
+        """Normalised patch features of each similarity layer: the final V-V tokens (FAPrompt),
+        those of every listed layer (AnomalyCLIP), or — as AnomalyCLIP's code did before
+        April 2025 — the final V-V tokens once per listed layer."""
+        cfg = self.config
+        if cfg.similarity_layers == "final":
+            return [F.normalize(feats.vv_proj, dim=-1)]
+        if cfg.vv_aliased:
+            return [F.normalize(feats.vv_proj, dim=-1)] * len(cfg.features_list)
+        return [F.normalize(feats.vv_layers[layer], dim=-1) for layer in cfg.features_list]
+
+    def _dap_patches(self, feats: ImageFeatures) -> torch.Tensor:
+        """The patch features the DAP meta-net reads: the V-V ones when that path runs, else the
+        deepest selected layer's."""
+        if self.config.uses_similarity:
+            return F.normalize(feats.vv_proj, dim=-1)
+        return F.normalize(feats.patch_proj[self.config.features_list[-1]], dim=-1)
+
+    # ------------------------------------------------------------------ text side
+    def words(self, class_names: Sequence[str]) -> List[str]:
+        return prompt_words(class_names, self.config.class_word)
+
+    def _flow_samples(self, feats: ImageFeatures, zero_noise: bool) -> Optional[FlowSamples]:
+        if self.config.flows == "none":
+            return None
+        n, device = feats.cls.shape[0], self.backbone.device
+        if zero_noise:
+            width = self.backbone.text_width
+            eps = (torch.zeros(n, 1, width, device=device), torch.zeros(1, width, device=device),
+                   torch.zeros(1, width, device=device))
+        elif self.training:
+            eps = self.flows.training_noise(n, device)
+        else:
+            if self.noise is None:
+                self.start_evaluation()
+            eps = self.noise.draw(n, device)
+        with_kl = self.training and not zero_noise
+        return self.flows(feats.cls, eps, with_kl, self.config.official_state_kl)
+
+    def _text(self, words: List[str], samples: Optional[FlowSamples], prior: Optional[torch.Tensor]):
+        """Text pairs [N, 2, M, D] and, for CAP, the K abnormal features."""
+        samples = samples or FlowSamples()
+        if self.config.prompt_structure == "cap":
+            return self.prompts.pairs(self.backbone, words, samples.context, samples.abnormal, prior)
+        return self.bank.pairs(self.backbone, words, samples.context, samples.normal, samples.abnormal), None
+
+    # ------------------------------------------------------------------ heads
+    def _score(self, feats: ImageFeatures, pairs: torch.Tensor) -> PassOutput:
+        cfg, size = self.config, self.backbone.image_size
+        grids, maps = [], []
+        out = PassOutput(pairs=pairs, grid=None, map=None)
+        if cfg.uses_similarity:
+            for patches in self._similarity_patches(feats):
+                probs = similarity_probs(patches, pairs, cfg.temperature)
+                out.similarity_grids.append(probs)
+                out.similarity_maps.append(upsample_grid(probs, size, align_corners=False))
+            layer_maps = torch.stack([(m[:, 1] + 1 - m[:, 0]) / 2 for m in out.similarity_maps])
+            maps.append(layer_maps.sum(0) if cfg.layer_reduce == "sum" else layer_maps.mean(0))
+            grids.append(torch.stack([g[..., 1] for g in out.similarity_grids]).mean(0))
+        if cfg.uses_rca:
+            diffs = self.rca([feats.patch_raw[layer] for layer in cfg.features_list], pairs)
+            n, m = pairs.shape[0], pairs.shape[2]
+            side = self.backbone.grid_size
+            out.rca_diffs = [F.interpolate(d.reshape(n, m, side, side), size=(size, size), mode="bilinear",
+                                           align_corners=True) for d in diffs]
+            grids.append(torch.stack([torch.sigmoid(d).mean(1) for d in diffs]).mean(0))
+            maps.append(torch.stack([torch.sigmoid(d).mean(1) for d in out.rca_diffs]).mean(0))
+        out.grid, out.map = torch.stack(grids).mean(0), torch.stack(maps).mean(0)
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: torch.Tensor, class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> ModelOutput:
+        """images [N, 3, S, S] (or precomputed ``features`` of them), N raw class names."""
+        cfg = self.config
+        feats = features if features is not None else self.encode_images(images)
+        words = self.words(class_names)
+        first = prior = selected = cap_features = None
+        if cfg.dap:
+            pairs, cap_features = self._text(words, self._flow_samples(feats, zero_noise=True), None)
+            first = self._score(feats, pairs)
+            prior, selected = self.dap(first.grid, self._dap_patches(feats), cfg.dap_select)
+        samples = self._flow_samples(feats, zero_noise=False)
+        pairs, abnormal_features = self._text(words, samples, prior)
+        cap_features = abnormal_features if cap_features is None else cap_features
+        pair, scored = None, pairs
+        if self.training and cfg.prompt_structure == "bank":
+            pair = int(torch.randint(0, cfg.prompt_num, (1,)))
+            scored = pairs[:, :, pair:pair + 1]  # R = 1 in training: index r·B + b = b
+        logits = self.image_head(feats, scored, cfg.features_list, self._stage())
+        if self._stage() == 2:  # stage 2 trains the image path only: the maps need no graph
+            with torch.no_grad():
+                final = self._score(feats, scored)
+        else:
+            final = self._score(feats, scored)
+        return ModelOutput(first=first, final=final, text=pairs, class_logits=logits, cap_features=cap_features,
+                           prior=prior, selected=selected, kl=samples.kl if samples is not None else {}, pair=pair)
+
+    def predict(self, images: torch.Tensor, class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> Prediction:
+        """Test-time outputs: the map (before the blur), the class probability and the map part of
+        the image score (FAPrompt's fused maxima with DAP, else Bayes-PFL's top-k mean)."""
+        out = self(images, class_names, features)
+        maps = out.anomaly_map
+        map_score = out.map_score if out.map_score is not None else bayes_map_scores(maps, class_names)
+        return Prediction(maps, out.class_prob, map_score)
+
+    # ------------------------------------------------------------------ training
+    def _map_terms(self, out: PassOutput, masks: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for probs in out.similarity_maps:  # FAPrompt's and AnomalyCLIP's map loss
+            total = total + focal_loss(probs, masks) + dice_loss(probs[:, 1], masks) + dice_loss(probs[:, 0], 1 - masks)
+        for diff in out.rca_diffs:  # Bayes-PFL's, on the pair softmax
+            probs = torch.sigmoid(torch.cat([-diff, diff], dim=1))
+            total = total + balanced_focal_loss(probs, masks) + dice_loss(probs[:, 1], masks, 1e-5, False)
+        return total
+
+    def loss(self, out: ModelOutput, masks: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The active parts' terms (SPEC sections 4-6); ``total`` is their sum. Stage 2 trains
+        the image cross-entropy alone."""
+        cfg = self.config
+        masks, labels = masks.float(), labels.long()
+        stage_one = self._stage() == 1
+        terms: Dict[str, torch.Tensor] = {}
+        if stage_one and out.first is not None:
+            terms["map_first"] = cfg.map_loss_weight * self._map_terms(out.first, masks)
+            terms["map_final"] = 0.5 * cfg.map_loss_weight * self._map_terms(out.final, masks)
+        elif stage_one:
+            terms["map"] = cfg.map_loss_weight * self._map_terms(out.final, masks)
+        terms["image"] = F.cross_entropy(out.class_logits[:, :, 0], labels)
+        if stage_one:
+            if out.fused_score is not None:
+                terms["fused"] = binary_focal_loss(out.fused_score, labels, from_logits=cfg.fused_focal_logits)
+            for name, value in out.kl.items():
+                terms[name] = 0.01 * value
+            if cfg.prompt_structure == "bank":
+                terms["orthogonal"] = bank_orthogonality(out.text[:, 0], out.text[:, 1])
+            elif cfg.abnormal_prompts > 1:
+                terms["orthogonal"] = 0.1 * cap_orthogonality(out.cap_features) / len(out.cap_features)
+            if out.prior is not None:
+                terms["prior"] = (out.prior.pow(2).mean(1) * (labels == 0).float()).sum()
+        terms["total"] = sum(terms.values())
+        return terms
+
+    def learnable_parameters(self) -> List[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+
+    def param_groups(self, lr: Dict[str, float]) -> List[dict]:
+        """Optimiser groups of the current stage. ``lr`` holds "all" (one group, as FAPrompt and
+        AnomalyCLIP train) or Bayes-PFL's four rates: "prompt" (prompt vectors and the DAP
+        meta-net), "flow" (the flows' transform parameters), "temperature", "linear" (the rest).
+        Stage 2 trains ``class_mapping``, ``image_mapping`` and ``fuse`` at the linear rate."""
+        if self._stage() == 2:
+            params = [p for m in self.image_head.stage_two_modules() for p in m.parameters()]
+            return [{"name": "stage2", "params": params, "lr": lr.get("linear", lr.get("all"))}]
+        if "all" in lr:
+            return [{"name": "all", "params": self.learnable_parameters(), "lr": lr["all"]}]
+        prompt = list((self.prompts if self.config.prompt_structure == "cap" else self.bank).parameters())
+        prompt += list(self.dap.parameters()) if self.config.dap else []
+        flow = self.flows.free_parameters() if self.config.flows != "none" else []
+        temperature = [m.log_temperature for m in (getattr(self, "rca", None), self.image_head)
+                       if m is not None and hasattr(m, "log_temperature")]
+        special = {id(p) for p in prompt + flow + temperature}
+        linear = [p for p in self.learnable_parameters() if id(p) not in special]
+        groups = [("prompt", prompt, lr["prompt"]), ("temperature", temperature, lr["temperature"]),
+                  ("flow", flow, lr["flow"]), ("linear", linear, lr["linear"])]
+        return [{"name": n, "params": p, "lr": rate} for n, p, rate in groups if p]
