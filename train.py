@@ -149,7 +149,7 @@ def _resume_checkpoint(args):
         if not found:
             raise UserError(f"--resume auto: no epoch_*.pth in {_save_path(args)}")
         path = str(found[-1])
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, flag="--resume")
     if not checkpoint.training:
         raise UserError(f"--resume {path}: not a resumable checkpoint of train.py (final.pth holds no "
                         "training state; pass an epoch_N.pth)")

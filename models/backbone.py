@@ -18,6 +18,7 @@ antialias as Bayes-PFL).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -30,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.errors import UserError
+from utils.errors import UserError, first_sentence
+from utils.io import UnsafeFileError, torch_load
 
 log = logging.getLogger("zsad.backbone")
 
@@ -324,10 +326,11 @@ def _read_weight_file(path: str) -> tuple[dict, bool]:
         openai_format = True
     except (RuntimeError, ValueError):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a non-checkpoint file
-            raise UserError(f"--pretrained {path}: not a readable weight file ({type(err).__name__}); "
-                            "pass an OpenAI .pt file (e.g. ViT-L-14-336px.pt) or an open_clip "
+            state = torch_load(path, f"--pretrained {path}", "weight file")
+        except UnsafeFileError:
+            raise
+        except UserError as err:
+            raise UserError(f"{err}; pass an OpenAI .pt file (e.g. ViT-L-14-336px.pt) or an open_clip "
                             "checkpoint") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
@@ -418,8 +421,9 @@ def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
         raise UserError(f"--activation must be one of {ACTIVATIONS}")
     try:
         model_cfg = open_clip.get_model_config(config.model)
-    except Exception:
-        model_cfg = None
+    except Exception as err:  # hf-hub: names reach the network; keep the reason
+        raise UserError(f"--model {config.model}: its open_clip configuration could not be read "
+                        f"({first_sentence(err)})") from None
     if model_cfg is None:
         raise UserError(f"--model {config.model}: unknown open_clip model; see open_clip.list_models()")
     config_quick = bool(model_cfg.get("quick_gelu", False))
@@ -449,13 +453,8 @@ def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
             with _hub_offline_unless_reachable():
                 clip = open_clip.create_model(config.model, pretrained=pretrained,
                                               force_quick_gelu=openai_like, cache_dir=config.cache_dir)
-        except Exception as err:
-            raise UserError(
-                f"could not obtain the '{pretrained}' weights of {config.model} through open_clip "
-                f"({_first_sentence(err)}). If this machine is offline, copy the weight file "
-                f"here (for ViT-L-14-336: ViT-L-14-336px.pt from OpenAI's CLIP release) and pass "
-                f"--pretrained /path/to/ViT-L-14-336px.pt (or set CLIP_WEIGHTS for the .sh scripts)"
-            ) from None
+        except Exception as err:  # download, cache and file errors each get their own advice
+            raise UserError(_weights_error(err, config)) from None
     activation = config.activation
     if activation == "auto":
         activation = "quick_gelu" if (openai_like or config_quick) else "gelu"
@@ -475,9 +474,40 @@ def build_backbone(config: BackboneConfig, device: Optional[torch.device | str] 
     return backbone
 
 
-def _first_sentence(err: Exception) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return text.split(". ")[0][:200]
+_OFFLINE_ERRORS = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "Timeout",
+                   "URLError", "gaierror", "MaxRetryError", "NewConnectionError"}
+_UNREADABLE_ERRORS = {"UnpicklingError", "EOFError", "SafetensorError", "BadZipFile"}
+
+
+def _weights_error(err: Exception, config: BackboneConfig) -> str:
+    """One line for a failed ``open_clip.create_model``: what went wrong and what to do."""
+    chain, seen = [], err
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
+    text = " ".join(str(e) for e in chain).lower()
+    cause = f"{type(err).__name__}: {first_sentence(err)}"
+    what = f"the '{config.pretrained}' weights of {config.model}"
+    try:
+        from huggingface_hub import constants as hub_constants
+        cache = config.cache_dir or hub_constants.HF_HUB_CACHE
+    except ImportError:
+        cache = config.cache_dir or "the open_clip cache"
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain):
+        return (f"no space left on the disk while fetching {what} ({cause}); free space in {cache} "
+                "or pass --cache_dir on a larger disk")
+    if "checksum" in text or "sha256" in text or "consistency check failed" in text:
+        return (f"{what} failed their integrity check ({cause}); delete the download from {cache} "
+                "and run again")
+    if names & _OFFLINE_ERRORS or "failed to download" in text:
+        return (f"could not download {what} ({cause}). If this machine is offline, copy the weight file "
+                "here (for ViT-L-14-336: ViT-L-14-336px.pt from OpenAI's CLIP release) and pass "
+                "--pretrained /path/to/ViT-L-14-336px.pt (or set CLIP_WEIGHTS for the .sh scripts)")
+    if names & _UNREADABLE_ERRORS or "pytorchstreamreader" in text or "deserializing header" in text:
+        return (f"the cached copy of {what} is unreadable, probably an interrupted download ({cause}); "
+                f"delete it from {cache} and run again")
+    return f"open_clip could not create {config.model} with {what} ({cause})"
 
 
 def default_vv_start(num_layers: int) -> int:

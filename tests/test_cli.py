@@ -89,6 +89,8 @@ def test_train_one_epoch_then_test_writes_all_results(faprompt_checkpoint, data,
 def test_bayes_pfl_two_stage_training_runs_with_validation(data, tmp_path, common):
     save = tmp_path / "bayes"
     assert _train(data, save, common, *BAYES, "--epochs", "2", "--patience", "0") == 0
+    for path in save.glob("*.pth"):  # everything we write needs nothing beyond safe loading
+        assert isinstance(torch.load(path, weights_only=True), dict)
     ckpt = read_checkpoint(str(save / "epoch_2.pth"))
     history = ckpt.training["state"]["history"]
     assert [h["epoch"] for h in history] == [1, 2]

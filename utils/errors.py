@@ -18,6 +18,12 @@ class UserError(Exception):
     """An error caused by input the user controls; the message says what to do."""
 
 
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of an exception's message, for a one-line error that keeps the cause."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0].split(". ")[0][:200] if lines else type(err).__name__
+
+
 def flags_not_applicable(names, method: str) -> UserError:
     """The error for flags that mean nothing to ``method``."""
     flags = ", ".join(f"--{n}" for n in sorted(names))
