@@ -74,9 +74,14 @@ def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
             wanted = f"cuda:{value}"
             if args.device not in ("auto", wanted):
                 raise UserError(f"--device_id {value} and --device {args.device} disagree; pass one of them")
-            args.device = wanted if torch.cuda.is_available() else "cpu"
-            if args.device == "cpu":
+            if not torch.cuda.is_available():
+                args.device = "cpu"
                 notes.append(f"--device_id {value}: no CUDA GPU is visible, running on the CPU")
+            elif value >= torch.cuda.device_count():
+                raise UserError(f"--device_id {value}: only {torch.cuda.device_count()} GPU(s) are visible "
+                                f"(ids 0..{torch.cuda.device_count() - 1})")
+            else:
+                args.device = wanted
         else:
             notes.append(f"--{flag.name} {shown}: {flag.meaning}")
     return notes
