@@ -9,6 +9,7 @@ import sys
 import torch
 
 from scripts import BAYES, FAPROMPT, ROOT
+from test_io import CreatesFile
 from utils.errors import EXIT_USER_ERROR
 from utils.io import torch_save
 
@@ -35,19 +36,11 @@ CASES = [
 ]
 
 
-class _CreatesFile:
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
 def test_bad_input_on_the_command_line(tmp_path, data, faprompt_checkpoint, tiny_model):
     """Each case runs as its script's __main__, all in one fresh interpreter (tests/tiny_cli.py)."""
     values = {"tmp": tmp_path, "crafted": tmp_path / "crafted.pth", "diverged": tmp_path / "diverged.pth"}
     marker = tmp_path / "created_by_unpickling"
-    torch.save({"prompt_learner": _CreatesFile(marker)}, values["crafted"])
+    torch.save({"prompt_learner": CreatesFile(marker)}, values["crafted"])
     payload = torch.load(faprompt_checkpoint, weights_only=True)
     payload["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                              for k, v in payload["state_dict"].items()}

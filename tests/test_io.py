@@ -30,7 +30,7 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.json", "c.pth"]  # no temporary left
 
 
-class _CreatesFile:
+class CreatesFile:
     """Unpickling this calls ``open(path, "w")``: a stand-in for arbitrary code."""
 
     def __init__(self, path):
@@ -42,7 +42,7 @@ class _CreatesFile:
 
 def _crafted_files(tmp_path):
     marker = tmp_path / "created_by_unpickling"
-    payload = _CreatesFile(marker)
+    payload = CreatesFile(marker)
     files = []
     for name, wrap in (("faprompt", "prompt_learner"), ("bayes", "MyModel")):
         path = tmp_path / f"{name}.pth"
