@@ -18,7 +18,6 @@ antialias as Bayes-PFL).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import socket
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.errors import UserError, first_sentence
+from utils.errors import UserError, fetch_error, first_sentence
 from utils.io import UnsafeFileError, torch_load
 
 log = logging.getLogger("zsad.backbone")
@@ -454,7 +453,8 @@ def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
                 clip = open_clip.create_model(config.model, pretrained=pretrained,
                                               force_quick_gelu=openai_like, cache_dir=config.cache_dir)
         except Exception as err:  # download, cache and file errors each get their own advice
-            raise UserError(_weights_error(err, config)) from None
+            raise UserError(fetch_error(err, f"the '{pretrained}' weights of {config.model}", config.model,
+                                        config.cache_dir)) from None
     activation = config.activation
     if activation == "auto":
         activation = "quick_gelu" if (openai_like or config_quick) else "gelu"
@@ -472,42 +472,6 @@ def build_backbone(config: BackboneConfig, device: Optional[torch.device | str] 
     log.info("backbone %s (%s weights, %s, %dpx, %dx%d grid)", config.model, config.pretrained,
              activation, config.image_size, backbone.grid_size, backbone.grid_size)
     return backbone
-
-
-_OFFLINE_ERRORS = {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "Timeout",
-                   "URLError", "gaierror", "MaxRetryError", "NewConnectionError"}
-_UNREADABLE_ERRORS = {"UnpicklingError", "EOFError", "SafetensorError", "BadZipFile"}
-
-
-def _weights_error(err: Exception, config: BackboneConfig) -> str:
-    """One line for a failed ``open_clip.create_model``: what went wrong and what to do."""
-    chain, seen = [], err
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    names = {cls.__name__ for e in chain for cls in type(e).__mro__}
-    text = " ".join(str(e) for e in chain).lower()
-    cause = f"{type(err).__name__}: {first_sentence(err)}"
-    what = f"the '{config.pretrained}' weights of {config.model}"
-    try:
-        from huggingface_hub import constants as hub_constants
-        cache = config.cache_dir or hub_constants.HF_HUB_CACHE
-    except ImportError:
-        cache = config.cache_dir or "the open_clip cache"
-    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain):
-        return (f"no space left on the disk while fetching {what} ({cause}); free space in {cache} "
-                "or pass --cache_dir on a larger disk")
-    if "checksum" in text or "sha256" in text or "consistency check failed" in text:
-        return (f"{what} failed their integrity check ({cause}); delete the download from {cache} "
-                "and run again")
-    if names & _OFFLINE_ERRORS or "failed to download" in text:
-        return (f"could not download {what} ({cause}). If this machine is offline, copy the weight file "
-                "here (for ViT-L-14-336: ViT-L-14-336px.pt from OpenAI's CLIP release) and pass "
-                "--pretrained /path/to/ViT-L-14-336px.pt (or set CLIP_WEIGHTS for the .sh scripts)")
-    if names & _UNREADABLE_ERRORS or "pytorchstreamreader" in text or "deserializing header" in text:
-        return (f"the cached copy of {what} is unreadable, probably an interrupted download ({cause}); "
-                f"delete it from {cache} and run again")
-    return f"open_clip could not create {config.model} with {what} ({cause})"
 
 
 def default_vv_start(num_layers: int) -> int:
