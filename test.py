@@ -6,7 +6,9 @@
     python test.py --checkpoint_path CKPT --image folder --class_name bottle --thresholds results/mvtec/results.json
 
 The model configuration comes from the checkpoint (ours or an official FAPrompt / Bayes-PFL
-file); flags may override the settings that do not invalidate the trained weights.
+file); flags may override the settings that do not invalidate the trained weights. The noise
+seed follows one rule (``engine.recipes``): ``--seed``, else the checkpoint's, else the
+method's. Results go to ``--save_path``, by default ``<save_root>/<dataset>_<method>_<run>``.
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ from models.factory import (METHODS, apply_compat, build_model, config_class, ma
                             method_backbone_defaults, model_from_checkpoint, read_checkpoint)
 from models.scoring import fuse_image_scores
 from engine import cli
-from engine.evaluation import METRIC_CHOICES, decision, results_table, run_test
+from engine.evaluation import METRIC_CHOICES, check_finite, decision, results_table, run_test
+from engine.official import add_official_flags, apply_official_flags
+from engine.recipes import run_seed
 from engine.report import Report
 from engine.thresholds import Decision, load_thresholds
 from utils.errors import UserError, exit_with, flags_not_applicable
@@ -46,8 +50,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("model, data and output")
     group.add_argument("--checkpoint_path", default=None, help="checkpoint of train.py or an official one")
     group.add_argument("--method", default=None, choices=METHODS,
@@ -58,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--image", default=None, help="score an image file or a folder of images (no masks)")
     group.add_argument("--class_name", default="object",
                        help="class name of --image inputs (prompts, and the category read from --thresholds)")
-    group.add_argument("--save_path", default=None, help="results folder (default results/<dataset>_<method>)")
+    group.add_argument("--save_path", default=None,
+                       help="results folder (default <save_root>/<dataset>_<method>_<checkpoint's run name>)")
+    group.add_argument("--save_root", default="results", help="parent of the default --save_path")
     group.add_argument("--metrics", default="image-pixel", choices=sorted(METRIC_CHOICES))
     group.add_argument("--save_vis", action="store_true", help="write overlays and a top-k strip per category")
-    group.add_argument("--vis_top_k", type=int, default=8, help="images in each category's strip")
+    group.add_argument("--vis_top_k", type=cli.nonnegative_int, default=8, help="images in each category's strip")
     group.add_argument("--save_maps", action="store_true", help="write every smoothed map (.npy) and scores.csv")
     group.add_argument("--no_report", action="store_true",
                        help="skip report.html, its figures and curves/*.csv (written by default)")
@@ -71,16 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--image: flag images with score >= this (overrides --thresholds)")
     group.add_argument("--pixel_threshold", type=float, default=None,
                        help="--image: mask pixels with map value >= this (overrides --thresholds)")
-    for flag in ("--n_ctx",):  # official flags without an effect here
-        group.add_argument(flag, type=int, default=None, help=argparse.SUPPRESS)
-    group.add_argument("--feature_map_layer", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
     cli.add_common_flags(parser)
     cli.add_method_flags(parser, [config_class(m) for m in METHODS])
+    add_official_flags(parser, "test")
     return parser
 
 
+def run_name(checkpoint) -> str:
+    """A checkpoint's run: train.py's save folder (with the epoch for files other than final.pth),
+    or an official file's name."""
+    path = Path(checkpoint.path)
+    if checkpoint.official:
+        return path.stem
+    name = checkpoint.info.get("run_name") or path.resolve().parent.name
+    return name if path.stem == "final" else f"{name}_{path.stem}"
+
+
 def _configure(args):
-    """(method, config, backbone config, checkpoint or None) from the checkpoint and flags."""
+    """(method, config, backbone config, checkpoint or None, seed source) from the checkpoint and
+    flags; ``args.seed`` is set by the seed rule."""
     checkpoint = read_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
     if checkpoint is None:
         method = args.method or "clip"
@@ -104,7 +118,8 @@ def _configure(args):
     given = cli.given_method_flags(args, [config_class(m) for m in METHODS])
     if args.features_list is not None and "features_list" in names:
         given["features_list"] = tuple(args.features_list)
-    if args.seed is not None and "seed" in names:
+    args.seed, seed_source = run_seed(args.seed, checkpoint, method)
+    if "seed" in names:
         given["seed"] = args.seed
     stray = sorted(set(given) - names - {"features_list"})
     if stray:
@@ -127,7 +142,8 @@ def _configure(args):
     if compat == "official" and method in ("faprompt", "bayes_pfl"):
         config, backbone_cfg = apply_compat(method, config, backbone_cfg, "official")
         log.info("official-code compatibility on (SPEC section 8)")
-    return method, config, backbone_cfg, checkpoint
+    cli.check_geometry(backbone_cfg, config, given)
+    return method, config, backbone_cfg, checkpoint, seed_source
 
 
 def _check_dataset_name(name: str, dataset: MetaDataset) -> None:
@@ -162,7 +178,9 @@ def score_images(model, paths, class_name: str, device, image_size: int, batch_s
         images = torch.stack([image_to_tensor(load_image(p), image_size) for p in chunk]).to(device)
         with torch.no_grad():
             pred = model.predict(images, [class_name] * len(chunk))
-        maps.append(gaussian_blur(pred.anomaly_map.float(), sigma).cpu())
+        blurred = gaussian_blur(pred.anomaly_map.float(), sigma)
+        check_finite(blurred, pred, [class_name] * len(chunk), [str(p) for p in chunk])
+        maps.append(blurred.cpu())
         probs.append(pred.class_prob.cpu())
         map_scores.append(pred.map_score.cpu())
     maps, probs, map_scores = torch.cat(maps), torch.cat(probs).double(), torch.cat(map_scores).double()
@@ -221,28 +239,36 @@ def _decision(args, info) -> Decision:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    setup_logging()  # the console until the results folder exists
     args = build_parser().parse_args(argv)
+    notes = apply_official_flags(args, "test")
     if args.image is None and args.data_path is None:
         raise UserError("pass --data_path (a dataset root with meta.json) or --image (a file or folder)")
-    method, config, backbone_cfg, checkpoint = _configure(args)
+    method, config, backbone_cfg, checkpoint, seed_source = _configure(args)
     dataset_name = args.dataset or (Path(args.data_path).name if args.data_path else "images")
-    save_path = cli.ensure_writable(Path(args.save_path or f"results/{dataset_name}_{method}"))
-    setup_logging(save_path / "test.log")
-    seed = args.seed if args.seed is not None else getattr(config, "seed", 111)
-    cli.seed_everything(seed)
     device = cli.resolve_device(args.device)
     kinds = METRIC_CHOICES[args.metrics]
-    dataset = None
+    dataset, paths = None, None
     if args.image is None:
         dataset = MetaDataset(args.data_path, "test", classes=args.classes, image_size=backbone_cfg.image_size)
         if args.dataset:
             _check_dataset_name(args.dataset, dataset)
+    else:
+        paths = _images(args.image)
+    run = run_name(checkpoint) if checkpoint is not None else None
     info = {"method": method, "checkpoint": str(args.checkpoint_path or "none (training-free)"),
-            "dataset": dataset_name, "data_path": str(dataset.root if dataset is not None else args.image),
+            "run_name": run, "dataset": dataset_name, "data_path": str(dataset.root if dataset is not None else args.image),
             "backbone": backbone_cfg.model, "pretrained": backbone_cfg.pretrained,
-            "image_size": backbone_cfg.image_size, "config": dataclasses.asdict(config)}
-    thresholds = _decision(args, info)  # bad --thresholds input fails before the model loads
-    paths = _images(args.image) if args.image is not None else []
+            "image_size": backbone_cfg.image_size, "seed": args.seed, "seed_from": seed_source,
+            "config": dataclasses.asdict(config), "training": _training_summary(checkpoint)}
+    thresholds = _decision(args, info)  # bad --thresholds input fails before anything is written
+    default = Path(args.save_root) / "_".join(part for part in (dataset_name, method, run) if part)
+    save_path = cli.ensure_writable(Path(args.save_path) if args.save_path else default)
+    setup_logging(save_path / "test.log")  # nothing is written before every input is checked
+    for note in notes:
+        log.warning(note)
+    log.info("seed %d (from %s)", args.seed, seed_source)
+    cli.seed_everything(args.seed)
     backbone = build_backbone(backbone_cfg, device)
     if checkpoint is None:
         model = build_model(method, config, backbone)
@@ -250,9 +276,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model = model_from_checkpoint(checkpoint, config, backbone)
         log.info("loaded %s (%s)", checkpoint.path, checkpoint.source)
     model.to(device).eval()
-    batch_size = args.batch_size or 8
+    batch_size = 8 if args.batch_size is None else args.batch_size
     sigma = config.sigma
-    if args.image is not None:
+    if paths is not None:
         score_images(model, paths, args.class_name, device, backbone_cfg.image_size, batch_size, sigma, save_path,
                      thresholds)
         log.info("wrote maps, overlays and scores.csv for %d image(s) to %s", len(paths), save_path)
@@ -267,6 +293,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     written = ["results.md", "results.json", "results.csv"] + ([] if args.no_report else ["report.html"])
     log.info("results: %s", ", ".join(str(save_path / name) for name in written))
     return 0
+
+
+def _training_summary(checkpoint) -> Optional[dict]:
+    """The checkpoint's run summary for results.json: the stage its weights end in, and more."""
+    if checkpoint is None:
+        return None
+    if checkpoint.official:  # released Bayes-PFL checkpoints are stage-2 models
+        return {"stage": 2 if checkpoint.method == "bayes_pfl" else 1, "source": checkpoint.source}
+    return dict(checkpoint.info) or None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@
 #   GPU           CUDA device index                   [0]
 #   IMAGE_SIZE    input size                          [a checkpoint's own; 518 for the baseline,
 #                                                      336 (CLIP's native size) in its CPU-friendly demo]
-#   SAVE_ROOT     results folder                      [./results]
+#   SAVE_ROOT     parent of the results folders       [./results]; each run writes to
+#                 SAVE_ROOT/<dataset>_<method>_<checkpoint's run name> (test.py's default)
 #   PYTHON        interpreter                         [python]
 # Extra arguments go to test.py (e.g. --save_vis --save_maps --batch_size 16).
 #
@@ -56,14 +57,14 @@ else
 fi
 
 # The official test settings come from the checkpoint (518 px, layers 6 12 18 24, Bayes-PFL
-# R = 10 flow samples); seed 333 as Bayes-PFL's test.sh.
+# R = 10 flow samples), and so does the seed: test.py's rule (--seed, else the checkpoint's, else
+# the method's; 333 for an official Bayes-PFL file, as its test.sh) is not overridden here.
 # image size: IMAGE_SIZE if set; else a checkpoint's own (518 for the published recipes); else
 # 518, or 336 (CLIP's native size, quick on a CPU) for the training-free demo
 official=(--metrics image-pixel)
 if [[ -n "${IMAGE_SIZE:-}" ]]; then official+=(--image_size "$IMAGE_SIZE")
 elif [[ -z "$CHECKPOINT" && "$PRESET" == demo ]]; then official+=(--image_size 336)
 elif [[ -z "$CHECKPOINT" ]]; then official+=(--image_size 518); fi
-if [[ -n "$CHECKPOINT" ]]; then official+=(--seed 333); fi
 
 run() {  # run <dataset name> <dataset root> [test.py arguments]
   local name=$1 root=$2
@@ -73,7 +74,7 @@ run() {  # run <dataset name> <dataset root> [test.py arguments]
     return 2
   fi
   "$PYTHON" test.py "${model[@]}" "${weights[@]}" --data_path "$root" --dataset "$name" \
-    --save_path "$SAVE_ROOT/${name}_${PRESET}" "${official[@]}" "$@"
+    --save_root "$SAVE_ROOT" "${official[@]}" "$@"
 }
 
 case "$PRESET" in
@@ -84,7 +85,7 @@ case "$PRESET" in
       "$PYTHON" -m datasets.synthetic --out "$demo"
     fi
     run synthetic "$demo" --save_vis "$@"
-    echo "test.sh: results in $SAVE_ROOT/synthetic_demo (report.html, results.md, results.json, results.csv, vis/)"
+    echo "test.sh: results in $SAVE_ROOT/synthetic_<method>[_<run name>]/ (report.html, results.md, results.json, results.csv, vis/)"
     ;;
   visa2mvtec) run mvtec "${DATA_PATH:-$DATA_ROOT/mvtec}" "$@" ;;
   mvtec2visa) run visa "${DATA_PATH:-$DATA_ROOT/visa}" "$@" ;;

@@ -42,6 +42,11 @@ def load_meta(root: Path) -> Dict[str, Any]:
     """Read and sanity-check ``root/meta.json``; raise :class:`UserError` on any problem."""
     meta_path = root / "meta.json"
     if not meta_path.is_file():
+        combined = sorted(p.name for p in root.glob("meta_*.json"))
+        if combined:  # Bayes-PFL keeps meta_<dataset>.json for several datasets in one folder
+            raise UserError(f"{meta_path} does not exist ({', '.join(combined)} is Bayes-PFL's layout of several "
+                            f"datasets in one folder); point the path at one dataset's folder and {PREPARE_HINT} "
+                            f"{root}/<dataset>")
         raise UserError(f"{meta_path} does not exist; {PREPARE_HINT} {root}")
     try:
         with open(meta_path, encoding="utf-8") as handle:

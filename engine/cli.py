@@ -3,11 +3,16 @@
 Method flags are generated from the method config dataclasses, so a flag exists once, keeps
 the official repositories' name where there is one, and maps onto a config field of the same
 name. Their default is "unset": the method's own default applies unless the flag is given.
+
+Every value is checked where it is parsed (:class:`Parser` turns argparse's errors into one
+:class:`UserError` line), and :func:`check_geometry` checks what depends on the backbone
+(patch grid, layers) from its open_clip configuration, before anything is built or written.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import random
 import tempfile
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+import open_clip
 import torch
 
 from models.backbone import BackboneConfig
@@ -55,6 +61,47 @@ HELP = {
 
 # Fields that belong to the shared flags (defined once in add_common_flags) or are internal.
 _SHARED = {"features_list", "seed"}
+# Other spellings of method flags in the official scripts.
+ALIASES = {"num_flows": ("-nf",)}
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one :class:`UserError` line (exit code 2, no usage dump)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def _number(kind, low: float, low_open: bool, high: Optional[float] = None, high_open: bool = False):
+    """An argparse type: a finite ``kind`` in the interval from ``low`` to ``high``."""
+    noun = "an integer" if kind is int else "a finite number"
+    if high is None:
+        bounds = f"{noun} {'>' if low_open else '>='} {low:g}"
+    else:
+        bounds = f"{noun} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (low_open and value == low) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, False)
+nonnegative_int = _number(int, 0, False)
+positive_float = _number(float, 0, True)
+nonnegative_float = _number(float, 0, False)
+fraction = _number(float, 0, False, 1, True)  # [0, 1)
+probability = _number(float, 0, False, 1, False)  # [0, 1]
+# Method fields with another range than "integer >= 1" / "number > 0".
+_FIELD_TYPES = {"sigma": nonnegative_float}
 
 
 def _flag_type(hint: Any):
@@ -76,25 +123,26 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on/off, got {text!r}")
 
 
-def add_method_flags(parser: argparse.ArgumentParser, config_classes: List[type]) -> None:
-    """One flag per config field of any method (union over methods), default unset."""
+def add_method_flags(parser: argparse.ArgumentParser, config_classes: List[type], skip=frozenset()) -> None:
+    """One flag per config field of any method (union over methods), default unset; fields in
+    ``skip`` get no flag (the script defines that name itself)."""
     group = parser.add_argument_group("method settings (unset: the method's default)")
     seen = set()
     for cls in config_classes:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in seen or f.name in _SHARED:
+            if f.name in seen or f.name in _SHARED or f.name in skip:
                 continue
             seen.add(f.name)
             kind = _flag_type(hints[f.name])
             kwargs: Dict[str, Any] = {"default": None, "help": HELP.get(f.name, f.name.replace("_", " "))}
             if isinstance(kind, tuple):
-                kwargs.update(nargs="+", type=kind[1])
+                kwargs.update(nargs="+", type=positive_int if kind[1] is int else kind[1])
             elif kind is bool:
                 kwargs.update(type=_bool, metavar="{on,off}")
             else:
-                kwargs["type"] = kind
-            group.add_argument(f"--{f.name}", **kwargs)
+                kwargs["type"] = _FIELD_TYPES.get(f.name, {int: positive_int, float: positive_float}.get(kind, kind))
+            group.add_argument(f"--{f.name}", *ALIASES.get(f.name, ()), **kwargs)
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -102,15 +150,16 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default=None, help="open_clip model name (default ViT-L-14-336)")
     group.add_argument("--pretrained", default=None,
                        help="CLIP weights: 'openai' (open_clip download/cache), a local .pt file, or 'none'")
-    group.add_argument("--image_size", type=int, default=None, help="input size (default 518)")
-    group.add_argument("--features_list", type=int, nargs="+", default=None,
+    group.add_argument("--image_size", type=positive_int, default=None,
+                       help="input size, a multiple of the patch size (default 518)")
+    group.add_argument("--features_list", type=positive_int, nargs="+", default=None,
                        help="layers whose patch tokens are used (default 6 12 18 24)")
-    group.add_argument("--batch_size", type=int, default=None, help="batch size")
+    group.add_argument("--batch_size", type=positive_int, default=None, help="batch size")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                        help="autocast on CUDA (auto = bf16); CPU always runs fp32")
     group.add_argument("--seed", type=int, default=None, help="random seed")
-    group.add_argument("--num_workers", type=int, default=None, help="data loader workers")
+    group.add_argument("--num_workers", type=nonnegative_int, default=None, help="data loader workers")
     group.add_argument("--compat", default="auto", choices=("auto", "ours", "official"),
                        help="official: every official-code behaviour of the method (SPEC §8); "
                             "auto: official for official checkpoints, else ours")
@@ -137,6 +186,37 @@ def backbone_config(args: argparse.Namespace, base: Optional[BackboneConfig] = N
     if getattr(args, "precision", "auto") != "auto":
         updates["precision"] = args.precision
     return dataclasses.replace(config, **updates)
+
+
+def check_geometry(backbone: BackboneConfig, config, given: Dict[str, Any]) -> None:
+    """Settings the backbone cannot host, found from its open_clip configuration (nothing is
+    built): the image size must be a multiple of the patch size, DAP cannot select more patches
+    than the grid holds, and ``features_list`` must name existing layers. ``given`` holds the
+    flags the user passed (the message names the flag to change)."""
+    try:
+        vision = (open_clip.get_model_config(backbone.model) or {}).get("vision_cfg", {})
+    except Exception:  # build_clip reports unknown or unreachable models with their cause
+        return
+    patch, layers = vision.get("patch_size"), vision.get("layers")
+    if not isinstance(patch, int) or not isinstance(layers, int):
+        return
+    size = backbone.image_size
+    if size % patch:
+        raise UserError(f"--image_size {size} is not a multiple of the patch size {patch} of {backbone.model}; "
+                        f"use e.g. {max(patch, size // patch * patch)} or {(size // patch + 1) * patch}")
+    patches = (size // patch) ** 2
+    dap_k = getattr(config, "dap_k", None)
+    if dap_k is not None and getattr(config, "dap", True) and dap_k > patches:
+        if "dap_k" in given:
+            raise UserError(f"--dap_k {dap_k} exceeds the {patches} patches of the {size // patch}x{size // patch} "
+                            f"grid at --image_size {size}; use at most --dap_k {patches}")
+        needed = math.ceil(math.sqrt(dap_k)) * patch
+        raise UserError(f"--image_size {size} gives a {size // patch}x{size // patch} patch grid, fewer patches than "
+                        f"the {dap_k} that DAP selects (this model's dap_k); use --image_size {needed} or larger")
+    layer_list = getattr(config, "features_list", None)
+    if layer_list and max(layer_list) > layers:
+        raise UserError(f"--features_list {' '.join(map(str, layer_list))}: {backbone.model} has {layers} layers; "
+                        f"name layers 1..{layers}")
 
 
 def resolve_device(name: str) -> torch.device:

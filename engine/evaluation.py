@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from datasets.meta import MetaDataset, collate
 from models.scoring import fuse_image_scores
+from utils.errors import UserError
 from utils.filters import gaussian_blur
 from utils.io import atomic_open, write_json, write_text
 from utils.metrics import Evaluation, evaluate_images, evaluate_pixels, image_metrics, macro_mean, pixel_metrics
@@ -66,6 +67,19 @@ def loader(dataset: MetaDataset, batch_size: int, num_workers: int) -> DataLoade
                       collate_fn=collate, pin_memory=torch.cuda.is_available())
 
 
+def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence[str]) -> None:
+    """A diverged model's NaN/Inf outputs are a user error naming the category, not a metrics crash.
+
+    maps: [B, S, S]; ``pred`` a Prediction whose ``class_prob`` and ``map_score`` are [B].
+    """
+    finite = torch.isfinite(maps).flatten(1).all(1) & torch.isfinite(pred.class_prob) & torch.isfinite(pred.map_score)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        raise UserError(f"the model produced non-finite scores (NaN or Inf) for category '{names[i]}' "
+                        f"({paths[i]}): its weights have diverged; use another checkpoint or retrain with "
+                        "lower learning rates")
+
+
 def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
                     progress: Optional[tqdm] = None):
     """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch."""
@@ -73,6 +87,7 @@ def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.devi
         with torch.no_grad():
             pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
             maps = gaussian_blur(pred.anomaly_map.float(), sigma)
+        check_finite(maps, pred, batch["cls_name"], batch["img_path"])
         if progress is not None:
             progress.update(len(batch["cls_name"]))
         yield batch, maps.cpu(), pred.to("cpu")

@@ -8,7 +8,11 @@ parameters as an uninterrupted run (the data order of epoch e is seeded with see
 Two-stage models (Bayes-PFL, fapfl with the class_mapping head) follow Bayes-PFL: stage 1
 trains everything and stops when validation pixel AP has not improved for ``patience + 1``
 epochs (the official counter); the best stage-1 weights are restored and stage 2 trains the
-image path on validation image AP the same way, ending on its best weights.
+image path on validation image AP the same way, ending on its best weights. Both stages share
+the ``epochs`` budget, as officially, so stage 2 never runs if stage 1 never plateaus (a
+warning says so); ``stage2_epochs = N`` reserves the last N epochs of the budget for stage 2
+(stage 1 then ends after ``epochs - N`` epochs at the latest). Every checkpoint records the
+stage it ends in.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from tqdm import tqdm
 
 from datasets.meta import collate
 from models.factory import learnable_state_dict, save_checkpoint
+from utils.errors import UserError
 
 log = logging.getLogger("zsad.train")
 
@@ -43,6 +48,7 @@ class TrainSettings:
     num_workers: int = 0
     keep_checkpoints: int = 3
     save_freq: int = 1
+    stage2_epochs: int = 0  # epochs of the budget reserved for stage 2 (two-stage models)
     interrupt_after_epoch: Optional[int] = None  # test hook: behave as if Ctrl-C hit then
 
 
@@ -58,15 +64,24 @@ class TrainState:
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors, ints and lists, so checkpoints load with ``weights_only``."""
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "words": list(words), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore what :func:`rng_state` returned."""
+    py, nps = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["words"]), py["gauss"]))
+    np.random.set_state((nps["kind"], np.array(nps["keys"], dtype=np.uint32), nps["pos"], nps["has_gauss"],
+                         nps["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -136,8 +151,15 @@ class Trainer:
                         "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                         "rng": rng_state(), "settings": {k: str(v) for k, v in self.settings.__dict__.items()},
                         "run": self.run_info}
-        save_checkpoint(path, self.model, self.backbone_config, training)
+        save_checkpoint(path, self.model, self.backbone_config, training, self.summary())
         return path
+
+    def summary(self) -> Dict[str, Any]:
+        """What a checkpoint says about its run: name, seed, the stage it ends in, epochs per stage."""
+        stages = (1, 2) if self.two_stage else (1,)
+        per_stage = [sum(1 for h in self.state.history if h["stage"] == s) for s in stages]
+        return {"run_name": self.settings.save_path.name, "seed": self.settings.seed, "stage": self.state.stage,
+                "stages": len(stages), "epochs_per_stage": per_stage}
 
     def _prune(self) -> None:
         keep = self.settings.keep_checkpoints
@@ -158,6 +180,10 @@ class Trainer:
             masks = batch["mask"].to(self.device, non_blocking=True)
             labels = batch["label"].to(self.device)
             terms = model.loss(model(images, batch["cls_name"]), masks, labels)
+            if not torch.isfinite(terms["total"]):
+                raise UserError(f"training diverged in epoch {epoch}, step {step}: the loss is "
+                                f"{float(terms['total'])}; the last complete checkpoint is intact; lower the "
+                                "learning rates (--learning_rate, or the --learning_rate_* group rates)")
             self.optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             self.optimizer.step()
@@ -186,16 +212,21 @@ class Trainer:
         if self.state.patience < self.settings.patience:
             self.state.patience += 1
             return
-        self._restore_best()
         if self.two_stage and self.state.stage == 1:
-            log.info("stage 1 stopped early; best pixel AP %.4f; starting stage 2", self.state.best)
-            self.state.stage, self.state.best, self.state.patience = 2, -math.inf, 0
-            self.state.best_state = None
-            self.model.set_stage(2)
-            self._build_optimizer()
+            self._start_stage2(f"stage 1 stopped early; best pixel AP {self.state.best:.4f}")
         else:
+            self._restore_best()
             log.info("early stop; best %s %.4f", key, self.state.best)
             self.state.done = True
+
+    def _start_stage2(self, reason: str) -> None:
+        """Restore the best stage-1 weights and switch to stage 2 with a fresh early-stopping state."""
+        self._restore_best()
+        log.info("%s; starting stage 2", reason)
+        self.state.stage, self.state.best, self.state.patience = 2, -math.inf, 0
+        self.state.best_state = None
+        self.model.set_stage(2)
+        self._build_optimizer()
 
     def _restore_best(self) -> None:
         if self.state.best_state is not None:
@@ -216,6 +247,11 @@ class Trainer:
                          ", ".join(f"{k} {v:.4f}" for k, v in {**means, **scores}.items() if v is not None))
                 if scores:
                     self._early_stopping(scores)
+                    reserved = settings.stage2_epochs
+                    if self.two_stage and self.state.stage == 1 and reserved \
+                            and self.state.epoch >= settings.epochs - reserved:
+                        self._start_stage2(f"stage 1 has used its {settings.epochs - reserved} of --epochs "
+                                           f"{settings.epochs} (--stage2_epochs {reserved} are reserved)")
                 if self.state.epoch % settings.save_freq == 0 or self.state.done \
                         or self.state.epoch == settings.epochs:
                     path = self._checkpoint(f"epoch_{self.state.epoch}.pth")
@@ -231,6 +267,10 @@ class Trainer:
             raise
         if self.validate is not None and not self.state.done:
             self._restore_best()  # the epochs ran out: end on the best validated weights
+        if self.two_stage and self.validate is not None and self.state.stage == 1:
+            log.warning("stage 1 never plateaued within --epochs %d, so stage 2 (the image head trained on "
+                        "validation image AP) never ran and final.pth is a stage-1 model; pass "
+                        "--stage2_epochs N to reserve N epochs for stage 2, or raise --epochs", settings.epochs)
         final = self._checkpoint("final.pth", with_training=False)
         log.info("final model (stage %d) written to %s", self.state.stage, final)
         return final

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.errors import UserError
+from utils.errors import UserError, fetch_error, first_sentence
+from utils.io import UnsafeFileError, torch_load
 
 log = logging.getLogger("zsad.backbone")
 
@@ -373,10 +374,11 @@ def _read_weight_file(path: str) -> tuple[dict, bool]:
         openai_format = True
     except (RuntimeError, ValueError):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for a non-checkpoint file
-            raise UserError(f"--pretrained {path}: not a readable weight file ({type(err).__name__}); "
-                            "pass an OpenAI .pt file (e.g. ViT-L-14-336px.pt) or an open_clip "
+            state = torch_load(path, f"--pretrained {path}", "weight file")
+        except UnsafeFileError:
+            raise
+        except UserError as err:
+            raise UserError(f"{err}; pass an OpenAI .pt file (e.g. ViT-L-14-336px.pt) or an open_clip "
                             "checkpoint") from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
@@ -467,8 +469,9 @@ def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
         raise UserError(f"--activation must be one of {ACTIVATIONS}")
     try:
         model_cfg = open_clip.get_model_config(config.model)
-    except Exception:
-        model_cfg = None
+    except Exception as err:  # hf-hub: names reach the network; keep the reason
+        raise UserError(f"--model {config.model}: its open_clip configuration could not be read "
+                        f"({first_sentence(err)})") from None
     if model_cfg is None:
         raise UserError(f"--model {config.model}: unknown open_clip model; see open_clip.list_models()")
     config_quick = bool(model_cfg.get("quick_gelu", False))
@@ -498,13 +501,9 @@ def build_clip(config: BackboneConfig) -> tuple[nn.Module, str]:
             with _hub_offline_unless_reachable():
                 clip = open_clip.create_model(config.model, pretrained=pretrained,
                                               force_quick_gelu=openai_like, cache_dir=config.cache_dir)
-        except Exception as err:
-            raise UserError(
-                f"could not obtain the '{pretrained}' weights of {config.model} through open_clip "
-                f"({_first_sentence(err)}). If this machine is offline, copy the weight file "
-                f"here (for ViT-L-14-336: ViT-L-14-336px.pt from OpenAI's CLIP release) and pass "
-                f"--pretrained /path/to/ViT-L-14-336px.pt (or set CLIP_WEIGHTS for the .sh scripts)"
-            ) from None
+        except Exception as err:  # download, cache and file errors each get their own advice
+            raise UserError(fetch_error(err, f"the '{pretrained}' weights of {config.model}", config.model,
+                                        config.cache_dir)) from None
     activation = config.activation
     if activation == "auto":
         activation = "quick_gelu" if (openai_like or config_quick) else "gelu"
@@ -522,11 +521,6 @@ def build_backbone(config: BackboneConfig, device: Optional[torch.device | str] 
     log.info("backbone %s (%s weights, %s, %dpx, %dx%d grid)", config.model, config.pretrained,
              activation, config.image_size, backbone.grid_size, backbone.grid_size)
     return backbone
-
-
-def _first_sentence(err: Exception) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return text.split(". ")[0][:200]
 
 
 def default_vv_start(num_layers: int) -> int:

@@ -22,7 +22,7 @@ from models.clip_baseline import ClipBaseline, ClipBaselineConfig
 from models.config import OFFICIAL, PRESETS, ModelConfig, preset
 from models.model import ZSADModel
 from utils.errors import UserError, flags_not_applicable
-from utils.io import torch_save
+from utils.io import UnsafeFileError, torch_load, torch_save
 
 log = logging.getLogger("zsad.factory")
 
@@ -121,6 +121,7 @@ class Checkpoint:
     source: str = "ours"  # "ours" or "official-<method>"
     training: Dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    info: Dict[str, Any] = field(default_factory=dict)  # run summary: run name, seed, final stage
 
     @property
     def official(self) -> bool:
@@ -128,8 +129,9 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, model: nn.Module, backbone: BackboneConfig,
-                    training: Optional[Dict[str, Any]] = None) -> None:
-    """Atomically write ``model`` (learnable weights + configurations) and ``training`` state."""
+                    training: Optional[Dict[str, Any]] = None, info: Optional[Dict[str, Any]] = None) -> None:
+    """Atomically write ``model`` (learnable weights + configurations), ``training`` state and
+    the run summary ``info``. Everything must be tensors or plain values (safe loading)."""
     payload = {
         "format": FORMAT,
         "method": model.method,
@@ -137,6 +139,7 @@ def save_checkpoint(path: Path, model: nn.Module, backbone: BackboneConfig,
         "config": asdict(model.config),
         "state_dict": learnable_state_dict(model),
         "training": training or {},
+        "info": info or {},
     }
     torch_save(payload, path)
 
@@ -152,17 +155,26 @@ def _format_1_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return renamed
 
 
-def read_checkpoint(path: str) -> Checkpoint:
-    """Read a checkpoint of ours or an official one; bad files raise :class:`UserError`."""
+def _load_payload(file: Path, where: str) -> Any:
+    try:
+        return torch_load(file, where)
+    except UnsafeFileError as err:
+        if err.refused.startswith("numpy"):  # epoch files of train.py before safe loading
+            raise UserError(f"{where}: an epoch checkpoint of an older train.py, whose pickled NumPy RNG "
+                            "state is refused by safe loading; that run's final.pth still loads, and to "
+                            "continue training start the run again") from None
+        raise
+
+
+def read_checkpoint(path: str, flag: str = "--checkpoint_path") -> Checkpoint:
+    """Read a checkpoint of ours or an official one (safe loading only: tensors and plain
+    values); bad files raise :class:`UserError` naming ``flag``."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"--checkpoint_path {path}: file not found")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises many types for a file that is no checkpoint
-        raise UserError(f"--checkpoint_path {path}: not a readable checkpoint ({type(err).__name__})") from None
+        raise UserError(f"{flag} {path}: file not found")
+    payload = _load_payload(file, f"{flag} {path}")
     if not isinstance(payload, dict):
-        raise UserError(f"--checkpoint_path {path}: not a checkpoint (no dictionary inside)")
+        raise UserError(f"{flag} {path}: not a checkpoint (no dictionary inside)")
     if payload.get("format") in (FORMAT,) + LEGACY_FORMATS:
         fields = {f.name for f in dataclasses.fields(BackboneConfig)}
         backbone = BackboneConfig(**{k: v for k, v in payload["backbone"].items() if k in fields})
@@ -170,7 +182,7 @@ def read_checkpoint(path: str) -> Checkpoint:
         if payload["format"] != FORMAT:
             state = _format_1_state(state)
         return Checkpoint(payload["method"], backbone, payload["config"], state, "ours",
-                          payload.get("training", {}), str(path))
+                          payload.get("training", {}), str(path), payload.get("info", {}))
     found = official.detect(payload)
     if found is not None:
         method, raw = found
@@ -178,8 +190,8 @@ def read_checkpoint(path: str) -> Checkpoint:
         return Checkpoint(method, BackboneConfig(**method_backbone_defaults(method)), config, state,
                           f"official-{method}", {}, str(path))
     if "visual.conv1.weight" in payload or "state_dict" in payload:
-        raise UserError(f"--checkpoint_path {path} looks like CLIP weights; pass it as --pretrained")
-    raise UserError(f"--checkpoint_path {path}: unknown checkpoint format (expected one written by train.py, "
+        raise UserError(f"{flag} {path} looks like CLIP weights; pass it as --pretrained")
+    raise UserError(f"{flag} {path}: unknown checkpoint format (expected one written by train.py, "
                     "or an official FAPrompt, AnomalyCLIP or Bayes-PFL checkpoint)")
 
 

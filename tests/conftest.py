@@ -34,6 +34,33 @@ def tiny_model(tmp_path_factory) -> str:
     return register_tiny_model(tmp_path_factory.mktemp("open_clip_configs"))
 
 
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    """A small synthetic dataset (three categories, 64 px)."""
+    from datasets.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic") / "data", seed=0, size=64, n_train=2,
+                    n_test_good=3, n_test_defect=1)
+
+
+@pytest.fixture()
+def common(tiny_model):
+    """The flags that run train.py / test.py on the tiny model at 32 px."""
+    from scripts import tiny_flags
+
+    return tiny_flags(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def faprompt_checkpoint(tmp_path_factory, data, tiny_model):
+    """final.pth of a one-epoch FAPrompt run on ``data`` (read it, never change it)."""
+    from scripts import FAPROMPT, tiny_flags, train
+
+    save = tmp_path_factory.mktemp("faprompt")
+    assert train(data, save, tiny_flags(tiny_model), *FAPROMPT, "--epochs", "1") == 0
+    return save / "final.pth"
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """The CLIP backbone against open_clip's own modules and block-by-block references."""
 from __future__ import annotations
 
+import errno
 import logging
 
 import open_clip
@@ -230,10 +231,44 @@ def test_clear_errors(tiny_model, tmp_path, monkeypatch):
         build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=30))
 
 
-def test_offline_download_gives_actionable_error(monkeypatch):
-    def offline(*args, **kwargs):
-        raise RuntimeError("Failed to download weights for tag 'openai': connection refused")
+def _wrapped(cause: Exception):
+    """A create_model stand-in that fails as open_clip does: its own error raised while handling
+    the underlying one."""
+    def create_model(*args, **kwargs):
+        try:
+            raise cause
+        except Exception as err:
+            raise RuntimeError(f"Failed to download weights for tag 'openai': {err}")
+    return create_model
 
-    monkeypatch.setattr(open_clip, "create_model", offline)
-    with pytest.raises(UserError, match=r"pass --pretrained /path/to/ViT-L-14-336px.pt"):
-        build_clip(BackboneConfig(model="ViT-L-14-336", pretrained="openai"))
+
+def _unwrapped(cause: Exception):
+    def create_model(*args, **kwargs):
+        raise cause
+    return create_model
+
+
+@pytest.mark.parametrize("create_model, expected", [
+    (_wrapped(ConnectionError("connection refused")), r"could not download .*pass --pretrained /path/to/ViT-L-14-336px.pt"),
+    (_wrapped(OSError(errno.ENOSPC, "No space left on device")), r"no space left on the disk .*--cache_dir"),
+    (_unwrapped(RuntimeError("Model has been downloaded but the SHA256 checksum does not not match")),
+     r"failed their integrity check .*delete the download from /tmp/cache"),
+    (_unwrapped(RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")),
+     r"cached copy .* is unreadable.*failed finding central directory.*delete it from /tmp/cache"),
+    (_unwrapped(ValueError("something else entirely")),
+     r"open_clip could not create ViT-L-14-336 .*\(ValueError: something else entirely\)"),
+])
+def test_weight_download_failures_keep_their_cause(monkeypatch, create_model, expected):
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    with pytest.raises(UserError, match=expected) as err:
+        build_clip(BackboneConfig(model="ViT-L-14-336", pretrained="openai", cache_dir="/tmp/cache"))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_model_keeps_the_cause(monkeypatch):
+    def broken(name):
+        raise OSError("hub unreachable")
+
+    monkeypatch.setattr(open_clip, "get_model_config", broken)
+    with pytest.raises(UserError, match=r"--model hf-hub:x/y: .*\(hub unreachable\)"):
+        build_clip(BackboneConfig(model="hf-hub:x/y", pretrained="openai"))

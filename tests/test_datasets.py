@@ -163,6 +163,9 @@ def test_missing_root_and_meta(tmp_path: Path):
         MetaDataset(tmp_path / "nowhere")
     with pytest.raises(UserError, match=r"meta.json does not exist; generate it"):
         MetaDataset(tmp_path)
+    (tmp_path / "meta_visa.json").write_text("{}")  # the official Bayes-PFL data folder
+    with pytest.raises(UserError, match=r"meta_visa.json is Bayes-PFL's layout .* one dataset's folder"):
+        MetaDataset(tmp_path)
     (tmp_path / "meta.json").write_text("{not json")
     with pytest.raises(UserError, match=r"cannot parse .*meta.json"):
         MetaDataset(tmp_path)

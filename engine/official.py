@@ -1,0 +1,87 @@
+"""Flags of the official FAPrompt and Bayes-PFL scripts that have no flag of the same name here.
+
+A command pasted from an official ``train.sh``/``test.sh`` must mean what it meant there or say
+in one line what replaces a flag, never fail with an argparse error. Each flag below is either
+an alias (``--pretrained_path``, ``--device_id``) or accepted with no effect, as in the
+official code itself, with a note saying so. Flags that keep their official name and meaning
+(``--epochs``, ``--num_flows`` / ``-nf``, ...) are ordinary flags; the Bayes-PFL training
+``--sample_num`` (validation samples) and ``--learning_rate`` (unused) are handled by train.py.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from engine.cli import nonnegative_int
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class OfficialFlag:
+    name: str  # without the leading "--"
+    scripts: Tuple[str, ...]  # "train", "test"
+    meaning: str  # what it does here: the --help text and the note a run logs
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # argparse type / nargs
+
+
+OFFICIAL_FLAGS = (
+    OfficialFlag("pretrained_path", ("train", "test"), "Bayes-PFL: the CLIP weight file, as --pretrained PATH"),
+    OfficialFlag("device_id", ("train", "test"),
+                 "Bayes-PFL: the GPU index, as --device cuda:N (the CPU when no GPU is visible, as the "
+                 "official code falls back)", {"type": nonnegative_int}),
+    OfficialFlag("config_path", ("train", "test"),
+                 "Bayes-PFL: its model JSON; no effect, the architecture is --model's open_clip configuration"),
+    OfficialFlag("alpha", ("train",), "Bayes-PFL: an EMA decay its code never applies; no effect",
+                 {"type": float}),
+    OfficialFlag("print_freq", ("train",),
+                 "no effect: losses are logged every epoch and shown live in the progress bar", {"type": int}),
+    OfficialFlag("n_ctx", ("train", "test"),
+                 "FAPrompt: passed but unused by its code (prompt lengths are --normal_ctx and "
+                 "--abnormal_ctx); no effect", {"type": int}),
+    OfficialFlag("feature_map_layer", ("train", "test"), "FAPrompt: parsed but unused by its code; no effect",
+                 {"type": int, "nargs": "+"}),
+)
+
+
+def add_official_flags(parser: argparse.ArgumentParser, script: str) -> None:
+    group = parser.add_argument_group("flags of the official scripts (accepted so their commands run)")
+    for flag in OFFICIAL_FLAGS:
+        if script in flag.scripts:
+            group.add_argument(f"--{flag.name}", default=None, help=flag.meaning, **flag.kwargs)
+
+
+def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
+    """Turn the official flags in ``args`` into ours (in place); return the notes to log."""
+    notes = []
+    for flag in OFFICIAL_FLAGS:
+        value = getattr(args, flag.name, None)
+        if script not in flag.scripts or value is None:
+            continue
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        if flag.name == "pretrained_path":
+            if not os.path.isfile(value):
+                raise UserError(f"--pretrained_path {value}: file not found (the CLIP weights, e.g. "
+                                "ViT-L-14-336px.pt)")
+            if args.pretrained not in (None, "openai", value):  # the official scripts pass --pretrained openai
+                raise UserError(f"--pretrained_path {value} and --pretrained {args.pretrained} name different "
+                                "weights; pass one of them")
+            args.pretrained = value
+        elif flag.name == "device_id":
+            wanted = f"cuda:{value}"
+            if args.device not in ("auto", wanted):
+                raise UserError(f"--device_id {value} and --device {args.device} disagree; pass one of them")
+            if not torch.cuda.is_available():
+                args.device = "cpu"
+                notes.append(f"--device_id {value}: no CUDA GPU is visible, running on the CPU")
+            elif value >= torch.cuda.device_count():
+                raise UserError(f"--device_id {value}: only {torch.cuda.device_count()} GPU(s) are visible "
+                                f"(ids 0..{torch.cuda.device_count() - 1})")
+            else:
+                args.device = wanted
+        else:
+            notes.append(f"--{flag.name} {shown}: {flag.meaning}")
+    return notes
