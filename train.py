@@ -10,7 +10,6 @@ the method is the first of faprompt, bayes_pfl, fapfl that has every method flag
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,32 +18,30 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from datasets.augment import TrainAugment
-from datasets.meta import MetaDataset, holdout_split
-from datasets.names import canonical_dataset, known_categories
+from datasets.meta import MetaDataset
+from datasets.names import canonical_dataset
 from models.backbone import BackboneConfig, build_backbone
 from models.factory import (apply_compat, build_model, config_class, make_config,
                             method_backbone_defaults, read_checkpoint)
-from engine import cli
+from engine import cli, configure, validation
 from engine.evaluation import validation_scores
 from engine.official import OFFICIAL_FLAGS, add_official_flags, apply_official_flags
 from engine.recipes import RECIPES
 from engine.trainer import Trainer, TrainSettings
-from utils.errors import UserError, exit_with, flags_not_applicable
+from utils.errors import UserError, exit_with
 from utils.log import setup_logging
 
 log = logging.getLogger("zsad.train")
-TRAINABLE = ("faprompt", "bayes_pfl", "fapfl")
+TRAINABLE = ("faprompt", "bayes_pfl", "fapfl", "anomalyclip")
 GROUP_RATE_FLAGS = "--learning_rate_prompt, --learning_rate_PFL, --learning_rate_linear, --learning_rate_temperature"
-# Bayes-PFL's official validation categories when validating on the target dataset.
-TARGET_VALIDATION = {"visa": ("mvtec", ["bottle", "hazelnut", "wood", "zipper", "leather"]),
-                     "mvtec": ("visa", ["chewinggum", "cashew", "pipe_fryum", "capsules", "candle"])}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.Parser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     group = parser.add_argument_group("data and output")
     group.add_argument("--method", default=None, choices=TRAINABLE,
-                       help="default: the first of faprompt, bayes_pfl, fapfl with every method flag given")
+                       help="default: the first of faprompt, bayes_pfl, fapfl, anomalyclip to which every "
+                            "method flag given applies")
     group.add_argument("--train_data_path", required=True, help="auxiliary dataset root (with meta.json)")
     group.add_argument("--dataset", default=None, help="auxiliary dataset name (default: the folder name)")
     group.add_argument("--train_classes", nargs="+", default=None, help="train on these categories only")
@@ -71,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--mosaic_prob", type=cli.probability, default=None,
                        help="2x2 mosaic probability (auto: 0.4 with MVTec as auxiliary set and augmentation on)")
     group = parser.add_argument_group("validation and early stopping")
-    group.add_argument("--val_protocol", default="auto", choices=("auto", "aux", "target", "none"),
+    group.add_argument("--val_protocol", default="auto", choices=validation.PROTOCOLS,
                        help="aux: held-out part of the auxiliary set (ours); target: a few target "
                             "categories (official Bayes-PFL); auto: the method's recipe")
     group.add_argument("--val_fraction", type=cli.fraction, default=0.1,
@@ -88,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epoch checkpoints kept (0: all)")
     group.add_argument("--interrupt_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
     cli.add_common_flags(parser)
-    cli.add_method_flags(parser, [config_class(m) for m in TRAINABLE], skip={"sample_num"})
+    cli.add_method_flags(parser, [config_class(TRAINABLE[0])], skip={"sample_num"})
     add_official_flags(parser, "train")
     return parser
 
@@ -108,37 +105,6 @@ def _learning_rates(args, recipe, notes: List[str]) -> Dict[str, float]:
         if getattr(args, flag) is not None:
             lr[key] = getattr(args, flag)
     return lr
-
-
-def _validation(args, protocol: str, dataset_name: str, train_set: MetaDataset, image_size: int):
-    """(training records, validation dataset or None) for ``protocol`` (see :func:`_protocol`:
-    with official compatibility Bayes-PFL validates on target categories, as its code does)."""
-    if protocol == "none":
-        return None, None
-    if protocol == "aux":
-        train_records, val_records = holdout_split(train_set.records, args.val_fraction, args.seed)
-        if not val_records:
-            raise UserError(f"--val_fraction {args.val_fraction} holds out no image of "
-                            f"{args.train_data_path}; raise it or use --val_protocol none")
-        return train_records, MetaDataset(train_set.root, "test", image_size=image_size, records=val_records,
-                                          check_files=False)
-    if args.val_data_path is None:
-        raise UserError("validation on target categories (--val_protocol target, or --compat official for "
-                        "bayes_pfl) needs --val_data_path (the target dataset root); or pass --val_protocol aux")
-    classes = args.val_classes
-    if classes is None and args.val_dataset is not None:
-        target = canonical_dataset(args.val_dataset)
-        if known_categories(target) is None:
-            raise UserError(f"--val_dataset {args.val_dataset} has no known categories; pass --val_classes")
-        official = {name: cats for name, cats in TARGET_VALIDATION.values()}
-        classes = official.get(target, known_categories(target))
-    if classes is None:
-        default = TARGET_VALIDATION.get(canonical_dataset(dataset_name))
-        if default is None:
-            raise UserError(f"--val_protocol target: no default validation categories for auxiliary set "
-                            f"'{dataset_name}'; pass --val_dataset or --val_classes")
-        classes = default[1]
-    return None, MetaDataset(args.val_data_path, "test", classes=classes, image_size=image_size)
 
 
 def _save_path(args) -> Path:
@@ -161,23 +127,6 @@ def _resume_checkpoint(args):
         raise UserError(f"--resume {path}: not a resumable checkpoint of train.py (final.pth holds no "
                         "training state; pass an epoch_N.pth)")
     return checkpoint
-
-
-def _method(args) -> str:
-    """--method, else the first trainable method that has every method flag given."""
-    if args.method:
-        return args.method
-    given = set(cli.given_method_flags(args, [config_class(m) for m in TRAINABLE])) - {"features_list"}
-    for method in TRAINABLE:
-        if given <= {f.name for f in dataclasses.fields(config_class(method))}:
-            return method
-    return "faprompt"  # none fits: the flags that do not apply are reported against the default
-
-
-def _protocol(args, recipe, official: bool) -> str:
-    if args.val_protocol != "auto":
-        return args.val_protocol
-    return "target" if official and args.method == "bayes_pfl" else recipe["validation"]
 
 
 @dataclass
@@ -203,7 +152,7 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
     parser = build_parser()
     args = parser.parse_args(argv)
     explicit_method = args.method
-    args.method = _method(args)
+    args.method = args.method or configure.infer_method(configure.given_fields(args), TRAINABLE)
     resume = _resume_checkpoint(args)
     if resume is not None:  # the interrupted run's flags, unless given again
         stored = resume.training.get("run", {}).get("args", {})
@@ -222,16 +171,13 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
     device = cli.resolve_device(args.device)
     compat = "ours" if args.compat == "auto" else args.compat
 
-    fields = cli.method_fields(args, config_class(method))
-    stray = set(cli.given_method_flags(args, [config_class(m) for m in TRAINABLE]))
-    stray -= set(fields) | {"features_list"}
-    if stray:
-        raise flags_not_applicable(stray, method)
+    fields = configure.given_fields(args)
+    notes += configure.official_context_length(method, args, fields)
     if resume is not None:
         config = make_config(method, resume.config)
         backbone_cfg = cli.backbone_config(args, resume.backbone)
     else:
-        config = make_config(method, fields)
+        config = configure.method_config(method, fields)
         backbone_cfg = cli.backbone_config(args, **method_backbone_defaults(method))
         config, backbone_cfg = apply_compat(method, config, backbone_cfg, compat)
     cli.check_geometry(backbone_cfg, config, fields)
@@ -241,7 +187,7 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
     if args.stage2_epochs >= epochs:
         raise UserError(f"--stage2_epochs {args.stage2_epochs} leaves stage 1 no epoch of --epochs {epochs}; "
                         f"use at most {epochs - 1}")
-    protocol = _protocol(args, recipe, official=compat == "official")
+    protocol = validation.protocol(args.val_protocol, recipe["validation"], method, official=compat == "official")
     if args.val_data_path is not None and protocol != "target":
         notes.append(f"--val_data_path is read only with --val_protocol target (the official Bayes-PFL protocol, "
                      f"validating on target categories; also --compat official); validation here: {protocol}")
@@ -265,7 +211,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mosaic = 0.4 if augment and canonical_dataset(dataset_name) == "mvtec" else 0.0
     full = MetaDataset(args.train_data_path, "test", classes=args.train_classes,
                        image_size=backbone_cfg.image_size)
-    train_records, val_set = _validation(args, run.protocol, dataset_name, full, backbone_cfg.image_size)
+    train_records, val_set = validation.validation_split(
+        run.protocol, full, backbone_cfg.image_size, args.seed, args.val_fraction, dataset_name, args.val_data_path,
+        args.val_dataset, args.val_classes)
     train_set = MetaDataset(full.root, "test", image_size=backbone_cfg.image_size, check_files=False,
                             records=train_records if train_records is not None else full.records,
                             augment=TrainAugment(mosaic_prob=mosaic) if augment else None)
@@ -274,8 +222,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging(save_path / "train.log")
     for note in run.notes:
         log.warning(note)
-    if args.features_list is not None and "features_list" not in run.fields:
-        log.info("--features_list is accepted but unused by %s (as in its official code)", method)
     log.info("method %s, configuration %s", method, run.config)
     log.info("training on %d images of %s (%d categories)%s; augmentation %s, mosaic %.2f",
              len(train_set), full.root, len(train_set.classes),
@@ -296,10 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              patience=args.patience, num_workers=num_workers,
                              keep_checkpoints=args.keep_checkpoints, save_freq=args.save_freq,
                              stage2_epochs=args.stage2_epochs, interrupt_after_epoch=args.interrupt_after_epoch)
-    validate = None
-    if val_set is not None:
-        def validate(m):
-            return validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num)
+    validate = None if val_set is None else (
+        lambda m: validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num))
     trainer = Trainer(model, train_set, settings, backbone_cfg, run.device, validate,
                       run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)})
     if run.resume is not None:

@@ -52,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 def build_model(backbone, device, sample_num: int = 10, prompt_num: int = 3, seed: int = 0):
     """Bayes-PFL with the official layer choice scaled to the depth, random weights, eval mode."""
     from models.backbone import layers_or_default
-    from models.bayes_pfl import BayesPFL, BayesPFLConfig
+    from models.config import preset
+    from models.model import ZSADModel
 
-    config = BayesPFLConfig(prompt_num=prompt_num, sample_num=sample_num,
-                            features_list=tuple(layers_or_default(None, backbone.num_layers)))
+    config = preset("bayes_pfl", prompt_num=prompt_num, sample_num=sample_num,
+                    features_list=tuple(layers_or_default(None, backbone.num_layers)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = BayesPFL(backbone, config)
+        model = ZSADModel(backbone, config, "bayes_pfl")
     return model.to(device).eval()
 
 
@@ -83,12 +84,12 @@ def official_predict_one(model, image: torch.Tensor, name: str):
     if model.noise is None:
         model.start_evaluation()
     with torch.no_grad():
-        feats = backbone.encode_image(image, layers=cfg.features_list)
+        feats = model.encode_images(image)
         context_eps, normal_eps, abnormal_eps = model.noise.draw(1, backbone.device)
-        context = model.context_flow(feats.cls, context_eps)
-        normal = model.normal_flow(normal_eps, 1)
-        abnormal = model.abnormal_flow(abnormal_eps, 1)
-        template, eot = model.bank.templates(backbone, [name])
+        context = model.flows.context(feats.cls, context_eps)
+        normal = model.flows.normal(normal_eps, 1)
+        abnormal = model.flows.abnormal(abnormal_eps, 1)
+        template, eot = model.bank.templates(backbone, model.words([name]))
         b = model.bank.context.shape[0]
         eot_b = eot.expand(b)
         normal_text: List[torch.Tensor] = []
@@ -103,7 +104,7 @@ def official_predict_one(model, image: torch.Tensor, name: str):
         k = text.shape[0] // 2
         pairs = text.view(1, 2, k, -1)
 
-        class_logits = model.image_logits(feats, pairs)  # [1, 2, K]
+        class_logits = model.image_head(feats, pairs, cfg.features_list, int(model.stage))  # [1, 2, K]
         class_prob = torch.stack([class_logits[:, :, i].softmax(dim=1)[:, 1] for i in range(k)]).mean(0)
 
         size, grid = backbone.image_size, backbone.grid_size
@@ -111,7 +112,7 @@ def official_predict_one(model, image: torch.Tensor, name: str):
         for index, layer in enumerate(cfg.features_list):
             dense = model.rca.dense(index, feats.patch_raw[layer])
             updated = model.rca.attend(text.unsqueeze(0), dense)
-            logits = model.log_temperature_pixel.exp() * dense @ updated.transpose(1, 2)  # [1, P, 2K]
+            logits = model.rca.log_temperature.exp() * dense @ updated.transpose(1, 2)  # [1, P, 2K]
             logits = logits.transpose(1, 2).reshape(1, 2 * k, grid, grid)
             logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=True)
             for i in range(k):  # the pair softmax, pair by pair

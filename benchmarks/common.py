@@ -138,8 +138,8 @@ def make_backbone(model: str, pretrained: str = "none", image_size: int = DEFAUL
                   pos_interpolation: str = "bilinear", activation: str = "auto", seed: int = 0):
     """A ``ClipBackbone`` for an open_clip model name, random weights by default.
 
-    The CLIP module is built once per (model, weights, activation, device) and shared by the
-    backbones made from it (they differ only in image size, position-grid interpolation and
+    The CLIP module is built once per (model, weights, activation, device, image size,
+    position-grid interpolation) and shared by the backbones made from it (they differ only in
     precision), so a process that runs several benchmarks pays the model build once.
     """
     import open_clip
@@ -147,7 +147,8 @@ def make_backbone(model: str, pretrained: str = "none", image_size: int = DEFAUL
 
     model = resolve_model(model)
     device = torch.device(device)
-    key = (model, pretrained, activation, str(device))
+    # the backbone sets the CLIP's position grid for its size: one CLIP per size and interpolation
+    key = (model, pretrained, activation, str(device), image_size, pos_interpolation)
     if key not in _CLIP_CACHE:
         logging.disable(logging.WARNING)  # open_clip's "initialized randomly" note
         try:

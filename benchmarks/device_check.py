@@ -311,7 +311,7 @@ def _faprompt_outputs(model, images: torch.Tensor, names: Sequence[str], sigma: 
     with torch.no_grad():
         out = model(images, names)
     return {"map": out.anomaly_map, "map_blurred": gaussian_blur(out.anomaly_map, sigma),
-            "class_prob": out.class_prob, "map_score": out.map_score, "image_score": out.image_score,
+            "class_prob": out.class_prob, "map_score": out.map_score, "image_score": out.fused_score,
             "selected": out.selected}
 
 
@@ -503,12 +503,14 @@ def _train_faprompt(backbone, device, batch: int, image_size: int, seed: int) ->
 
 def _train_bayes(backbone, device, batch: int, image_size: int, seed: int, stage: int) -> Dict[str, object]:
     from benchmarks import bayes_pfl
+    from engine.recipes import RECIPES
 
     model = bayes_pfl.build_model(backbone, device, seed=seed).train()
     model.set_stage(stage)
-    optimizer = torch.optim.Adam(model.param_groups(), betas=(0.5, 0.999))
+    groups = model.param_groups(dict(RECIPES["bayes_pfl"]["lr"]))
+    optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
     times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
-    trainable = sum(p.numel() for group in model.param_groups() for p in group["params"])
+    trainable = sum(p.numel() for group in groups for p in group["params"])
     return {"batch": batch, "stage": stage, "step_s": times, "loss": losses, "trainable_params": trainable}
 
 

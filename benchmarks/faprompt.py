@@ -44,14 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
 def build_model(backbone, device, seed: int = 0):
     """FAPrompt with the official prompt sizes, random prompt weights, eval mode (the deep-prompt
     depth is capped by the text depth of small test models)."""
-    from models.faprompt import FAPrompt, FAPromptConfig
+    from models.config import preset
+    from models.model import ZSADModel
 
-    config = FAPromptConfig()
+    config = preset("faprompt")
     config.depth = min(config.depth, backbone.text_layers)
     config.dap_k = min(config.dap_k, backbone.grid_size ** 2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FAPrompt(backbone, config)
+        model = ZSADModel(backbone, config, "faprompt")
     return model.to(device).eval()
 
 
@@ -68,12 +69,12 @@ def predict_batched(model, images: torch.Tensor, names: Sequence[str], sigma: fl
 @contextlib.contextmanager
 def official_work(model):
     """Switch off what the official test does not do: the static-prompt cache, EOT truncation."""
-    saved = (model.cache_static, model.backbone.truncate_text)
-    model.cache_static, model.backbone.truncate_text = False, False
+    saved = (model.prompts.cache_static, model.backbone.truncate_text)
+    model.prompts.cache_static, model.backbone.truncate_text = False, False
     try:
         yield
     finally:
-        model.cache_static, model.backbone.truncate_text = saved
+        model.prompts.cache_static, model.backbone.truncate_text = saved
 
 
 def predict_per_image(model, images: torch.Tensor, names: Sequence[str], sigma: float):

@@ -248,6 +248,39 @@ class MetaDataset(Dataset):
         }
 
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+
+
+class ImageList(Dataset):
+    """Images without ground truth (``test.py --image``): a file, or every image under a
+    folder (sorted); items as :class:`MetaDataset`'s with ``label`` -1, an empty mask and
+    ``has_mask`` False. Every file is decoded once here, so a bad one fails before any work."""
+
+    def __init__(self, path: os.PathLike | str, class_name: str, image_size: int = 518):
+        root = Path(path).expanduser()
+        if root.is_file():
+            self.paths, self.root = [root], root.parent
+        elif root.is_dir():
+            self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                                and not p.name.startswith("."))
+            self.root = root
+            if not self.paths:
+                raise UserError(f"--image {path}: the folder holds no image files")
+        else:
+            raise UserError(f"--image {path}: no such file or folder")
+        self.class_name, self.image_size = class_name, int(image_size)
+        for p in self.paths:
+            load_image(p).close()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        return {"image": image_to_tensor(load_image(self.paths[index]), self.image_size),
+                "mask": torch.zeros(self.image_size, self.image_size), "label": -1,
+                "cls_name": self.class_name, "img_path": str(self.paths[index]), "has_mask": False}
+
+
 def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Default-collate-like batching that keeps strings and bools as lists/tensors."""
     return {

@@ -1,8 +1,9 @@
 """Command-line plumbing shared by ``train.py`` and ``test.py``.
 
-Method flags are generated from the method config dataclasses, so a flag exists once, keeps
-the official repositories' name where there is one, and maps onto a config field of the same
-name. Their default is "unset": the method's own default applies unless the flag is given.
+Method flags are generated from the configuration dataclasses (``models.config.ModelConfig``
+and the baseline's), so a flag exists once, keeps the official repositories' name where there
+is one, and maps onto a field of the same name. Their default is "unset": the method's preset
+applies unless the flag is given (``engine.configure`` checks that it applies at all).
 
 Every value is checked where it is parsed (:class:`Parser` turns argparse's errors into one
 :class:`UserError` line), and :func:`check_geometry` checks what depends on the backbone
@@ -46,12 +47,17 @@ HELP = {
     "prompt_state_len": "Bayes-PFL: state vectors Q per prompt",
     "num_flows": "planar transforms per prompt flow",
     "sample_num": "flow samples R at test time",
-    "features_list": "1-based layers whose patch tokens the RCA head / fuse use",
+    "features_list": "1-based layers whose patch tokens the RCA head / fuse (or AnomalyCLIP's maps) use",
     "rca_heads": "attention heads of the RCA module",
     "seed": "seed of the test-time flow noise",
     "official_noise": "official Bayes-PFL: test noise drawn per image as 3R×D",
     "official_state_kl": "official Bayes-PFL: the broadcast in the state flows' KL",
     "prompt_structure": "fapfl: cap (FAPrompt) or bank (Bayes-PFL) prompts",
+    "share_normal_context": "fapfl: CAP abnormal prompts start with the normal tokens (off: AnomalyCLIP's prompts)",
+    "similarity_layers": "fapfl: similarity head on the final V-V tokens or on those of --features_list",
+    "layer_reduce": "fapfl: similarity maps of several layers averaged (mean) or summed (sum, AnomalyCLIP)",
+    "map_loss_weight": "weight of the map losses (AnomalyCLIP: 4)",
+    "vv_aliased": "official AnomalyCLIP before April 2025: every listed layer is the final V-V layer",
     "dap": "fapfl: data-dependent abnormality prior on/off",
     "flows": "fapfl: none | context | context+abnormal | context+state",
     "pixel_head": "fapfl: similarity | rca | both",
@@ -166,18 +172,6 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache_dir", default=None, help="open_clip download cache")
 
 
-def method_fields(args: argparse.Namespace, config_cls: type) -> Dict[str, Any]:
-    """The explicitly given flags that are fields of ``config_cls``."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def given_method_flags(args: argparse.Namespace, config_classes: List[type]) -> Dict[str, Any]:
-    """All method flags that were given (for 'does not apply to --method' errors)."""
-    names = {f.name for cls in config_classes for f in dataclasses.fields(cls)} - {"seed"}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
 def backbone_config(args: argparse.Namespace, base: Optional[BackboneConfig] = None, **defaults) -> BackboneConfig:
     """``base`` (or a default config with ``defaults``) updated by the backbone flags given."""
     config = base or BackboneConfig(**defaults)
@@ -214,6 +208,8 @@ def check_geometry(backbone: BackboneConfig, config, given: Dict[str, Any]) -> N
         raise UserError(f"--image_size {size} gives a {size // patch}x{size // patch} patch grid, fewer patches than "
                         f"the {dap_k} that DAP selects (this model's dap_k); use --image_size {needed} or larger")
     layer_list = getattr(config, "features_list", None)
+    if hasattr(config, "relevant_fields") and "features_list" not in config.relevant_fields():
+        layer_list = None  # accepted and unused (FAPrompt reads the final V-V tokens only)
     if layer_list and max(layer_list) > layers:
         raise UserError(f"--features_list {' '.join(map(str, layer_list))}: {backbone.model} has {layers} layers; "
                         f"name layers 1..{layers}")

@@ -27,6 +27,7 @@ from utils.errors import UserError
 from utils.filters import gaussian_blur
 from utils.io import atomic_open, write_json, write_text
 from utils.metrics import Evaluation, evaluate_images, evaluate_pixels, image_metrics, macro_mean, pixel_metrics
+from utils.visualize import heat, load_rgb, write_png
 
 log = logging.getLogger("zsad.evaluation")
 
@@ -116,11 +117,14 @@ def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_
 
 
 def category_scores(cat: CategoryOutputs, fusion: str) -> torch.Tensor:
-    """Fused image scores of one category (Bayes-PFL's min-max fusion uses the class
-    probability alone where the category has no masks, i.e. classification-only data)."""
+    """Fused image scores of one category. Bayes-PFL's min-max fusion uses the class
+    probability alone where the category has no masks (classification-only data), and a lone
+    image, which min-max cannot scale, is scored by its class probability."""
     anomalous_masks = [h for h, label in zip(cat.has_mask, cat.labels) if label == 1]
     if fusion == "minmax" and anomalous_masks and not any(anomalous_masks):
         fusion = "class"
+    if fusion in ("minmax", "class") and len(cat.paths) < 2:
+        fusion = "prob"
     return fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
                              torch.tensor(cat.map_score, dtype=torch.float64), fusion)
 
@@ -294,6 +298,45 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
         return float(np.mean(values)) if values else None
 
     return {"pixel_ap": mean(pixel), "image_ap": mean(image)}
+
+
+def run_images(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
+               save_path: Path, thresholds) -> None:
+    """Score images without ground truth (a ``datasets.meta.ImageList``) through the same
+    prediction, smoothing and fusion as a dataset, and write ``maps/*.npy``, overlays on one
+    colour scale in ``vis/``, and ``scores.csv``; with ``thresholds`` (an
+    ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image."""
+    cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score"))
+    cat = cats[0]  # one class name for every image
+    scores = category_scores(cat, model.score_fusion)
+    maps = torch.stack(cat.maps)
+    low, high = float(maps.min()), float(maps.max())
+    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
+    header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
+    rows = []
+    for i, path in enumerate(cat.paths):
+        stem = f"{i:04d}_{Path(path).stem}"
+        with atomic_open(save_path / "maps" / f"{stem}.npy", "wb") as handle:
+            np.save(handle, maps[i].numpy().astype(np.float32))
+        write_png(save_path / "vis" / f"{stem}.png", heat(load_rgb(path, dataset.image_size), maps[i].numpy(), low, high))
+        row = [path, f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}", f"{cat.map_score[i]:.6f}",
+               f"maps/{stem}.npy"]
+        verdict = ""
+        if thresholds.image is not None:
+            row.append(decision(float(scores[i]), thresholds.image))
+            verdict = " -> anomalous" if row[-1] == "1" else " -> normal"
+        if thresholds.pixel is not None:  # compared in float64, as the metrics' thresholds are
+            mask = maps[i].numpy() >= np.float64(thresholds.pixel)
+            write_png(save_path / "vis" / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
+            row.append(f"vis/{stem}_mask.png")
+        rows.append(row)
+        log.info("%s: image score %.4f (p_cls %.4f)%s", path, float(scores[i]), cat.class_prob[i], verdict)
+    with atomic_open(save_path / "scores.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    if model.score_fusion == "minmax" and len(cat.paths) > 1:
+        log.info("image scores are min-max fused over these %d images (Bayes-PFL's rule)", len(cat.paths))
 
 
 def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,

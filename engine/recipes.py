@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-# The published recipes (SPEC sections 4 and 5); flags override any entry.
+# The published recipes (SPEC sections 4, 4b and 5); flags override any entry.
 RECIPES: Dict[str, dict] = {
     "faprompt": dict(epochs=15, batch_size=8, seed=111, validation="none", augment=False,
                      lr={"all": 1e-3}),
@@ -17,6 +17,9 @@ RECIPES: Dict[str, dict] = {
                       lr={"prompt": 1e-3, "flow": 1e-3, "linear": 1e-4, "temperature": 1e-2}),
     "fapfl": dict(epochs=20, batch_size=8, seed=111, validation="aux", augment=True,
                   lr={"prompt": 1e-3, "flow": 1e-3, "linear": 1e-4, "temperature": 1e-2}),
+    # AnomalyCLIP (ICLR 2024): Adam 1e-3, betas (0.5, 0.999), batch 8, 15 epochs, as its train.sh
+    "anomalyclip": dict(epochs=15, batch_size=8, seed=111, validation="none", augment=False,
+                        lr={"all": 1e-3}),
 }
 BASELINE_SEED = 111  # the training-free baseline has no recipe; FAPrompt's and AnomalyCLIP's test seed
 

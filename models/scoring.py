@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-FUSIONS = ("mean", "minmax", "class")
+FUSIONS = ("mean", "minmax", "class", "prob")
 
 # Bayes-PFL averages the 20 (not 2000) highest map values for these small-defect categories.
 SMALL_DEFECT_CLASSES = frozenset({"capsules", "macaroni1", "macaroni2", "pipe_fryum", "screw",
@@ -68,7 +68,8 @@ def fuse_image_scores(class_prob: torch.Tensor, map_score: torch.Tensor, fusion:
 
     mean:   0.5·(p_cls + map score) per image (FAPrompt's fused score);
     minmax: 0.5·minmax(p_cls) + 0.5·minmax(map score) over the category (Bayes-PFL);
-    class:  minmax(p_cls) alone (Bayes-PFL on classification-only datasets).
+    class:  minmax(p_cls) alone (Bayes-PFL on classification-only datasets);
+    prob:   p_cls as it is (AnomalyCLIP; and a lone image, which min-max cannot scale).
     """
     if fusion == "mean":
         return 0.5 * (class_prob + map_score)
@@ -76,4 +77,6 @@ def fuse_image_scores(class_prob: torch.Tensor, map_score: torch.Tensor, fusion:
         return 0.5 * minmax(class_prob) + 0.5 * minmax(map_score)
     if fusion == "class":
         return minmax(class_prob)
+    if fusion == "prob":
+        return class_prob
     raise ValueError(f"fusion must be one of {FUSIONS}")

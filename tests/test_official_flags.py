@@ -14,6 +14,7 @@ import open_clip
 import pytest
 import torch
 
+from engine import configure
 from engine.official import apply_official_flags
 from engine.recipes import RECIPES
 from models.backbone import BackboneConfig
@@ -124,11 +125,11 @@ def _official_checkpoint(method, path):
 @pytest.mark.parametrize("name", ["mvtec", "visa"])
 def test_official_bayes_pfl_test_command(name, tmp_path, data, weights, monkeypatch):
     checkpoint = tmp_path / "train_visa.pth"
-    monkeypatch.setattr(test_script, "read_checkpoint", lambda path: _official_checkpoint("bayes_pfl", path))
+    monkeypatch.setattr(configure, "read_checkpoint", lambda path: _official_checkpoint("bayes_pfl", path))
     args = test_script.build_parser().parse_args(
         _fill(BAYES_TEST[name], data=data, tmp=tmp_path, weights=weights, checkpoint=checkpoint))
     notes = apply_official_flags(args, "test")
-    method, config, backbone, _, seed_from = test_script._configure(args)
+    method, config, backbone, _, seed_from = configure.configure_test(args)
     assert method == "bayes_pfl" and config.sample_num == 10 and config.num_flows == 10  # R = 10 at test
     assert config.seed == 333 and seed_from == "--seed"
     assert config.features_list == (6, 12, 18, 24) and (config.prompt_num, config.prompt_state_len) == (3, 5)
@@ -139,10 +140,10 @@ def test_official_bayes_pfl_test_command(name, tmp_path, data, weights, monkeypa
 
 def test_official_faprompt_test_command(tmp_path, data, monkeypatch):
     checkpoint = tmp_path / "epoch_7.pth"
-    monkeypatch.setattr(test_script, "read_checkpoint", lambda path: _official_checkpoint("faprompt", path))
+    monkeypatch.setattr(configure, "read_checkpoint", lambda path: _official_checkpoint("faprompt", path))
     args = test_script.build_parser().parse_args(_fill(FAPROMPT_TEST, data=data, tmp=tmp_path, checkpoint=checkpoint))
     notes = apply_official_flags(args, "test")
-    method, config, backbone, _, _ = test_script._configure(args)
+    method, config, backbone, _, _ = configure.configure_test(args)
     assert method == "faprompt" and (config.depth, config.t_n_ctx) == (9, 4) and backbone.image_size == 518
     assert args.seed == 111 and args.metrics == "image-pixel-level" and args.dataset == "SDD"
     assert config.dap_select == "first"  # an official file: official behaviour

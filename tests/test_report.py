@@ -16,11 +16,10 @@ import pytest
 
 from datasets.meta import MetaDataset
 from datasets.synthetic import generate
-from test_cli import _load_script
+from scripts import test_script
 from utils.errors import EXIT_USER_ERROR, run_cli
 from utils.metrics import evaluate_pixels
 
-test_script = _load_script("test")
 CATEGORIES = ["washer", "weave", "wood"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Appended to a copy of the page: after loading, record every image that did not load.

@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
-import torch
 
-from models.backbone import BackboneConfig, build_backbone
-from models.bayes_pfl import BayesPFL
 from models.factory import read_checkpoint
 from scripts import BAYES, ROOT, test_script
 from scripts import train as _train
 from utils.errors import run_cli
 
-TEST_SIZES = ["--features_list", "2", "4", "--sample_num", "2", "--pretrained", "none", "--image_size", "32",
-              "--num_workers", "0", "--metrics", "image"]
+TEST_SIZES = ["--num_workers", "0", "--metrics", "image"]
 
 
 @pytest.fixture(scope="module")
-def official_bayes_checkpoint(tmp_path_factory, tiny_model):
-    from test_bayes_pfl import CONFIG, _official_state
+def golden(tmp_path_factory):
+    """The golden fixtures' CLIP and official-format checkpoints (tests/golden/README.md)."""
+    from tools.golden import stages
 
-    backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=32,
-                                             pos_interpolation="bicubic"))
+    return stages.prepare(tmp_path_factory.mktemp("golden"))
+
+
+@pytest.fixture(scope="module")
+def official_bayes_checkpoint(golden, tmp_path_factory):
     path = tmp_path_factory.mktemp("official") / "train_visa.pth"
-    torch.save({"MyModel": _official_state(BayesPFL(backbone, CONFIG))}, path)
+    shutil.copy(golden.checkpoints["bayes_pfl"], path)
     return path
 
 
@@ -36,10 +37,11 @@ def _results(folder):
     return json.loads((folder / "results.json").read_text())
 
 
-def test_one_seed_rule_in_test_py_and_test_sh(official_bayes_checkpoint, data, tmp_path, tiny_model):
+def test_one_seed_rule_in_test_py_and_test_sh(official_bayes_checkpoint, golden, data, tmp_path):
     """An official Bayes-PFL file tests with seed 333 (its test.sh) in both entry points, with the
     same scores; --seed overrides; the default folder names dataset, method and run."""
-    flags = ["--model", tiny_model, *TEST_SIZES]
+    flags = ["--model", golden.model, "--pretrained", str(golden.clip), "--image_size", "48", "--sample_num", "2",
+             *TEST_SIZES]
     argv = ["--checkpoint_path", str(official_bayes_checkpoint), "--data_path", str(data), "--dataset", "synthetic"]
     assert run_cli(test_script.main, [*argv, "--save_root", str(tmp_path / "py"), *flags]) == 0
     by_python = _results(tmp_path / "py" / "synthetic_bayes_pfl_train_visa")

@@ -1,5 +1,5 @@
-"""Run scripts of the repository as their ``__main__`` with the tests' tiny open_clip model
-registered, so that subprocess tests see the command line as a user does.
+"""Run scripts of the repository as their ``__main__`` with the tests' tiny open_clip models
+(and the golden fixtures' CLIP) registered, so that subprocess tests see the command line as a user does.
 
     python tests/tiny_cli.py CONFIG_DIR train.py ARGS...          one run (its exit code)
     python tests/tiny_cli.py CONFIG_DIR RUNS.json RESULTS.json    several runs in one process
@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import register_tiny_model  # noqa: E402
+from tools.golden.golden_clip import register_golden_model  # noqa: E402
 
 
 def run_script(argv):
@@ -48,7 +49,9 @@ def run_captured(argv) -> dict:
 
 if __name__ == "__main__":
     os.makedirs(sys.argv[1], exist_ok=True)
-    register_tiny_model(tempfile.mkdtemp(dir=sys.argv[1]))  # one folder per process: runs may overlap
+    configs = tempfile.mkdtemp(dir=sys.argv[1])  # one folder per process: runs may overlap
+    register_tiny_model(configs)
+    register_golden_model(Path(configs))  # the golden fixtures' CLIP (official-format checkpoints)
     if sys.argv[2].endswith(".json"):
         runs = json.loads(Path(sys.argv[2]).read_text())
         Path(sys.argv[3]).write_text(json.dumps([run_captured(argv) for argv in runs]))
