@@ -6,7 +6,7 @@
 #                   visa2mvtec  train on VisA (test on MVTec-AD and the other datasets)
 #                   mvtec2visa  train on MVTec-AD (test on VisA)
 #                   demo        one epoch on the synthetic demo set (a smoke run)
-#   METHOD        faprompt | bayes_pfl | fapfl                                    [faprompt]
+#   METHOD        faprompt | bayes_pfl | fapfl | anomalyclip                      [faprompt]
 #   COMPAT        ours | official  (official: every official-code behaviour, SPEC §8)  [ours]
 #   DATA_ROOT     folder holding visa/ and mvtec/ (each with meta.json)           [./data]
 #   TRAIN_DATA_PATH  the auxiliary dataset root (overrides DATA_ROOT/<dataset>)
@@ -42,7 +42,9 @@ fi
 # K = 10 abnormal prompts, deep prompts depth 9 / length 4. Bayes-PFL: B = 3 pairs of P = 5
 # context and Q = 5 state vectors, 10 planar transforms, batch 32, up to 30 epochs, seed 333,
 # learning rates 1e-3 (prompts, flows) / 1e-4 (linear) / 1e-2 (temperatures), 5 flow samples
-# for validation. fapfl: the design card's default (SPEC section 6).
+# for validation. fapfl: the design card's default (SPEC section 6). AnomalyCLIP (its current
+# train.sh): Adam 1e-3, batch 8, 15 epochs, depth 9, 12 context vectors, deep prompts of length 4,
+# the maps of layer 24 only.
 case "$METHOD" in
   faprompt)  recipe=(--epochs 15 --batch_size 8 --learning_rate 1e-3 --seed 111 --depth 9 --t_n_ctx 4
                      --abnormal_prompts 10 --dap_k 10) ;;
@@ -50,7 +52,9 @@ case "$METHOD" in
                      --prompt_state_len 5 --num_flows 10 --learning_rate_prompt 1e-3 --learning_rate_PFL 1e-3
                      --learning_rate_linear 1e-4 --val_sample_num 5 --features_list 6 12 18 24) ;;
   fapfl)     recipe=(--epochs 20 --batch_size 8 --seed 111 --features_list 6 12 18 24) ;;
-  *) echo "train.sh: unknown METHOD=$METHOD (faprompt, bayes_pfl, fapfl)" >&2; exit 2 ;;
+  anomalyclip) recipe=(--epochs 15 --batch_size 8 --learning_rate 1e-3 --seed 111 --depth 9 --n_ctx 12
+                       --t_n_ctx 4 --features_list 24) ;;
+  *) echo "train.sh: unknown METHOD=$METHOD (faprompt, bayes_pfl, fapfl, anomalyclip)" >&2; exit 2 ;;
 esac
 common=(--method "$METHOD" --compat "$COMPAT" --image_size 518 "${weights[@]}")
 

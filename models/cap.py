@@ -51,12 +51,15 @@ class CompoundPrompts(nn.Module):
 
     # ------------------------------------------------------------------ templates
     def template_text(self, word: str, abnormal: bool) -> str:
-        """The template whose placeholder words N / A the learnable vectors replace."""
+        """The template whose placeholder words the learnable vectors replace: N / A in FAPrompt's
+        compound prompts, X in AnomalyCLIP's separate ones (only the token ids differ: the
+        vectors overwrite the placeholders' embeddings)."""
+        if not self.share_normal:
+            return " ".join(["X"] * (self.m if abnormal else self.n)) + (" damaged" if abnormal else "") + f" {word}."
         normal = " ".join(["N"] * self.n)
         if not abnormal:
             return f"{normal} {word}."
-        shared = f"{normal} " if self.share_normal else ""
-        return f"{shared}{' '.join(['A'] * self.m)} damaged {word}."
+        return f"{normal} {' '.join(['A'] * self.m)} damaged {word}."
 
     def templates(self, backbone: ClipBackbone, words: Sequence[str], abnormal: bool):
         """Word embeddings [N, L, W] and EOT positions [N] of the templates for ``words``."""

@@ -53,6 +53,24 @@ def test_bayes_pfl_two_stage_training_runs_with_validation(data, tmp_path, commo
     assert results["metrics"] == METRICS[:3]
 
 
+def test_anomalyclip_trains_and_tests_from_its_official_flags(data, tmp_path, common):
+    """AnomalyCLIP's train.sh / test.sh flags (sizes shrunk for the tiny model): --n_ctx sets
+    both context lengths, --features_list the layers whose maps are summed."""
+    save = tmp_path / "anomalyclip"
+    official = ["--method", "anomalyclip", "--depth", "3", "--n_ctx", "4", "--t_n_ctx", "2", "--features_list",
+                "2", "4", "--epoch", "1", "--save_freq", "1", "--print_freq", "1"]
+    assert _train(data, save, common, *official) == 0
+    ckpt = read_checkpoint(str(save / "final.pth"))
+    assert ckpt.method == "anomalyclip"
+    assert (ckpt.config["normal_ctx"], ckpt.config["abnormal_ctx"], ckpt.config["depth"]) == (4, 4, 3)
+    assert tuple(ckpt.config["features_list"]) == (2, 4) and ckpt.config["map_loss_weight"] == 4.0
+    out = tmp_path / "results"
+    assert _test(save / "final.pth", data, out, common, "--metrics", "image-pixel-level") == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "anomalyclip"
+    assert all(results["mean"][m] is not None for m in ("image_auroc", "pixel_auroc", "pixel_pro_legacy"))
+
+
 def test_resume_after_interrupt_equals_uninterrupted(data, tmp_path, common):
     extra = [*BAYES, "--epochs", "3", "--patience", "0", "--seed", "5"]
     assert _train(data, tmp_path / "straight", common, *extra) == 0

@@ -1,5 +1,6 @@
 """Golden tests: our code, stage by stage, against arrays recorded from the official FAPrompt
-(mala-lab/FAPrompt) and Bayes-PFL (xiaozhen228/Bayes-PFL) code on a tiny seeded CLIP.
+(mala-lab/FAPrompt), Bayes-PFL (xiaozhen228/Bayes-PFL) and AnomalyCLIP (zqhang/AnomalyCLIP)
+code on a tiny seeded CLIP.
 
 The fixtures in tests/golden/ were made by tools/golden/make_golden.py (see the README there):
 *_official.npz hold what the official code computed, *_ours.npz our own defaults frozen where no
@@ -140,7 +141,7 @@ def test_faprompt_scores_and_maps(fap_stages, fap_ref):
 
 @pytest.fixture(scope="module")
 def fap_train(fap, golden, fap_ref):
-    return stages.faprompt_train(fap, golden, fap_ref["train/order"], fap_ref)
+    return stages.train_step(fap, golden, fap_ref["train/order"], fap_ref)
 
 
 def test_faprompt_loss_terms(fap_train, fap_ref):
@@ -272,8 +273,61 @@ def test_bayes_pfl_gradients(bpfl_train, bpfl_ref):
         close(bpfl_train[key], bpfl_ref[key], key, 1e-4 if key.endswith("/sum") else TOL)
 
 
+# ---------------------------------------------------------------------- AnomalyCLIP, official mode
+@pytest.fixture(scope="module")
+def aclip_ref():
+    return stages.fixture("anomalyclip_official")
+
+
+@pytest.fixture(scope="module")
+def aclip(golden):
+    return stages.build(golden, "anomalyclip", "official")
+
+
+@pytest.fixture(scope="module")
+def aclip_stages(aclip, golden):
+    return stages.anomalyclip_stages(aclip, golden)
+
+
+def test_anomalyclip_templates(aclip_stages, aclip_ref):
+    assert aclip_stages["tokens/normal"].tolist() == aclip_ref["tokens/tokenized_prompts_pos"][0, 0].tolist()
+    assert aclip_stages["tokens/abnormal"].tolist() == aclip_ref["tokens/tokenized_prompts_neg"][0, 0].tolist()
+
+
+def test_anomalyclip_features(aclip_stages, aclip_ref, aclip):
+    close(aclip_stages["text/normal"], aclip_ref["text/normal"], "normal text feature (12 object-agnostic tokens)")
+    close(aclip_stages["text/abnormal"], aclip_ref["text/abnormal"], "abnormal text feature")
+    close(aclip_stages["image/cls_raw"], aclip_ref["image/cls_raw"], "CLS @ proj without ln_post")
+    for layer in aclip.config.features_list:  # 4 is before the V-V start: the original path's tokens
+        close(aclip_stages[f"image/layer/{layer}"], aclip_ref[f"image/layer/{layer}"], f"layer {layer} tokens")
+
+
+def test_anomalyclip_maps_and_scores(aclip_stages, aclip_ref, aclip):
+    total = 0
+    for layer in aclip.config.features_list:
+        close(aclip_stages[f"grid/{layer}"], aclip_ref[f"grid/{layer}"], f"grid probabilities, layer {layer}")
+        close(aclip_stages[f"map/{layer}"], aclip_ref[f"map/{layer}"], f"upsampled maps, layer {layer}")
+        m = aclip_ref[f"map/{layer}"]
+        total = total + (m[..., 1] + 1 - m[..., 0]) / 2
+    close(aclip_stages["anomaly_map"], total, "the layers' maps summed (derived)")
+    close(aclip_stages["map_blurred"], aclip_ref["map_blurred"], "map after the sigma-4 Gaussian")
+    close(aclip_stages["image_score"], aclip_ref["image_score"], "image score: the class probability alone")
+
+
+def test_anomalyclip_training_step(golden, aclip, aclip_ref):
+    values = stages.train_step(aclip, golden, aclip_ref["train/order"], aclip_ref)
+    close(values["train/map"], 4 * (aclip_ref["train/focal"].sum() + aclip_ref["train/dice"].sum()),
+          "4 x per-layer focal + dice + dice")
+    close(values["train/image"], aclip_ref["train/cross_entropy"][0], "image cross-entropy")
+    close(values["train/total"], aclip_ref["train/total"][0], "total loss")
+    for key in [k for k in aclip_ref if k.startswith("train/grad/") and not k.endswith("/index")]:
+        # deep prompts: rounded through fp16 per sequence in official mode (see the FAPrompt test)
+        close(values[key], aclip_ref[key], key, 2e-3 if "compound_prompts_text" in key else TOL)
+
+
 # ---------------------------------------------------------------------- test.py end to end (--compat auto)
-@pytest.mark.parametrize("method,sigma_key", [("faprompt", "pixel_pro_legacy"), ("bayes_pfl", "pixel_ap")])
+@pytest.mark.parametrize("method,sigma_key", [("faprompt", "pixel_pro_legacy"), ("bayes_pfl", "pixel_ap"),
+                                              ("anomalyclip", "pixel_pro_legacy")])
 def test_test_py_reproduces_the_official_test(method, sigma_key, golden, tmp_path):
     import test as test_script
 
@@ -283,7 +337,8 @@ def test_test_py_reproduces_the_official_test(method, sigma_key, golden, tmp_pat
                              "--model", golden.model, "--pretrained", str(golden.clip), "--image_size", "48",
                              "--seed", "111", "--batch_size", "3", "--save_maps",
                              "--save_path", str(save), "--device", "cpu"]
-                            + [f"--{k}={v}" for k, v in stages.official_test_settings(method).items()])
+                            + [part for k, v in stages.official_test_settings(method).items()
+                               for part in [f"--{k}", *map(str, v if isinstance(v, tuple) else [v])]])
     assert code == 0
     with open(save / "scores.csv", newline="") as handle:
         rows = {row["img_path"]: row for row in csv.DictReader(handle)}
@@ -292,8 +347,10 @@ def test_test_py_reproduces_the_official_test(method, sigma_key, golden, tmp_pat
     maps = np.stack([np.load(save / rows[p]["map_file"]) for p in paths])
     close(maps, reference["map_blurred"], "maps/*.npy")
     written = json.loads((save / "results.json").read_text())
-    switches = ("dap_select", "fused_focal_logits") if method == "faprompt" else ("official_noise", "official_state_kl")
-    assert [written["config"][k] for k in switches] == (["first", True] if method == "faprompt" else [True, True]), \
+    switches = {"faprompt": {"dap_select": "first", "fused_focal_logits": True},
+                "bayes_pfl": {"official_noise": True, "official_state_kl": True},
+                "anomalyclip": {"deep_prompt_fp16": True}}[method]
+    assert {k: written["config"][k] for k in switches} == switches, \
         "--compat auto turns on the official behaviours for an official checkpoint"
     results = written["per_category"]
     for i, cls in enumerate(reference["metrics/classes"]):
@@ -314,8 +371,17 @@ def test_faprompt_our_defaults(golden, fap_ref):
     frozen = stages.fixture("faprompt_ours")
     model = stages.build(golden, "faprompt", "ours")
     values = stages.faprompt_stages(model, golden)
-    values.update(stages.faprompt_train(model, golden, fap_ref["train/order"], fap_ref))
+    values.update(stages.train_step(model, golden, fap_ref["train/order"], fap_ref))
     assert not (frozen["dap/selected"] == np.arange(frozen["dap/selected"].shape[1])).all(), "true top-k"
+    for key in frozen:
+        close(values[key], frozen[key], f"ours-frozen {key}")
+
+
+def test_anomalyclip_our_defaults(golden, aclip_ref):
+    frozen = stages.fixture("anomalyclip_ours")
+    model = stages.build(golden, "anomalyclip", "ours")
+    values = stages.anomalyclip_stages(model, golden)
+    values.update(stages.train_step(model, golden, aclip_ref["train/order"], aclip_ref))
     for key in frozen:
         close(values[key], frozen[key], f"ours-frozen {key}")
 

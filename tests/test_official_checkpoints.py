@@ -1,8 +1,8 @@
 """Official checkpoints at full size load through ``test.py --checkpoint_path``.
 
 The key/shape/dtype manifests in tests/golden/*_full_manifest.json were taken from the
-official modules built for ViT-L-14-336 (FAPrompt's ``prompt_learner``, Bayes-PFL's
-``MyModel``; see tests/golden/README.md). Random tensors of exactly those keys and shapes are
+official modules built for ViT-L-14-336 (FAPrompt's and AnomalyCLIP's ``prompt_learner``,
+Bayes-PFL's ``MyModel``; see tests/golden/README.md). Random tensors of exactly those keys and shapes are
 saved in the official file formats and scored on one image by a CLIP of ViT-L-14-336's widths
 (1024-wide vision, 768-wide text and embedding) with few layers and random weights.
 """
@@ -30,6 +30,7 @@ WIDE_CONFIG = {  # ViT-L-14-336's widths; depth 4 (vision) and 9 (text: 8 deep-p
 EXPECTED = {
     "faprompt": {"abnormal_prompts": 10, "normal_ctx": 5, "abnormal_ctx": 2, "depth": 9, "t_n_ctx": 4, "dap_k": 10},
     "bayes_pfl": {"prompt_num": 3, "prompt_context_len": 5, "prompt_state_len": 5, "num_flows": 10},
+    "anomalyclip": {"abnormal_prompts": 1, "normal_ctx": 12, "abnormal_ctx": 12, "depth": 9, "t_n_ctx": 4},
 }
 
 
@@ -54,11 +55,11 @@ def official_file(method: str, path: Path) -> Path:
             state[key] = (torch.randn(entry["shape"], generator=g) * 0.02).to(dtype)
         else:
             state[key] = torch.zeros(entry["shape"], dtype=dtype)
-    torch.save({"prompt_learner" if method == "faprompt" else "MyModel": state}, path)
+    torch.save({"MyModel" if method == "bayes_pfl" else "prompt_learner": state}, path)
     return path
 
 
-@pytest.mark.parametrize("method", ["faprompt", "bayes_pfl"])
+@pytest.mark.parametrize("method", ["faprompt", "bayes_pfl", "anomalyclip"])
 def test_full_size_official_checkpoint_scores_an_image(method, wide_model, tmp_path):
     checkpoint = official_file(method, tmp_path / f"{method}.pth")
     read = read_checkpoint(str(checkpoint))
@@ -71,6 +72,8 @@ def test_full_size_official_checkpoint_scores_an_image(method, wide_model, tmp_p
             "--save_path", str(tmp_path / "out")]
     if method == "bayes_pfl":
         argv += ["--features_list", "1", "2", "3", "4", "--sample_num", "2"]
+    if method == "anomalyclip":  # its test.sh's layer 24: the last of this 4-layer tower
+        argv += ["--features_list", "4"]
     assert test_script.main(argv) == 0
     with open(tmp_path / "out" / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

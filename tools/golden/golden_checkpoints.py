@@ -23,6 +23,7 @@ else:
 
 FAPROMPT_SEED = 111
 BAYES_PFL_SEED = 333
+ANOMALYCLIP_SEED = 222
 
 # (pattern, mean, std or "fan_in" scale factor); the first match wins.
 _FAPROMPT_RULES = [
@@ -57,7 +58,7 @@ def _std(shape: Tuple[int, ...], spec) -> float:
 
 
 def _rules(method: str):
-    return _FAPROMPT_RULES if method == "faprompt" else _BAYES_PFL_RULES
+    return _BAYES_PFL_RULES if method == "bayes_pfl" else _FAPROMPT_RULES  # AnomalyCLIP: prompt vectors too
 
 
 def seeded_parameters(manifest: Dict[str, dict], method: str, seed: int) -> Dict[str, np.ndarray]:

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 
 import official_stubs  # noqa: E402
 from golden_checkpoints import BAYES_PFL_SEED, checksum, seeded_parameters  # noqa: E402
-from harness_faprompt import manifest, pillow_masks  # noqa: E402
-from recorder import Recorder, gradient_summary, patched  # noqa: E402
+from harness_common import TrainingStep, harness_args, manifest, pillow_masks, seeded  # noqa: E402
+from recorder import Recorder, patched  # noqa: E402
 
 FEATURES = [6, 12, 18, 24]
 PROMPT_NUM, CONTEXT_LEN, STATE_LEN, NUM_FLOWS = 3, 5, 5, 10
@@ -48,15 +48,8 @@ def full_size_manifest(vpb) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    for flag in ("--official", "--work", "--clip", "--data", "--config", "--out"):
-        parser.add_argument(flag, required=True)
-    parser.add_argument("--image_size", type=int, default=48)
-    args = parser.parse_args()
-    official, work = Path(args.official).resolve(), Path(args.work).resolve()
-    sys.path.insert(0, str(official))
+    args, official, work = harness_args("--config")
     official_stubs.install_bayes_pfl()
-    torch.set_num_threads(2)
     rec = Recorder()
     out: dict = {}
     with official_stubs.working_directory(str(official)), official_stubs.cuda_to_cpu():
@@ -75,18 +68,9 @@ def main() -> None:
     build_args.vision_width, build_args.text_width = config["vision_cfg"]["width"], config["text_cfg"]["width"]
     build_args.embed_dim = config["embed_dim"]
     tiny_manifest = manifest(vpb.Context_Prompting(build_args))
-    seeded = seeded_parameters(tiny_manifest, "bayes_pfl", BAYES_PFL_SEED)
-    out["checkpoint_checksum"] = np.array(checksum(seeded))
-
-    class SeededModel(vpb.Context_Prompting):
-        """The official ``MyModel`` with the seeded parameters loaded after its own init."""
-
-        instance = None
-
-        def __init__(self, args):
-            super().__init__(args)
-            self.load_state_dict({**self.state_dict(), **{k: torch.from_numpy(v) for k, v in seeded.items()}})
-            SeededModel.instance = self
+    values = seeded_parameters(tiny_manifest, "bayes_pfl", BAYES_PFL_SEED)
+    out["checkpoint_checksum"] = np.array(checksum(values))
+    SeededModel = seeded(vpb.Context_Prompting, values)
 
     checkpoint = work / "bayes_pfl_official.pth"
     torch.save({"MyModel": SeededModel(build_args).state_dict()}, checkpoint)
@@ -200,34 +184,7 @@ def train_step(train_module, model_class, args, work: Path, rec: Recorder) -> di
     import loss as loss_module
     import models.VPB as vpb
 
-    out: dict = {}
-    terms = {"focal": [], "dice": [], "orthogonal": [], "cross_entropy": [], "total": []}
-
-    def recording(cls, key):
-        class Recording(cls):
-            def forward(self, *a, **k):
-                value = super().forward(*a, **k)
-                terms[key].append(float(value))
-                return value
-        return Recording
-
-    class RecordingAdam(torch.optim.Adam):
-        def step(self, closure=None):
-            if "grads" not in out and model_class.instance is not None and self.param_groups[0]["params"]:
-                names = {id(p): n for n, p in model_class.instance.named_parameters()}
-                grads = {}
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None:
-                            grads.update(gradient_summary(names[id(p)], p.grad))
-                out["grads"] = grads
-            return super().step(closure)
-
-    original_backward = torch.Tensor.backward
-
-    def recorded_backward(self, *a, **k):
-        terms["total"].append(float(self))
-        return original_backward(self, *a, **k)
+    step = TrainingStep(lambda: dict(model_class.instance.named_parameters()))
 
     made = train_module.Makedataset
 
@@ -250,25 +207,23 @@ def train_step(train_module, model_class, args, work: Path, rec: Recorder) -> di
             seeded_first_batch(TRAIN_SEED) as seeded, \
             patched(train_module, "Context_Prompting", model_class), \
             patched(train_module, "Makedataset", FixedData), \
-            patched(train_module, "FocalLoss", recording(loss_module.FocalLoss, "focal")), \
-            patched(train_module, "DiceLoss", recording(loss_module.DiceLoss, "dice")), \
-            patched(train_module, "Orthogonal_Loss", recording(loss_module.Orthogonal_Loss, "orthogonal")), \
-            patched(torch.nn, "CrossEntropyLoss", recording(torch.nn.CrossEntropyLoss, "cross_entropy")), \
-            patched(torch.optim, "Adam", RecordingAdam), \
+            patched(train_module, "FocalLoss", step.loss(loss_module.FocalLoss, "focal")), \
+            patched(train_module, "DiceLoss", step.loss(loss_module.DiceLoss, "dice")), \
+            patched(train_module, "Orthogonal_Loss", step.loss(loss_module.Orthogonal_Loss, "orthogonal")), \
+            patched(torch.nn, "CrossEntropyLoss", step.loss(torch.nn.CrossEntropyLoss, "cross_entropy")), \
+            patched(torch.optim, "Adam", step.adam()), \
             patched(torch, "randn_like", rec.wrap("randn_like", torch.randn_like)), \
             patched(torch, "randint", rec.wrap("randint", torch.randint)), \
             patched(vpb, "binary_loss_function", rec.wrap("binary_loss", binary_loss, keep_args=True)), \
             patched(vpb.Context_Prompting, "forward_ensemble",
                     rec.wrap("forward_ensemble", vpb.Context_Prompting.forward_ensemble)), \
             patched(vpb.Context_Prompting, "forward", rec.wrap("heads", vpb.Context_Prompting.forward)), \
-            patched(torch.Tensor, "backward", recorded_backward):
+            patched(torch.Tensor, "backward", step.backward()):
         rec.enabled = True
         train_module.setup_seed(TRAIN_SEED)
         train_module.train(train_args)
-    result = {f"train/{k}": np.array(v, dtype=np.float64) for k, v in terms.items()}
-    batch = len(seeded.order) and 8
-    result["train/order"] = np.array([str(Path(p).resolve().relative_to(Path(args.data).resolve()))
-                                      for p in seeded.order[:batch]])
+    step.order = seeded.order[:8]  # the training batch (validation images follow)
+    result = step.arrays(args.data)
     draws = rec.outputs("randn_like")[:3]  # the training step's: context [N, D], normal, abnormal [1, D]
     result.update({"train/noise/context": draws[0], "train/noise/normal": draws[1], "train/noise/abnormal": draws[2]})
     result["train/pair"] = np.array(int(np.asarray(rec.outputs("randint")[0]).ravel()[0]))
@@ -284,7 +239,6 @@ def train_step(train_module, model_class, args, work: Path, rec: Recorder) -> di
     result["train/image_logits"] = heads[0][:, :, 0]  # [N, 2B]
     pair, b = int(result["train/pair"]), PROMPT_NUM
     result["train/pixel_logits_pair/24"] = heads[1][-1][:, [pair, pair + b]]  # [N, 2, S, S], last layer
-    result.update({f"train/{k}": v for k, v in out["grads"].items()})
     return result
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -22,51 +21,16 @@ import torch  # noqa: E402
 
 import official_stubs  # noqa: E402
 from golden_checkpoints import FAPROMPT_SEED, checksum, seeded_parameters  # noqa: E402
-from recorder import Recorder, gradient_summary, patched  # noqa: E402
+from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, manifest,  # noqa: E402
+                            pillow_masks, restrict_classes, seeded)
+from recorder import Recorder, patched  # noqa: E402
 
 DEPTH, T_N_CTX = 3, 4  # deep prompts at text layers 2..3 of the 4-layer tiny text tower
 
 
-def manifest(module: torch.nn.Module) -> dict:
-    params = {name for name, _ in module.named_parameters()}
-    return {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
-                "kind": "parameter" if k in params else "buffer"} for k, v in module.state_dict().items()}
-
-
-def pillow_masks(module) -> None:
-    """Current Pillow rejects ``Image.fromarray(float64 zeros, mode='L')``: cast masks to uint8."""
-    from PIL import Image
-
-    def fromarray(array, mode=None):
-        array = np.asarray(array)
-        if mode == "L" and array.dtype != np.uint8:
-            array = array.astype(np.uint8)
-        return Image.fromarray(array, mode=mode) if mode else Image.fromarray(array)
-
-    module.Image = types.SimpleNamespace(open=Image.open, fromarray=fromarray, new=Image.new)
-
-
-def full_size_manifest(fap_module) -> dict:
-    """Keys, shapes and dtypes of the official prompt learner at ViT-L-14-336 size (text width
-    768); only the word-embedding table of the CLIP is needed to build it."""
-    stand_in = types.SimpleNamespace(
-        transformer=types.SimpleNamespace(get_cast_dtype=lambda: torch.float32),
-        ln_final=torch.nn.LayerNorm(768), token_embedding=torch.nn.Embedding(49408, 768))
-    learner = fap_module.FAPrompt(stand_in, {"Prompt_length": 12, "learnabel_text_embedding_depth": 9,
-                                             "learnabel_text_embedding_length": 4})
-    return manifest(learner)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    for flag in ("--official", "--work", "--clip", "--data", "--out"):
-        parser.add_argument(flag, required=True)
-    parser.add_argument("--image_size", type=int, default=48)
-    args = parser.parse_args()
-    official, work = Path(args.official).resolve(), Path(args.work).resolve()
-    sys.path.insert(0, str(official))
+    args, official, work = harness_args()
     official_stubs.install_common()
-    torch.set_num_threads(2)
     rec = Recorder()
     out: dict = {}
     with official_stubs.working_directory(str(official)):
@@ -79,39 +43,25 @@ def main() -> None:
         train_module = official_stubs.load_module("official_faprompt_train", str(official / "train.py"))
 
     pillow_masks(dataset_module)
-    meta = json.loads((Path(args.data) / "meta.json").read_text())
-    present = list(meta["test"])
-    original_classes = dataset_module.generate_class_info
-
-    def class_info(name):  # only the classes present (the official list would torch.cat([]))
-        obj_list, ids = original_classes(name)
-        return [c for c in obj_list if c in present], ids
-
-    dataset_module.generate_class_info = class_info
+    present = list(json.loads((Path(args.data) / "meta.json").read_text())["test"])
+    restrict_classes(dataset_module, present)
     design = {"Prompt_length": 12, "learnabel_text_embedding_depth": DEPTH, "learnabel_text_embedding_length": T_N_CTX}
 
     # --- the seeded official checkpoint ------------------------------------------------------
     clip, _ = AnomalyCLIP_lib.load(args.clip, device="cpu", design_details=design)
     learner = fap_module.FAPrompt(clip, design)
     tiny_manifest = manifest(learner)
-    seeded = seeded_parameters(tiny_manifest, "faprompt", FAPROMPT_SEED)
-    learner.load_state_dict({**learner.state_dict(), **{k: torch.from_numpy(v) for k, v in seeded.items()}})
+    values = seeded_parameters(tiny_manifest, "faprompt", FAPROMPT_SEED)
+    learner.load_state_dict({**learner.state_dict(), **{k: torch.from_numpy(v) for k, v in values.items()}})
     checkpoint = work / "faprompt_official.pth"
     torch.save({"prompt_learner": learner.state_dict()}, checkpoint)
-    out["checkpoint_checksum"] = np.array(checksum(seeded))
+    out["checkpoint_checksum"] = np.array(checksum(values))
     for key in ("tokenized_prompts_pos", "tokenized_prompts_neg"):
         out[f"tokens/{key}"] = learner.state_dict()[key].numpy().astype(np.int64)
     del clip, learner
 
-    class SeededFAPrompt(fap_module.FAPrompt):
-        """The official prompt learner with the seeded parameters loaded after its own init."""
-
-        instance = None
-
-        def __init__(self, clip_model, design_details):
-            super().__init__(clip_model, design_details)
-            self.load_state_dict({**self.state_dict(), **{k: torch.from_numpy(v) for k, v in seeded.items()}})
-            SeededFAPrompt.instance = self
+    class SeededFAPrompt(seeded(fap_module.FAPrompt, values)):
+        """The official prompt learner with the seeded parameters, its calls recorded."""
 
         def forward(self, selected_tokens=None):
             result = super().forward(selected_tokens)
@@ -153,7 +103,7 @@ def main() -> None:
 
     # --- one official training step ------------------------------------------------------------
     out.update(train_step(train_module, SeededFAPrompt, clip_path_load, original_load, args, work, rec))
-    out["full_manifest"] = np.array(json.dumps(full_size_manifest(fap_module)))
+    out["full_manifest"] = np.array(json.dumps(full_size_learner_manifest(fap_module.FAPrompt)))
     out["tiny_manifest"] = np.array(json.dumps(tiny_manifest))
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({len(out)} arrays)")
@@ -218,53 +168,7 @@ def train_step(train_module, learner_class, clip_path_load, original_load, args,
     import AnomalyCLIP_lib
     import loss as loss_module
 
-    out: dict = {}
-    terms: dict = {"focal": [], "dice": [], "binary_focal": [], "mse": [], "cross_entropy": [], "total": []}
-
-    def recording(cls, key):
-        class Recording(cls):
-            def forward(self, *a, **k):
-                value = super().forward(*a, **k)
-                terms[key].append(float(value))
-                return value
-        return Recording
-
-    class RecordingAdam(torch.optim.Adam):
-        def step(self, closure=None):
-            if "grads" not in out:
-                names = {id(p): n for n, p in learner_class.instance.named_parameters()}
-                out["grads"] = {}
-                for group in self.param_groups:
-                    for p in group["params"]:
-                        if p.grad is not None:
-                            out["grads"].update(gradient_summary(names[id(p)], p.grad))
-            return super().step(closure)
-
-    functional = types.SimpleNamespace(**{k: getattr(torch.nn.functional, k) for k in dir(torch.nn.functional)
-                                          if not k.startswith("__")})
-    cross_entropy = torch.nn.functional.cross_entropy
-
-    def recorded_cross_entropy(*a, **k):
-        value = cross_entropy(*a, **k)
-        terms["cross_entropy"].append(float(value))
-        return value
-
-    functional.cross_entropy = recorded_cross_entropy
-    backward = torch.Tensor.backward
-
-    def recorded_backward(self, *a, **k):
-        terms["total"].append(float(self))
-        return backward(self, *a, **k)
-
-    order = []
-    data_loader = torch.utils.data.DataLoader
-
-    class RecordingLoader(data_loader):
-        def __iter__(self):
-            for items in super().__iter__():
-                order.extend(items["img_path"])
-                yield items
-
+    step = TrainingStep(lambda: dict(learner_class.instance.named_parameters()))
     train_args = argparse.Namespace(train_data_path=args.data, save_path=str(work / "faprompt_train"), dataset="mvtecad",
                                     depth=DEPTH, n_ctx=12, t_n_ctx=T_N_CTX, feature_map_layer=[0, 1, 2, 3],
                                     features_list=[6, 12, 18, 24], epoch=1, learning_rate=0.001, batch_size=8,
@@ -272,21 +176,17 @@ def train_step(train_module, learner_class, clip_path_load, original_load, args,
     Path(train_args.save_path).mkdir(parents=True, exist_ok=True)
     with patched(AnomalyCLIP_lib, "load", clip_path_load), \
             patched(train_module, "FAPrompt", learner_class), \
-            patched(train_module, "FocalLoss", recording(loss_module.FocalLoss, "focal")), \
-            patched(train_module, "BinaryDiceLoss", recording(loss_module.BinaryDiceLoss, "dice")), \
-            patched(train_module, "BinaryFocalLoss", recording(loss_module.BinaryFocalLoss, "binary_focal")), \
-            patched(torch.nn, "MSELoss", recording(torch.nn.MSELoss, "mse")), \
-            patched(train_module, "F", functional), \
-            patched(torch.optim, "Adam", RecordingAdam), \
-            patched(torch.utils.data, "DataLoader", RecordingLoader), \
-            patched(torch.Tensor, "backward", recorded_backward):
+            patched(train_module, "FocalLoss", step.loss(loss_module.FocalLoss, "focal")), \
+            patched(train_module, "BinaryDiceLoss", step.loss(loss_module.BinaryDiceLoss, "dice")), \
+            patched(train_module, "BinaryFocalLoss", step.loss(loss_module.BinaryFocalLoss, "binary_focal")), \
+            patched(torch.nn, "MSELoss", step.loss(torch.nn.MSELoss, "mse")), \
+            patched(train_module, "F", step.functional()), \
+            patched(torch.optim, "Adam", step.adam()), \
+            patched(torch.utils.data, "DataLoader", step.loader()), \
+            patched(torch.Tensor, "backward", step.backward()):
         train_module.setup_seed(111)
         train_module.train(train_args)
-    grads = out.pop("grads")
-    result = {f"train/{k}": np.array(v, dtype=np.float64) for k, v in terms.items()}
-    result["train/order"] = np.array([str(Path(p).relative_to(Path(args.data).resolve())) for p in order])
-    result.update({f"train/{k}": v for k, v in grads.items()})
-    return result
+    return step.arrays(args.data)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Regenerate the golden fixtures in tests/golden/ from checkouts of the official code.
 
-    python tools/golden/make_golden.py --faprompt /path/to/FAPrompt --bayes_pfl /path/to/Bayes-PFL
+    python tools/golden/make_golden.py --faprompt /path/to/FAPrompt --bayes_pfl /path/to/Bayes-PFL \
+        --anomalyclip /path/to/AnomalyCLIP
 
-Steps: rebuild the tiny CLIP and the golden images; run the official FAPrompt and Bayes-PFL
-test and one training step on them, each in its own process (harness_*.py, importing the
+Steps: rebuild the tiny CLIP and the golden images; run the official FAPrompt, Bayes-PFL and
+AnomalyCLIP test and one training step on them, each in its own process (harness_*.py, importing the
 official code at run time; nothing of it is copied here), recording every stage; write the
 recorded arrays, the official modules' key/shape manifests (tiny and ViT-L-14-336 size) and
 the provenance; then freeze our own defaults (``--compat ours``) on the same inputs with the
@@ -28,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools.golden import golden_clip, golden_data  # noqa: E402
-from tools.golden.golden_checkpoints import BAYES_PFL_SEED, FAPROMPT_SEED  # noqa: E402
+from tools.golden.golden_checkpoints import ANOMALYCLIP_SEED, BAYES_PFL_SEED, FAPROMPT_SEED  # noqa: E402
 
 OUT = ROOT / "tests" / "golden"
 # Our own defaults, frozen: the arrays kept (a subset, to keep the fixtures small).
@@ -37,6 +38,7 @@ OURS_KEYS = {
                  "map_blurred"),
     "bayes_pfl": ("flow/context", "flow/normal", "flow/abnormal", "text", "image_logits", "class_prob",
                   "anomaly_map", "map_score", "image_score"),
+    "anomalyclip": ("grid/4", "grid/24", "map_blurred", "image_score"),
 }
 
 
@@ -64,6 +66,9 @@ def split(npz: Path, method: str, provenance: dict) -> None:
     provenance[f"{method}_checkpoint_checksum"] = float(arrays.pop("checkpoint_checksum"))
     if method == "bayes_pfl":  # R of the official test run: its noise is [N, 3R, D]
         provenance["bayes_pfl_sample_num"] = int(arrays["noise"].shape[1] // 3)
+    if method == "anomalyclip":  # the layers of the official test run
+        provenance["anomalyclip_features_list"] = sorted(int(k.rsplit("/", 1)[1]) for k in arrays
+                                                         if k.startswith("grid/"))
     np.savez_compressed(OUT / f"{method}_official.npz", **arrays)
 
 
@@ -75,12 +80,15 @@ def freeze_ours(work: Path) -> None:
 
     torch.set_num_threads(2)
     golden = stages.prepare(work)
-    for method in ("faprompt", "bayes_pfl"):
+    for method in ("faprompt", "bayes_pfl", "anomalyclip"):
         reference = stages.fixture(f"{method}_official")
         model = stages.build(golden, method, "ours")
         if method == "faprompt":
             values = stages.faprompt_stages(model, golden)
-            train = stages.faprompt_train(model, golden, reference["train/order"], reference)
+            train = stages.train_step(model, golden, reference["train/order"], reference)
+        elif method == "anomalyclip":
+            values = stages.anomalyclip_stages(model, golden)
+            train = stages.train_step(model, golden, reference["train/order"], reference)
         else:
             values = stages.bayes_pfl_stages(model, golden, None)
             train = stages.bayes_pfl_train(model, golden, reference["train/order"], 333, reference)
@@ -94,6 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--faprompt", type=Path, help="checkout of mala-lab/FAPrompt")
     parser.add_argument("--bayes_pfl", type=Path, help="checkout of xiaozhen228/Bayes-PFL")
+    parser.add_argument("--anomalyclip", type=Path, help="checkout of zqhang/AnomalyCLIP")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--ours_only", action="store_true",
                         help="keep the official fixtures; only freeze our defaults again (after a deliberate "
@@ -104,15 +113,16 @@ def main() -> None:
     if args.ours_only:
         freeze_ours(work / "ours")
         return
-    if args.faprompt is None or args.bayes_pfl is None:
-        parser.error("--faprompt and --bayes_pfl are required (or --ours_only)")
+    if args.faprompt is None or args.bayes_pfl is None or args.anomalyclip is None:
+        parser.error("--faprompt, --bayes_pfl and --anomalyclip are required (or --ours_only)")
     OUT.mkdir(parents=True, exist_ok=True)
 
     clip = work / "clip.pt"
     provenance = {
         "generated": datetime.date.today().isoformat(),
-        "command": "python tools/golden/make_golden.py --faprompt PATH --bayes_pfl PATH",
+        "command": "python tools/golden/make_golden.py --faprompt PATH --bayes_pfl PATH --anomalyclip PATH",
         "faprompt_commit": commit(args.faprompt), "bayes_pfl_commit": commit(args.bayes_pfl),
+        "anomalyclip_commit": commit(args.anomalyclip), "anomalyclip_checkpoint_seed": ANOMALYCLIP_SEED,
         "clip_seed": golden_clip.SEED, "clip_checksum": golden_clip.write_golden_clip(clip),
         "data_seed": golden_data.DATA_SEED, "faprompt_checkpoint_seed": FAPROMPT_SEED,
         "bayes_pfl_checkpoint_seed": BAYES_PFL_SEED,
@@ -128,8 +138,10 @@ def main() -> None:
     run_harness("harness_faprompt.py", "--official", str(args.faprompt), *common, "--out", str(work / "faprompt.npz"))
     run_harness("harness_bayes_pfl.py", "--official", str(args.bayes_pfl), *common, "--config", str(config),
                 "--out", str(work / "bayes_pfl.npz"))
-    split(work / "faprompt.npz", "faprompt", provenance)
-    split(work / "bayes_pfl.npz", "bayes_pfl", provenance)
+    run_harness("harness_anomalyclip.py", "--official", str(args.anomalyclip), *common,
+                "--out", str(work / "anomalyclip.npz"))
+    for method in ("faprompt", "bayes_pfl", "anomalyclip"):
+        split(work / f"{method}.npz", method, provenance)
     import torch
 
     provenance.update(torch=torch.__version__, numpy=np.__version__)

@@ -125,3 +125,17 @@ def working_directory(path: str) -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
+
+
+def rewind_before_torch_load() -> None:
+    """AnomalyCLIP's loader tries ``torch.jit.load`` on an open file and, for a plain state-dict
+    file, calls ``torch.load`` on the same handle without rewinding it: rewind it first (for the
+    rest of the process)."""
+    original = torch.load
+
+    def load(f, *args, **kwargs):
+        if hasattr(f, "seek"):
+            f.seek(0)
+        return original(f, *args, **kwargs)
+
+    torch.load = load

@@ -23,15 +23,17 @@ from models import official
 from models.backbone import build_backbone
 from models.factory import apply_compat, make_config, model_from_checkpoint, read_checkpoint
 from models.scoring import bayes_map_scores, fuse_image_scores
-from tools.golden.golden_checkpoints import BAYES_PFL_SEED, FAPROMPT_SEED, checksum, seeded_parameters
+from tools.golden.golden_checkpoints import (ANOMALYCLIP_SEED, BAYES_PFL_SEED, FAPROMPT_SEED, checksum,
+                                             seeded_parameters)
 from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
 from tools.golden.golden_data import write_dataset
 from utils.filters import gaussian_blur
 
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "golden"
-METHODS = {"faprompt": ("prompt_learner", FAPROMPT_SEED), "bayes_pfl": ("MyModel", BAYES_PFL_SEED)}
+METHODS = {"faprompt": ("prompt_learner", FAPROMPT_SEED), "bayes_pfl": ("MyModel", BAYES_PFL_SEED),
+           "anomalyclip": ("prompt_learner", ANOMALYCLIP_SEED)}
 # our loss-term names → the fixtures' (named when the methods were separate models)
-FIXTURE_TERMS = {"map_first": "map1", "map_final": "map2", "map": "segmentation"}
+FIXTURE_TERMS = {"faprompt": {"map_first": "map1", "map_final": "map2"}, "bayes_pfl": {"map": "segmentation"}}
 Arrays = Dict[str, np.ndarray]
 
 
@@ -99,9 +101,14 @@ def prepare(work: Path) -> Golden:
                   paths=[str(Path(p).relative_to(root)) for p in batch["img_path"]], checkpoints=checkpoints)
 
 
-def official_test_settings(method: str) -> Dict[str, int]:
-    """Settings of the official test run that its checkpoint does not hold (Bayes-PFL's R)."""
-    return {"sample_num": provenance()["bayes_pfl_sample_num"]} if method == "bayes_pfl" else {}
+def official_test_settings(method: str) -> Dict[str, object]:
+    """Settings of the official test run that its checkpoint does not hold (Bayes-PFL's R,
+    AnomalyCLIP's layers)."""
+    if method == "bayes_pfl":
+        return {"sample_num": provenance()["bayes_pfl_sample_num"]}
+    if method == "anomalyclip":
+        return {"features_list": tuple(provenance()["anomalyclip_features_list"])}
+    return {}
 
 
 def build(golden: Golden, method: str, compat: str):
@@ -184,16 +191,18 @@ def faprompt_stages(model, golden: Golden) -> Arrays:
     return _numpy(stages)
 
 
-def faprompt_train(model, golden: Golden, order: Sequence[str], reference: Arrays) -> Arrays:
-    """Loss terms and gradients of one training step on the batch in ``order``."""
+def train_step(model, golden: Golden, order: Sequence[str], reference: Arrays) -> Arrays:
+    """Loss terms and gradients (under the official names) of one training step on the batch in
+    ``order``; for the methods whose training draws no noise (FAPrompt, AnomalyCLIP)."""
     images, masks, labels, classes = golden.batch(order)
     model.train()
     model.zero_grad(set_to_none=True)
     terms = model.loss(model(images, classes), masks, labels)
     terms["total"].backward()
     model.eval()
-    out = {f"train/{FIXTURE_TERMS.get(k, k)}": np.array(float(v.detach())) for k, v in terms.items()}
-    out.update(gradients(model, "faprompt", reference))
+    names = FIXTURE_TERMS.get(model.method, {})
+    out = {f"train/{names.get(k, k)}": np.array(float(v.detach())) for k, v in terms.items()}
+    out.update(gradients(model, model.method, reference))
     return out
 
 
@@ -274,7 +283,8 @@ def bayes_pfl_train(model, golden: Golden, order: Sequence[str], seed: int, refe
     out = model(images, classes)
     terms = model.loss(out, masks, labels)
     terms["total"].backward()
-    result = {f"train/{FIXTURE_TERMS.get(k, k)}": np.array(float(v.detach())) for k, v in terms.items()}
+    names = FIXTURE_TERMS["bayes_pfl"]
+    result = {f"train/{names.get(k, k)}": np.array(float(v.detach())) for k, v in terms.items()}
     result["train/pair"] = np.array(out.pair)
     n, e = out.text.shape[0], out.text.shape[-1]
     result["train/text"] = out.text.reshape(n, -1, e).detach().numpy()  # R = 1: [N, 2B, E]
@@ -297,3 +307,26 @@ def bayes_pfl_train(model, golden: Golden, order: Sequence[str], seed: int, refe
     model.set_stage(stage)
     model.eval()
     return result
+
+
+# ---------------------------------------------------------------------- AnomalyCLIP
+def anomalyclip_stages(model, golden: Golden) -> Arrays:
+    """Every test-time stage of AnomalyCLIP on the golden images (one batch)."""
+    backbone, prompts, cfg = model.backbone, model.prompts, model.config
+    words = model.words(golden.classes)
+    with torch.no_grad():
+        feats = model.encode_images(golden.images)
+        normal, abnormal = prompts.static_features(backbone, words)
+        out = model(golden.images, golden.classes)
+    stages = {
+        "tokens/normal": backbone.tokenize([prompts.template_text("object", False)])[0],
+        "tokens/abnormal": backbone.tokenize([prompts.template_text("object", True)])[0],
+        "text/normal": normal[0], "text/abnormal": abnormal[0, 0], "image/cls_raw": feats.cls_raw,
+        "class_prob": out.class_prob, "image_score": out.class_prob, "anomaly_map": out.anomaly_map,
+        "map_blurred": gaussian_blur(out.anomaly_map, cfg.sigma),
+    }
+    for i, layer in enumerate(cfg.features_list):
+        stages[f"image/layer/{layer}"] = feats.vv_layers[layer][:2]
+        stages[f"grid/{layer}"] = out.final.similarity_grids[i]
+        stages[f"map/{layer}"] = out.final.similarity_maps[i].permute(0, 2, 3, 1)
+    return _numpy(stages)
