@@ -28,6 +28,36 @@ def defect_batch(n: int, size: int, seed: int):
     return base * 0.5 + masks[:, None] * 2.5, masks, (masks.flatten(1).amax(1) > 0).long()
 
 
+def learning_run(model, size: int, lr: dict, steps: int = 40):
+    """Train ``model`` for ``steps`` full-batch Adam steps on ``defect_batch(8, size, seed=1)``;
+    ((loss, pixel AUROC) before, (loss, pixel AUROC) after). The AUROC is of ``predict``'s map
+    in evaluation mode; the loss is taken in training mode under a fixed seed, so that flow
+    noise and the bank pair are the same in both measurements."""
+    from utils.metrics import pixel_metrics
+
+    images, masks, labels = defect_batch(8, size, seed=1)
+    names = ["object"] * 8
+    optimizer = torch.optim.Adam(model.param_groups(lr), betas=(0.5, 0.999))
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            model.start_evaluation(0)
+            pred = model.predict(images, names)
+        model.train()
+        torch.manual_seed(123)
+        with torch.no_grad():
+            loss = model.loss(model(images, names), masks, labels)["total"].item()
+        return loss, pixel_metrics(masks, pred.anomaly_map)["auroc"]
+
+    before = evaluate()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model.loss(model(images, names), masks, labels)["total"].backward()
+        optimizer.step()
+    return before, evaluate()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """Name of the registered tiny open_clip ViT (4+4 layers, width 48/32, patch 8, 32 px)."""

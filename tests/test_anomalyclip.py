@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import defect_batch
+from conftest import defect_batch, learning_run
 from models.backbone import BackboneConfig, build_backbone
 from models.config import preset
 from models.model import ZSADModel
-from utils.metrics import pixel_metrics
 
 SIZE = 32
 CONFIG = preset("anomalyclip", depth=3, features_list=(2, 4))
@@ -79,20 +78,7 @@ def test_learning_lowers_loss_and_raises_pixel_auroc(tiny_model):
     backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=size))
     torch.manual_seed(0)
     model = ZSADModel(backbone, CONFIG, "anomalyclip")
-    images, masks, labels = defect_batch(8, size, seed=1)
-    optimizer = torch.optim.Adam(model.param_groups({"all": 1e-2}), betas=(0.5, 0.999))
-
-    def evaluate():
-        with torch.no_grad():
-            out = model(images, ["object"] * 8)
-            return model.loss(out, masks, labels)["total"].item(), pixel_metrics(masks, out.anomaly_map)["auroc"]
-
-    loss0, auroc0 = evaluate()
-    for _ in range(40):
-        optimizer.zero_grad()
-        model.loss(model(images, ["object"] * 8), masks, labels)["total"].backward()
-        optimizer.step()
-    loss1, auroc1 = evaluate()
+    (loss0, auroc0), (loss1, auroc1) = learning_run(model, size, {"all": 1e-2})
     # measured over initialisation seeds 0, 1, 2: loss 11.9→8.3, 15.3→8.6, 15.8→8.0;
     # pixel AUROC 0.58→0.96, 0.52→0.91, 0.18→0.98
     assert loss1 < loss0 * 0.8

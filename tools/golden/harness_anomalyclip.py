@@ -23,9 +23,9 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE.parents[1]]
 import torch  # noqa: E402
 
 import official_stubs  # noqa: E402
-from golden_checkpoints import ANOMALYCLIP_SEED, checksum, seeded_parameters  # noqa: E402
-from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, manifest,  # noqa: E402
-                            pillow_masks, restrict_classes, seeded)
+from golden_checkpoints import ANOMALYCLIP_SEED  # noqa: E402
+from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, pillow_masks,  # noqa: E402
+                            restrict_classes, seeded, seeded_learner_checkpoint)
 from recorder import Recorder, patched  # noqa: E402
 
 DEPTH, N_CTX, T_N_CTX = 3, 12, 4
@@ -57,17 +57,11 @@ def main() -> None:
         return original_load(args.clip, *a, **k)
 
     # --- the seeded official checkpoint ------------------------------------------------------
-    clip, _ = original_load(args.clip, device="cpu", design_details=design)
-    learner = ensemble.AnomalyCLIP_PromptLearner(clip, design)
-    tiny_manifest = manifest(learner)
-    values = seeded_parameters(tiny_manifest, "anomalyclip", ANOMALYCLIP_SEED)
-    learner.load_state_dict({**learner.state_dict(), **{k: torch.from_numpy(v) for k, v in values.items()}})
     checkpoint = work / "anomalyclip_official.pth"
-    torch.save({"prompt_learner": learner.state_dict()}, checkpoint)
-    out["checkpoint_checksum"] = np.array(checksum(values))
-    for key in ("tokenized_prompts_pos", "tokenized_prompts_neg"):
-        out[f"tokens/{key}"] = learner.state_dict()[key].numpy().astype(np.int64)
-    del clip, learner
+    values, tiny_manifest, recorded = seeded_learner_checkpoint(
+        original_load, ensemble.AnomalyCLIP_PromptLearner, design, args.clip, "anomalyclip", ANOMALYCLIP_SEED,
+        checkpoint)
+    out.update(recorded)
 
     SeededLearner = seeded(ensemble.AnomalyCLIP_PromptLearner, values)
 

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import torch
 
+from golden_checkpoints import checksum, seeded_parameters
 from recorder import gradient_summary
 
 
@@ -52,6 +53,22 @@ def seeded(module_class, values: Dict[str, np.ndarray]):
             Seeded.instance = self
 
     return Seeded
+
+
+def seeded_learner_checkpoint(load: Callable, learner_class, design: dict, clip_path: str, method: str, seed: int,
+                              checkpoint: Path) -> Tuple[Dict[str, np.ndarray], dict, Dict[str, np.ndarray]]:
+    """Build the official ``prompt_learner`` on the tiny CLIP, draw its seeded parameters, save
+    ``{"prompt_learner": ...}`` to ``checkpoint``; (values, tiny manifest, arrays to record)."""
+    clip, _ = load(clip_path, device="cpu", design_details=design)
+    learner = learner_class(clip, design)
+    tiny_manifest = manifest(learner)
+    values = seeded_parameters(tiny_manifest, method, seed)
+    learner.load_state_dict({**learner.state_dict(), **{k: torch.from_numpy(v) for k, v in values.items()}})
+    torch.save({"prompt_learner": learner.state_dict()}, checkpoint)
+    arrays = {"checkpoint_checksum": np.array(checksum(values))}
+    for key in ("tokenized_prompts_pos", "tokenized_prompts_neg"):
+        arrays[f"tokens/{key}"] = learner.state_dict()[key].numpy().astype(np.int64)
+    return values, tiny_manifest, arrays
 
 
 def manifest(module: torch.nn.Module) -> dict:

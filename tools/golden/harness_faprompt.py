@@ -20,9 +20,9 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE.parents[1]]
 import torch  # noqa: E402
 
 import official_stubs  # noqa: E402
-from golden_checkpoints import FAPROMPT_SEED, checksum, seeded_parameters  # noqa: E402
-from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, manifest,  # noqa: E402
-                            pillow_masks, restrict_classes, seeded)
+from golden_checkpoints import FAPROMPT_SEED  # noqa: E402
+from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, pillow_masks,  # noqa: E402
+                            restrict_classes, seeded, seeded_learner_checkpoint)
 from recorder import Recorder, patched  # noqa: E402
 
 DEPTH, T_N_CTX = 3, 4  # deep prompts at text layers 2..3 of the 4-layer tiny text tower
@@ -48,17 +48,10 @@ def main() -> None:
     design = {"Prompt_length": 12, "learnabel_text_embedding_depth": DEPTH, "learnabel_text_embedding_length": T_N_CTX}
 
     # --- the seeded official checkpoint ------------------------------------------------------
-    clip, _ = AnomalyCLIP_lib.load(args.clip, device="cpu", design_details=design)
-    learner = fap_module.FAPrompt(clip, design)
-    tiny_manifest = manifest(learner)
-    values = seeded_parameters(tiny_manifest, "faprompt", FAPROMPT_SEED)
-    learner.load_state_dict({**learner.state_dict(), **{k: torch.from_numpy(v) for k, v in values.items()}})
     checkpoint = work / "faprompt_official.pth"
-    torch.save({"prompt_learner": learner.state_dict()}, checkpoint)
-    out["checkpoint_checksum"] = np.array(checksum(values))
-    for key in ("tokenized_prompts_pos", "tokenized_prompts_neg"):
-        out[f"tokens/{key}"] = learner.state_dict()[key].numpy().astype(np.int64)
-    del clip, learner
+    values, tiny_manifest, recorded = seeded_learner_checkpoint(AnomalyCLIP_lib.load, fap_module.FAPrompt, design,
+                                                                args.clip, "faprompt", FAPROMPT_SEED, checkpoint)
+    out.update(recorded)
 
     class SeededFAPrompt(seeded(fap_module.FAPrompt, values)):
         """The official prompt learner with the seeded parameters, its calls recorded."""
