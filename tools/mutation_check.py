@@ -2,7 +2,8 @@
 
 Each mutation below replaces one exact piece of code with a plausible misreading of SPEC
 sections 3-7. For each, the repository is copied to a temporary folder, the mutation applied,
-and the suite run (golden tests first, stopping at the first failure). A mutation that leaves
+and the suite run (the golden and loss-definition tests first, then the rest, stopping at the
+first failure). A mutation that leaves
 the suite green "survives": the formula it touches is not pinned by any test.
 
     python tools/mutation_check.py              # all mutations
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
+FIRST = ["tests/test_golden.py", "tests/test_losses.py"]
+PHASES = [FIRST, ["tests"] + [f"--ignore={path}" for path in FIRST]]
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ def tracked_files() -> List[str]:
 
 
 def run(mutation: Mutation, files: List[str], timeout: int) -> tuple:
-    """("caught" | "SURVIVED" | "stale", first failing test or reason, seconds)."""
+    """("caught" | "SURVIVED" | "stale" | "timeout", first failing test or reason, seconds)."""
     source = (ROOT / mutation.path).read_text()
     if source.count(mutation.old) != 1:
         return "stale", f"the code to mutate occurs {source.count(mutation.old)} times in {mutation.path}", 0.0
@@ -207,17 +210,17 @@ def run(mutation: Mutation, files: List[str], timeout: int) -> tuple:
             shutil.copy2(ROOT / name, target)
         (copy / mutation.path).write_text(source.replace(mutation.old, mutation.new))
         start = time.time()
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore",
-                   "tests/test_golden.py", "tests"]
-        try:
-            result = subprocess.run(command, cwd=copy, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return "caught", f"timeout after {timeout} s", time.time() - start
-        seconds = time.time() - start
-        if result.returncode == 0:
-            return "SURVIVED", "", seconds
-        failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-        return "caught", (failed[0].split(" - ")[0] if failed else result.stdout.strip().splitlines()[-1]), seconds
+        pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"]
+        for phase in PHASES:  # the fixture comparisons first: most misreadings stop there, quickly
+            try:
+                result = subprocess.run(pytest + phase, cwd=copy, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                return "timeout", f"a suite run took over {timeout} s (raise --timeout)", time.time() - start
+            if result.returncode != 0:
+                failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+                detail = failed[0].split(" - ")[0] if failed else result.stdout.strip().splitlines()[-1]
+                return "caught", detail, time.time() - start
+        return "SURVIVED", "", time.time() - start
 
 
 def main() -> int:
