@@ -309,9 +309,17 @@ class BayesPFL(nn.Module):
             out.append(F.interpolate(diff, size=(size, size), mode="bilinear", align_corners=True))
         return out
 
-    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> BayesPFLOutput:
-        """Training: R = 1 and one random bank pair is scored; eval: all B·R pairs."""
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        """The image tensors this model reads: the CLS feature and the raw patch tokens of the
+        selected layers (the other fields are empty)."""
         feats = self.backbone.encode_image(images, layers=self.config.features_list)
+        return ImageFeatures(cls=feats.cls, cls_raw=feats.cls[:, :0], patch_raw=feats.patch_raw)
+
+    def forward(self, images: Optional[torch.Tensor], class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> BayesPFLOutput:
+        """Training: R = 1 and one random bank pair is scored; eval: all B·R pairs. ``features``
+        (from :meth:`encode_images`) replaces the image pass."""
+        feats = self.encode_images(images) if features is None else features
         text, kl = self.text_features(feats, class_names, with_kl=self.training)
         n, _, r, b, e = text.shape
         if self.training:

@@ -358,11 +358,27 @@ class FAPFL(nn.Module):
         return PassOutput(grid=torch.stack(grids).mean(0), map=torch.stack(maps).mean(0), probs=probs, diffs=diffs)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> FAPFLOutput:
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        """The image tensors the active parts read (the others are empty): CLS for the flows
+        and the class_mapping head, CLS without ln_post for the fixed head, raw patch tokens for
+        RCA and the fuse layer, V-V tokens for the similarity head, and the deepest layer's
+        projected tokens for DAP without V-V tokens."""
         cfg = self.config
         layers = cfg.features_list if (cfg.uses_rca or self.two_stage) else ()
         feats = self.backbone.encode_image(images, layers=layers,
                                            vv_start=self.vv_start if cfg.uses_similarity else None)
+        empty, last = feats.cls[:, :0], cfg.features_list[-1]
+        return ImageFeatures(
+            cls=feats.cls if cfg.flows != "none" or cfg.image_head == "class_mapping" else empty,
+            cls_raw=feats.cls_raw if cfg.image_head == "fixed" else empty, patch_raw=feats.patch_raw,
+            patch_proj={last: feats.patch_proj[last]} if cfg.dap and not cfg.uses_similarity else {},
+            vv_proj=feats.vv_proj)
+
+    def forward(self, images: Optional[torch.Tensor], class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> FAPFLOutput:
+        """``features`` (from :meth:`encode_images`) replaces the image pass."""
+        cfg = self.config
+        feats = self.encode_images(images) if features is None else features
         first = prior = abnormal_features = None
         if cfg.dap:
             context, _, abnormal, _ = self._flow_samples(feats, zero_noise=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import ClipBackbone, default_vv_start
+from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
 from models.losses import binary_focal_loss, cap_orthogonality, dice_loss, focal_loss
 from models.scoring import Prediction
 
@@ -265,10 +265,18 @@ class FAPrompt(nn.Module):
             self._static_cache = {key: (normal, abnormal)}
         return normal, abnormal, index
 
-    def forward(self, images: torch.Tensor, class_names: Sequence[str]) -> FAPromptOutput:
-        """Both passes for a batch. images: [B, 3, S, S]; class_names: B raw class names."""
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        """The image tensors this model reads: the V-V tokens and the CLS feature without
+        ``ln_post`` (the other fields are empty, [B, 0])."""
+        feats = self.backbone.encode_image(images, vv_start=self.vv_start)
+        return ImageFeatures(cls=feats.cls[:, :0], cls_raw=feats.cls_raw, vv_proj=feats.vv_proj)
+
+    def forward(self, images: Optional[torch.Tensor], class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> FAPromptOutput:
+        """Both passes for a batch. images: [B, 3, S, S] (unread when ``features``, the output
+        of :meth:`encode_images`, is given); class_names: B raw class names."""
         cfg, backbone = self.config, self.backbone
-        feats = backbone.encode_image(images, vv_start=self.vv_start)
+        feats = self.encode_images(images) if features is None else features
         patches = F.normalize(feats.vv_proj, dim=-1)
         image = F.normalize(feats.cls_raw, dim=-1)
         words = self.words(class_names)
