@@ -8,6 +8,7 @@ Each category's metrics, curves and F1-optimal thresholds come from one sort per
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -67,11 +68,15 @@ def loader(dataset: MetaDataset, batch_size: int, num_workers: int) -> DataLoade
 
 
 def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
-                    progress: Optional[tqdm] = None):
-    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch."""
+                    progress: Optional[tqdm] = None, cache=None):
+    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch; with a
+    feature ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
     for batch in batches:
-        with torch.no_grad():
-            pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
+        supply = contextlib.nullcontext() if cache is None else cache.supplying(model, batch, device)
+        with torch.no_grad(), supply:
+            images = batch["image"] if cache is None else None  # the cache supplies the features
+            pred = model.predict(None if images is None else images.to(device, non_blocking=True),
+                                 batch["cls_name"])
             maps = gaussian_blur(pred.anomaly_map.float(), sigma)
         if progress is not None:
             progress.update(len(batch["cls_name"]))
@@ -79,14 +84,15 @@ def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.devi
 
 
 def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                       num_workers: int, sigma: float, desc: str = "test"):
+                       num_workers: int, sigma: float, desc: str = "test", cache=None):
     """Yield one :class:`CategoryOutputs` per category, in dataset order."""
     if hasattr(model, "start_evaluation"):
         model.start_evaluation()
     current: Optional[CategoryOutputs] = None
+    source = dataset if cache is None else cache.loader_dataset()
     with tqdm(total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for batch, maps, pred in predict_batches(model, loader(dataset, batch_size, num_workers),
-                                                 device, sigma, bar):
+        for batch, maps, pred in predict_batches(model, loader(source, batch_size, num_workers),
+                                                 device, sigma, bar, cache):
             names = batch["cls_name"]
             for i, name in enumerate(names):
                 if current is None or current.name != name:
@@ -251,9 +257,10 @@ def save_maps(cat: CategoryOutputs, root: Path, dataset_root: Path) -> List[str]
 
 # ---------------------------------------------------------------------- validation
 def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                      num_workers: int, sample_num: Optional[int] = None) -> Dict[str, Optional[float]]:
+                      num_workers: int, sample_num: Optional[int] = None, cache=None) -> Dict[str, Optional[float]]:
     """Macro pixel AP (unsmoothed maps) and image AP (class probability), as Bayes-PFL's
-    early stopping reads them; ``sample_num`` temporarily replaces the model's R."""
+    early stopping reads them; ``sample_num`` temporarily replaces the model's R; ``cache`` is
+    the validation set's feature cache."""
     was_training = model.training
     saved = getattr(model.config, "sample_num", None)
     if sample_num is not None and saved is not None:
@@ -261,7 +268,8 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
     model.eval()
     pixel, image = [], []
     try:
-        for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate"):
+        for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate",
+                                      cache=cache):
             labels = np.array(cat.labels)
             image.append(image_metrics(labels, np.array(cat.class_prob))["ap"])
             keep = [i for i, h in enumerate(cat.has_mask) if h]
