@@ -20,7 +20,7 @@ validation.
   layers), the V-V start, the storage dtype, the images (paths, sizes, mtimes, order), the
   shard, and a digest of the features of the first image computed now. That last entry is
   computed first anyway (it gives the field shapes for the budget): whatever else changes the
-  image pass (a library version, the thread count) changes it too.
+  image pass (e.g. another torch version) changes it too.
 * float32 storage reproduces the uncached run bit for bit: the backbone's features do not
   depend on the batch they were computed in, and the cached path draws the same random numbers
   (the same DataLoader, sampler and generator; the models' noise draws follow the image pass

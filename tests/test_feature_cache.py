@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from datasets.synthetic import generate
 from engine import feature_cache
 from engine.feature_cache import CacheRequest, FeatureStore, shard_indices
 from models.backbone import ClipBackbone
 from models.factory import read_checkpoint
-from test_cli import BAYES, FAPROMPT, train_script
+from test_cli import BAYES, FAPROMPT, common, data, train_script  # noqa: F401  (fixtures)
 from utils.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError, run_cli
 
 FAPFL = ["--method", "fapfl", "--features_list", "2", "4", "--depth", "3", "--t_n_ctx", "2", "--dap_k", "4",
@@ -23,20 +22,6 @@ METHODS = {"faprompt": FAPROMPT, "bayes_pfl": [*BAYES, "--augment", "off", "--pa
 # what each method's encode_images keeps (tiny model: layers 2 and 4, V-V from block 2)
 FIELDS = {"faprompt": {"cls_raw", "vv_proj"}, "bayes_pfl": {"cls", "patch_raw.2", "patch_raw.4"},
           "fapfl": {"cls", "patch_raw.2", "patch_raw.4", "vv_proj"}}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    # 18 images; batches of 5 end with one of 3 (of 2 with 6 held out for validation), where
-    # a batch's small matrix products would differ from a full batch's
-    return generate(tmp_path_factory.mktemp("synthetic") / "data", seed=0, size=64, n_train=2,
-                    n_test_good=3, n_test_defect=1)
-
-
-@pytest.fixture()
-def common(tiny_model):
-    return ["--model", tiny_model, "--pretrained", "none", "--image_size", "32", "--num_workers", "0",
-            "--batch_size", "5"]
 
 
 @pytest.fixture()
@@ -54,7 +39,10 @@ def image_passes(monkeypatch):
 
 
 def _train(data, save, common, *extra):
-    return run_cli(train_script.main, ["--train_data_path", str(data), "--save_path", str(save), *common, *extra])
+    # test_cli's 18 images; batches of 5 end with one of 3 (of 2 with 6 held out for validation),
+    # where a batch's small matrix products would differ from a full batch's
+    return run_cli(train_script.main, ["--train_data_path", str(data), "--save_path", str(save), *common,
+                                       "--batch_size", "5", *extra])
 
 
 def _weights(save: Path):
@@ -299,3 +287,29 @@ def test_weights_digest_sees_one_changed_value(tiny_model):
     with torch.no_grad():
         backbone.clip.visual.transformer.resblocks[2].mlp.c_fc.weight[3, 7] += 1e-6
     assert feature_cache.weights_digest(backbone) != before
+
+
+@pytest.mark.parametrize("switches, fields", [
+    ({}, {"cls", "patch_raw.2", "patch_raw.4", "vv_proj"}),
+    ({"pixel_head": "rca", "image_head": "fixed", "flows": "none"}, {"cls_raw", "patch_raw.2", "patch_raw.4",
+                                                                     "patch_proj.4"}),
+    ({"pixel_head": "similarity", "image_head": "fixed", "flows": "none"}, {"cls_raw", "vv_proj"}),
+])
+def test_fapfl_keeps_what_its_switches_read(tiny_model, switches, fields):
+    """Each set of switches reads exactly the fields its encode_images keeps: the forward from
+    them equals the plain forward (a missing field would fail, a superfluous one is listed)."""
+    from models.backbone import BackboneConfig, build_backbone
+    from models.fapfl import FAPFL, FAPFLConfig
+
+    backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=32))
+    config = FAPFLConfig(features_list=(2, 4), depth=3, t_n_ctx=2, dap_k=4, sample_num=2, **switches)
+    model = FAPFL(backbone, config).eval()
+    images = torch.randn(2, 3, 32, 32)
+    kept = feature_cache.flatten(model.encode_images(images))
+    assert set(kept) == fields
+    restored = feature_cache.unflatten(kept, 2, torch.device("cpu"))
+    model.start_evaluation()
+    plain = model.predict(images, ["wood", "weave"])
+    model.start_evaluation()
+    out = model(None, ["wood", "weave"], features=restored)
+    assert torch.equal(out.anomaly_map, plain.anomaly_map) and torch.equal(out.class_prob, plain.class_prob)
