@@ -25,6 +25,7 @@ from models.factory import (apply_compat, build_model, config_class, make_config
                             method_backbone_defaults, read_checkpoint)
 from engine import cli, configure, validation
 from engine.evaluation import validation_scores
+from engine.feature_cache import DTYPES, MODES, CacheRequest, cache_wanted, open_caches
 from engine.official import OFFICIAL_FLAGS, add_official_flags, apply_official_flags
 from engine.recipes import RECIPES
 from engine.trainer import Trainer, TrainSettings
@@ -67,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="official Bayes-PFL augmentation (auto: on for bayes_pfl and fapfl)")
     group.add_argument("--mosaic_prob", type=cli.probability, default=None,
                        help="2x2 mosaic probability (auto: 0.4 with MVTec as auxiliary set and augmentation on)")
+    group = parser.add_argument_group("feature cache (the frozen image tower runs once per image)")
+    group.add_argument("--feature_cache", default="auto", choices=MODES,
+                       help="reuse the first epoch's image features in later epochs: memory, disk "
+                            "(memory-mapped files, kept across runs), off; auto: memory or disk when "
+                            "augmentation is off and the cache fits, else off")
+    group.add_argument("--cache_dtype", default="float32", choices=tuple(DTYPES),
+                       help="float32 trains bit-identically to no cache; float16 halves the cache")
+    group.add_argument("--feature_cache_dir", default=None,
+                       help="folder of the disk cache (default <save_path>/feature_cache)")
     group = parser.add_argument_group("validation and early stopping")
     group.add_argument("--val_protocol", default="auto", choices=validation.PROTOCOLS,
                        help="aux: held-out part of the auxiliary set (ours); target: a few target "
@@ -200,7 +210,8 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
                       resume, notes)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_trainer(argv: Optional[Sequence[str]] = None) -> Trainer:
+    """Everything ``main`` does before training: the configured :class:`Trainer`."""
     setup_logging()  # the console until the save folder exists
     args, run = plan(argv)
     method, recipe, backbone_cfg = run.method, run.recipe, run.backbone
@@ -209,6 +220,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mosaic = args.mosaic_prob
     if mosaic is None:
         mosaic = 0.4 if augment and canonical_dataset(dataset_name) == "mvtec" else 0.0
+    request = CacheRequest(args.feature_cache, args.cache_dtype,
+                           Path(args.feature_cache_dir or _save_path(args) / "feature_cache"))
+    use_cache = cache_wanted(request, augment)
     full = MetaDataset(args.train_data_path, "test", classes=args.train_classes,
                        image_size=backbone_cfg.image_size)
     train_records, val_set = validation.validation_split(
@@ -242,13 +256,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              patience=args.patience, num_workers=num_workers,
                              keep_checkpoints=args.keep_checkpoints, save_freq=args.save_freq,
                              stage2_epochs=args.stage2_epochs, interrupt_after_epoch=args.interrupt_after_epoch)
+    caches = {} if not use_cache else open_caches(
+        request, model, backbone_cfg, {"train": train_set, **({"val": val_set} if val_set is not None else {})})
     validate = None if val_set is None else (
-        lambda m: validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num))
+        lambda m: validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num,
+                                    cache=caches.get("val")))
     trainer = Trainer(model, train_set, settings, backbone_cfg, run.device, validate,
-                      run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)})
+                      run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)},
+                      cache=caches.get("train"))
     if run.resume is not None:
         trainer.resume(run.resume.training, run.resume.state_dict)
-    final = trainer.run()
+    return trainer
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    final = build_trainer(argv).run()
     log.info("done: test with  python test.py --checkpoint_path %s --data_path <target root>", final)
     return 0
 

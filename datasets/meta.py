@@ -216,20 +216,29 @@ class MetaDataset(Dataset):
         """False for an anomalous record without a mask (classification-only data)."""
         return not (int(rec["anomaly"]) == 1 and not rec["mask_path"])
 
-    def load_pair(self, rec: Dict[str, Any]) -> Tuple[Image.Image, Image.Image]:
-        """The record's PIL image and its 0/255 "L" mask at the image's size."""
-        img = load_image(self.abs_path(rec["img_path"]))
+    def load_pair(self, rec: Dict[str, Any], with_image: bool = True) -> Tuple[Optional[Image.Image], Image.Image]:
+        """The record's PIL image (None unless ``with_image``) and its 0/255 "L" mask at the
+        image's size."""
+        img = load_image(self.abs_path(rec["img_path"])) if with_image else None
+        size = img.size if img is not None else self._header_size(rec["img_path"])
         if rec["mask_path"]:
             mask = mask_to_pil(load_mask(self.abs_path(rec["mask_path"])))
-            if mask.size != img.size:  # only reachable with check_files=False
-                mask = mask.resize(img.size, Image.NEAREST)
+            if mask.size != size:  # only reachable with check_files=False
+                mask = mask.resize(size, Image.NEAREST)
         else:
-            mask = Image.new("L", img.size, 0)
+            mask = Image.new("L", size, 0)
         return img, mask
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
+        return self.item(index)
+
+    def item(self, index: int, with_image: bool = True) -> Dict[str, Any]:
+        """The record's sample; ``with_image=False`` leaves the image out (the feature cache
+        supplies its features), which augmentation cannot do."""
         rec = self.records[index]
-        img, mask = self.load_pair(rec)
+        if not with_image and self.augment is not None:
+            raise ValueError("an augmented dataset cannot leave out the image")
+        img, mask = self.load_pair(rec, with_image)
         label = int(rec["anomaly"])
         has_mask = self.record_has_mask(rec)
         if self.augment is not None:
@@ -238,14 +247,16 @@ class MetaDataset(Dataset):
             if len(out) > 2 and out[2]:
                 label = int(out[2].get("label", label))
                 has_mask = bool(out[2].get("has_mask", has_mask))
-        return {
-            "image": image_to_tensor(img, self.image_size),
+        item = {
             "mask": mask_to_tensor(np.asarray(mask) > 0, self.image_size),
             "label": label,
             "cls_name": str(rec["cls_name"]),
             "img_path": self.abs_path(rec["img_path"]),
             "has_mask": has_mask,
         }
+        if img is not None:
+            item["image"] = image_to_tensor(img, self.image_size)
+        return item
 
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
@@ -282,12 +293,16 @@ class ImageList(Dataset):
 
 
 def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Default-collate-like batching that keeps strings and bools as lists/tensors."""
-    return {
-        "image": torch.stack([b["image"] for b in batch]),
+    """Default-collate-like batching that keeps strings and bools as lists/tensors; "image" is
+    None for items without one, and an "index" entry (the feature cache's) is kept."""
+    out = {
+        "image": torch.stack([b["image"] for b in batch]) if "image" in batch[0] else None,
         "mask": torch.stack([b["mask"] for b in batch]),
         "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
         "cls_name": [b["cls_name"] for b in batch],
         "img_path": [b["img_path"] for b in batch],
         "has_mask": torch.tensor([b["has_mask"] for b in batch], dtype=torch.bool),
     }
+    if "index" in batch[0]:
+        out["index"] = torch.tensor([b["index"] for b in batch], dtype=torch.long)
+    return out

@@ -82,11 +82,15 @@ def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence
 
 
 def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
-                    progress: Optional[tqdm] = None):
-    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch."""
+                    progress: Optional[tqdm] = None, cache=None):
+    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch; with a
+    feature ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
     for batch in batches:
         with torch.no_grad():
-            pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
+            if cache is None:
+                pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
+            else:  # the cache supplies the features
+                pred = model.predict(None, batch["cls_name"], features=cache.features(model, batch, device))
             maps = gaussian_blur(pred.anomaly_map.float(), sigma)
         check_finite(maps, pred, batch["cls_name"], batch["img_path"])
         if progress is not None:
@@ -95,14 +99,15 @@ def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.devi
 
 
 def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                       num_workers: int, sigma: float, desc: str = "test"):
+                       num_workers: int, sigma: float, desc: str = "test", cache=None):
     """Yield one :class:`CategoryOutputs` per category, in dataset order."""
     if hasattr(model, "start_evaluation"):
         model.start_evaluation()
     current: Optional[CategoryOutputs] = None
+    source = dataset if cache is None else cache.loader_dataset()
     with tqdm(total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for batch, maps, pred in predict_batches(model, loader(dataset, batch_size, num_workers),
-                                                 device, sigma, bar):
+        for batch, maps, pred in predict_batches(model, loader(source, batch_size, num_workers),
+                                                 device, sigma, bar, cache):
             names = batch["cls_name"]
             for i, name in enumerate(names):
                 if current is None or current.name != name:
@@ -270,9 +275,10 @@ def save_maps(cat: CategoryOutputs, root: Path, dataset_root: Path) -> List[str]
 
 # ---------------------------------------------------------------------- validation
 def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                      num_workers: int, sample_num: Optional[int] = None) -> Dict[str, Optional[float]]:
+                      num_workers: int, sample_num: Optional[int] = None, cache=None) -> Dict[str, Optional[float]]:
     """Macro pixel AP (unsmoothed maps) and image AP (class probability), as Bayes-PFL's
-    early stopping reads them; ``sample_num`` temporarily replaces the model's R."""
+    early stopping reads them; ``sample_num`` temporarily replaces the model's R; ``cache`` is
+    the validation set's feature cache."""
     was_training = model.training
     saved = getattr(model.config, "sample_num", None)
     if sample_num is not None and saved is not None:
@@ -280,7 +286,8 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
     model.eval()
     pixel, image = [], []
     try:
-        for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate"):
+        for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate",
+                                      cache=cache):
             labels = np.array(cat.labels)
             image.append(image_metrics(labels, np.array(cat.class_prob))["ap"])
             keep = [i for i, h in enumerate(cat.has_mask) if h]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.meta import collate
+from engine.feature_cache import DatasetCache
 from models.factory import learnable_state_dict, save_checkpoint
 from utils.errors import UserError
 
@@ -101,14 +103,20 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_fraction: float):
 
 
 class Trainer:
-    """Runs epochs of ``model`` on ``dataset``; ``validate(model)`` returns validation scores."""
+    """Runs epochs of ``model`` on ``dataset``; ``validate(model)`` returns validation scores.
+
+    With ``cache`` (the dataset's :class:`engine.feature_cache.DatasetCache`) the image features
+    come from the cache once it is filled; ``epoch_seconds`` records each epoch's duration.
+    """
 
     def __init__(self, model, dataset, settings: TrainSettings, backbone_config, device: torch.device,
                  validate: Optional[Callable[[Any], Dict[str, Optional[float]]]] = None,
-                 run_info: Optional[Dict[str, Any]] = None):
+                 run_info: Optional[Dict[str, Any]] = None, cache: Optional[DatasetCache] = None):
         self.model, self.dataset, self.settings = model, dataset, settings
         self.backbone_config, self.device, self.validate = backbone_config, device, validate
         self.run_info = run_info or {}
+        self.cache = cache
+        self.epoch_seconds: List[float] = []
         self.two_stage = bool(getattr(model, "two_stage", False))
         self.state = TrainState()
         self.steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
@@ -137,8 +145,10 @@ class Trainer:
         log.info("resuming after epoch %d (stage %d)", self.state.epoch, self.state.stage)
 
     def _loader(self, epoch: int) -> DataLoader:
+        # the cached view has the same length, so the sampler draws the same order either way
+        dataset = self.dataset if self.cache is None else self.cache.loader_dataset()
         generator = torch.Generator().manual_seed(self.settings.seed + epoch)
-        return DataLoader(self.dataset, batch_size=self.settings.batch_size, shuffle=True, generator=generator,
+        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=True, generator=generator,
                           num_workers=self.settings.num_workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", drop_last=False)
 
@@ -176,10 +186,13 @@ class Trainer:
         bar = tqdm(self._loader(epoch), total=self.steps_per_epoch, dynamic_ncols=True,
                    desc=f"epoch {epoch}/{self.settings.epochs} stage {self.state.stage}")
         for step, batch in enumerate(bar, start=1):
-            images = batch["image"].to(self.device, non_blocking=True)
             masks = batch["mask"].to(self.device, non_blocking=True)
             labels = batch["label"].to(self.device)
-            terms = model.loss(model(images, batch["cls_name"]), masks, labels)
+            if self.cache is None:
+                out = model(batch["image"].to(self.device, non_blocking=True), batch["cls_name"])
+            else:
+                out = model(None, batch["cls_name"], features=self.cache.features(model, batch, self.device))
+            terms = model.loss(out, masks, labels)
             if not torch.isfinite(terms["total"]):
                 raise UserError(f"training diverged in epoch {epoch}, step {step}: the loss is "
                                 f"{float(terms['total'])}; the last complete checkpoint is intact; lower the "
@@ -237,8 +250,12 @@ class Trainer:
         settings = self.settings
         try:
             while self.state.epoch < settings.epochs and not self.state.done:
+                start = time.perf_counter()
                 means = self._epoch()
+                self.epoch_seconds.append(time.perf_counter() - start)
                 self.state.epoch += 1
+                log.info("epoch %d took %.1f s (%.2f images/s)", self.state.epoch, self.epoch_seconds[-1],
+                         len(self.dataset) / self.epoch_seconds[-1])
                 scores = self.validate(self.model) if self.validate is not None else {}
                 record = {"epoch": self.state.epoch, "stage": self.state.stage, **means, **scores,
                           "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}}

@@ -255,9 +255,13 @@ class ClipBackbone(nn.Module):
                         raw[index] = x[:, 1:]
                     if index in vv_layers:
                         vv_tokens[index] = (x if vv is None else vv)[:, 1:]
+            # The CLS rows are projected together with all tokens of their images: the rows of
+            # a [B, C] @ [C, D] product depend on B (GEMM kernels for small M differ), those of
+            # a [B·L, C] one do not, so the features do not depend on the batch they were
+            # computed in (engine/feature_cache.py relies on it). About 0.4 % more work.
             features = ImageFeatures(
-                cls=visual.ln_post(x[:, 0]) @ visual.proj,
-                cls_raw=x[:, 0] @ visual.proj,
+                cls=(visual.ln_post(x) @ visual.proj)[:, 0],
+                cls_raw=(x @ visual.proj)[:, 0],
                 patch_raw=raw,
                 patch_proj={layer: visual.ln_post(t) @ visual.proj for layer, t in raw.items()},
                 vv_proj=None if vv is None else visual.ln_post(vv[:, 1:]) @ visual.proj,

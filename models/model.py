@@ -153,8 +153,17 @@ class ZSADModel(nn.Module):
         layers = cfg.features_list if (cfg.uses_rca or cfg.two_stage) else ()
         vv_layers = cfg.features_list if (similarity and cfg.similarity_layers == "features"
                                           and not cfg.vv_aliased) else ()
-        return self.backbone.encode_image(images, layers=layers, vv_start=self.vv_start if similarity else None,
-                                          vv_layers=vv_layers)
+        feats = self.backbone.encode_image(images, layers=layers, vv_start=self.vv_start if similarity else None,
+                                           vv_layers=vv_layers)
+        # unread fields are emptied ([B, 0] keeps the batch size): a feature cache stores the rest
+        empty, last = feats.cls[:, :0], cfg.features_list[-1]
+        reads_cls = cfg.flows != "none" or cfg.image_head == "class_mapping"
+        return ImageFeatures(
+            cls=feats.cls if reads_cls else empty, cls_raw=feats.cls_raw if cfg.image_head == "fixed" else empty,
+            patch_raw=feats.patch_raw, patch_proj={last: feats.patch_proj[last]} if cfg.dap and not similarity else {},
+            vv_proj=feats.vv_proj if similarity and (cfg.similarity_layers == "final" or cfg.vv_aliased or cfg.dap)
+            else None,
+            vv_layers=feats.vv_layers)
 
     def _similarity_patches(self, feats: ImageFeatures) -> List[torch.Tensor]:
         """Normalised patch features of each similarity layer: the final V-V tokens (FAPrompt),

@@ -1,4 +1,4 @@
-"""Smoke tests of the model benchmarks on the tiny model (CPU, 1-2 iterations each)."""
+"""Smoke tests of the benchmarks on the tiny model (CPU, 1-2 iterations or epochs each)."""
 from __future__ import annotations
 
 import json
@@ -95,3 +95,21 @@ def test_table_and_json_helpers(tmp_path):
     path = tmp_path / "x" / "out.json"
     common.write_json(str(path), {"nan": float("nan"), "device": common.resolve_device("cpu")})
     assert json.loads(path.read_text()) == {"nan": None, "device": "cpu"}
+
+
+def test_feature_cache_benchmark(tiny_model, capsys):
+    from benchmarks import feature_cache as cache_bench
+
+    result = cache_bench.main(["--model", tiny_model, "--images", "5", "--batch_size", "2", "--epochs", "2",
+                               "--variants", "off", "memory", "float16"])
+    off, memory, half = result["variants"]
+    assert [len(r["epoch_s"]) for r in (off, memory, half)] == [2, 2, 2]
+    assert all(r["epoch1_images_per_s"] > 0 and r["later_images_per_s"] > 0 for r in (off, memory, half))
+    assert off["cache_bytes_per_image"] is None
+    # FAPrompt on the tiny model keeps the V-V tokens [16, 32] and the CLS feature [32]
+    assert memory["cache_fields"] == {"cls_raw": [32], "vv_proj": [16, 32]}
+    assert memory["cache_bytes_per_image"] == 4 * (16 * 32 + 32) == 2 * half["cache_bytes_per_image"]
+    assert memory["bit_identical_to_off"] and memory["max_loss_difference"] == 0
+    assert not half["bit_identical_to_off"] and 0 < half["max_loss_difference"] < 1e-2
+    out = capsys.readouterr().out
+    assert "epochs 2+ img/s" in out and "float16" in out
