@@ -23,7 +23,7 @@ from datasets.names import canonical_dataset
 from models.backbone import BackboneConfig, build_backbone
 from models.factory import (apply_compat, build_model, config_class, make_config,
                             method_backbone_defaults, read_checkpoint)
-from engine import cli, configure, validation
+from engine import cli, configure, distributed, validation
 from engine.evaluation import validation_scores
 from engine.official import OFFICIAL_FLAGS, add_official_flags, apply_official_flags
 from engine.recipes import RECIPES
@@ -203,6 +203,16 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
 def main(argv: Optional[Sequence[str]] = None) -> int:
     setup_logging()  # the console until the save folder exists
     args, run = plan(argv)
+    with distributed.session(args.device) as (ctx, device):  # torchrun: one process per GPU
+        run.device = device
+        return _train(args, run, ctx)
+
+
+def _train(args, run: Plan, ctx: distributed.Context) -> int:
+    distributed.quiet_other_ranks(ctx)
+    if run.batch_size % ctx.world_size:
+        raise UserError(f"--batch_size {run.batch_size} is the global batch and cannot be split evenly over "
+                        f"{ctx.world_size} processes; choose a multiple of {ctx.world_size}")
     method, recipe, backbone_cfg = run.method, run.recipe, run.backbone
     dataset_name = args.dataset or Path(args.train_data_path).name
     augment = recipe["augment"] if args.augment == "auto" else args.augment == "on"
@@ -218,8 +228,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             records=train_records if train_records is not None else full.records,
                             augment=TrainAugment(mosaic_prob=mosaic) if augment else None)
 
-    save_path = cli.ensure_writable(_save_path(args))  # nothing is written before every input is checked
-    setup_logging(save_path / "train.log")
+    save_path = cli.ensure_writable(_save_path(args)) if ctx.is_main else _save_path(args)
+    if ctx.is_main:  # nothing is written before every input is checked; rank 0 writes
+        setup_logging(save_path / "train.log")
+    if ctx.enabled:
+        log.info("%d processes (%s), %d images of each batch of %d per process", ctx.world_size, ctx.backend,
+                 run.batch_size // ctx.world_size, run.batch_size)
     for note in run.notes:
         log.warning(note)
     log.info("method %s, configuration %s", method, run.config)
@@ -236,7 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"--stage2_epochs does not apply to this {method} model (it trains in one stage)")
     if two_stage and val_set is None:
         log.warning("no validation: early stopping and stage 2 are off (only stage 1 is trained)")
-    num_workers = cli.default_workers() if args.num_workers is None else args.num_workers
+    num_workers = cli.default_workers(run.device) if args.num_workers is None else args.num_workers
     settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, seed=args.seed,
                              save_path=save_path, lr=run.lr, warmup=args.warmup,
                              patience=args.patience, num_workers=num_workers,
@@ -245,7 +259,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     validate = None if val_set is None else (
         lambda m: validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num))
     trainer = Trainer(model, train_set, settings, backbone_cfg, run.device, validate,
-                      run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)})
+                      run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)},
+                      ctx=ctx)
     if run.resume is not None:
         trainer.resume(run.resume.training, run.resume.state_dict)
     final = trainer.run()

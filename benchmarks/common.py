@@ -183,6 +183,51 @@ def random_masks(n: int, size: int, device: torch.device | str, seed: int = 0) -
     return masks.to(device)
 
 
+POS_INTERPOLATION = {"faprompt": "bilinear", "bayes_pfl": "bicubic"}  # each method's position grid
+
+
+def build_method(method: str, backbone, device: torch.device | str, seed: int = 0, sample_num: int = 10):
+    """FAPrompt or Bayes-PFL at the official sizes (capped for small test models), random
+    weights, eval mode (``benchmarks/faprompt.py``, ``benchmarks/bayes_pfl.py``)."""
+    from benchmarks import bayes_pfl, faprompt
+
+    if method == "faprompt":
+        return faprompt.build_model(backbone, device, seed)
+    if method == "bayes_pfl":
+        return bayes_pfl.build_model(backbone, device, sample_num=sample_num, seed=seed)
+    raise ValueError(f"no benchmark model for method {method!r}")
+
+
+def train_steps(method: str, backbone, device: torch.device | str, batch: int, seed: int = 0,
+                stage: int = 1, steps: int = 2) -> Dict[str, object]:
+    """``steps`` training steps (forward, loss, backward, Adam at the recipe's rates) of a fresh
+    ``method`` model on random images and masks; the first also allocates Adam's state."""
+    from engine.recipes import RECIPES
+
+    model = build_method(method, backbone, device, seed).train()
+    if stage != 1:
+        model.set_stage(stage)
+    groups = model.param_groups(dict(RECIPES[method]["lr"]))
+    optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
+    size = backbone.image_size
+    images, masks = random_images(batch, size, device, seed), random_masks(batch, size, device, seed)
+    labels = (masks.flatten(1).amax(1) > 0).long()
+    names = ["bottle"] * batch
+    times, losses = [], []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model.loss(model(images, names), masks, labels)["total"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    return {"batch": batch, "stage": stage, "step_s": times, "loss": losses,
+            "trainable_params": sum(p.numel() for group in groups for p in group["params"])}
+
+
 # ---------------------------------------------------------------------- timing and memory
 def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
@@ -234,6 +279,47 @@ def peak_memory(device: torch.device | str) -> Iterator[Dict[str, Optional[float
         peak = torch.cuda.max_memory_allocated(device)
         record["peak_bytes"] = peak
         record["peak_gib"] = peak / 2 ** 30
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[Dict[str, Optional[float]]]:
+    """Peak resident host memory of this process inside the block, in bytes (``peak_bytes``)
+    and at entry (``base_bytes``); Linux only (None elsewhere).
+
+    The kernel's high-water mark (VmHWM) is reset on entry through ``/proc/self/clear_refs``;
+    where that is not allowed the peak is the process's lifetime peak (``reset`` False)."""
+    record: Dict[str, Optional[float]] = {"peak_bytes": None, "base_bytes": None, "reset": False}
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        record["reset"] = True
+    except OSError:
+        pass
+    record["base_bytes"] = _status_bytes("VmRSS")
+    try:
+        yield record
+    finally:
+        record["peak_bytes"] = _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory_of(device: torch.device | str) -> Iterator[Dict[str, Optional[float]]]:
+    """The peak memory a step needs where it runs: CUDA memory allocated on a GPU
+    (:func:`peak_memory`), the resident host memory on the CPU (:func:`peak_rss`)."""
+    tracker = peak_memory if torch.device(device).type == "cuda" else lambda _: peak_rss()
+    with tracker(device) as record:
+        yield record
 
 
 def gib(value: Optional[float]) -> str:

@@ -471,49 +471,6 @@ def _measure_memory(device: torch.device, fn: Callable[[], Dict[str, object]]) -
     return record
 
 
-def _timed_steps(model, optimizer, batch: int, image_size: int, device, seed: int):
-    """Two training steps (forward, loss, backward, Adam) on random data; (seconds, losses)."""
-    images = common.random_images(batch, image_size, device, seed)
-    masks = common.random_masks(batch, image_size, device, seed)
-    labels = (masks.flatten(1).amax(1) > 0).long()
-    names = ["bottle"] * batch
-    times, losses = [], []
-    for _ in range(2):  # the first step also allocates Adam's state
-        common.synchronize(device)
-        start = time.perf_counter()
-        loss = model.loss(model(images, names), masks, labels)["total"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        common.synchronize(device)
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss.detach()))
-    return times, losses
-
-
-def _train_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
-    from benchmarks import faprompt
-
-    model = faprompt.build_model(backbone, device, seed).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
-    times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
-    return {"batch": batch, "step_s": times, "loss": losses, "trainable_params": sum(p.numel() for p in params)}
-
-
-def _train_bayes(backbone, device, batch: int, image_size: int, seed: int, stage: int) -> Dict[str, object]:
-    from benchmarks import bayes_pfl
-    from engine.recipes import RECIPES
-
-    model = bayes_pfl.build_model(backbone, device, seed=seed).train()
-    model.set_stage(stage)
-    groups = model.param_groups(dict(RECIPES["bayes_pfl"]["lr"]))
-    optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
-    times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
-    trainable = sum(p.numel() for group in groups for p in group["params"])
-    return {"batch": batch, "stage": stage, "step_s": times, "loss": losses, "trainable_params": trainable}
-
-
 def _test_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
     from benchmarks import faprompt
 
@@ -542,11 +499,11 @@ def part_memory(rec: Recorder, args: argparse.Namespace, device: torch.device, m
         ("faprompt_test", "bilinear", lambda b: _test_faprompt(b, device, args.test_batch, image_size, args.seed)),
         ("bayes_pfl_test", "bicubic", lambda b: _test_bayes(b, device, args.test_batch, image_size, args.seed)),
         ("faprompt_train", "bilinear",
-         lambda b: _train_faprompt(b, device, args.train_batch_faprompt, image_size, args.seed)),
+         lambda b: common.train_steps("faprompt", b, device, args.train_batch_faprompt, args.seed)),
         ("bayes_pfl_train_stage1", "bicubic",
-         lambda b: _train_bayes(b, device, args.train_batch_bayes, image_size, args.seed, 1)),
+         lambda b: common.train_steps("bayes_pfl", b, device, args.train_batch_bayes, args.seed, 1)),
         ("bayes_pfl_train_stage2", "bicubic",
-         lambda b: _train_bayes(b, device, args.train_batch_bayes, image_size, args.seed, 2)),
+         lambda b: common.train_steps("bayes_pfl", b, device, args.train_batch_bayes, args.seed, 2)),
     )
     for precision in args.precisions:
         for name, interpolation, job in jobs:

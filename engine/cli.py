@@ -215,6 +215,9 @@ def check_geometry(backbone: BackboneConfig, config, given: Dict[str, Any]) -> N
                         f"name layers 1..{layers}")
 
 
+CPU_TEST_BATCH = 1  # measured: benchmarks/RESULTS.md, "CPU batch size"
+
+
 def resolve_device(name: str) -> torch.device:
     """``--device`` → a torch device; a CUDA request without a GPU is a user error."""
     if name == "auto":
@@ -252,5 +255,19 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
-def default_workers() -> int:
-    return 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
+def default_test_batch(device: torch.device) -> int:
+    """``test.py``'s batch size when ``--batch_size`` is not given (results do not depend on
+    it): 8 on a GPU; on the CPU, where larger batches gain nothing (benchmarks/RESULTS.md), 1."""
+    return 8 if device.type == "cuda" else CPU_TEST_BATCH
+
+
+def default_workers(device: Optional[torch.device] = None) -> int:
+    """Data-loader worker processes when ``--num_workers`` is not given. On a GPU: enough to
+    decode and resize images as fast as it scores them (up to 8 per process, the node's cores
+    shared by the processes torchrun starts there). On the CPU the model needs the cores
+    itself: none on 2 cores, else up to 4."""
+    cpus = os.cpu_count() or 1
+    if device is not None and device.type == "cuda":
+        per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(1, min(8, per_process - 1))
+    return 0 if cpus <= 2 else min(4, cpus // 2)
