@@ -105,6 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     method, config, backbone_cfg, checkpoint, seed_source = configure.configure_test(args)
     with distributed.session(args.device) as (ctx, device):  # torchrun: each process scores a part
         distributed.quiet_other_ranks(ctx)
+        cli.keep_freed_memory(device)
         return _test(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ctx, device)
 
 

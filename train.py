@@ -210,6 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _train(args, run: Plan, ctx: distributed.Context) -> int:
     distributed.quiet_other_ranks(ctx)
+    cli.keep_freed_memory(run.device)
     if run.batch_size % ctx.world_size:
         raise UserError(f"--batch_size {run.batch_size} is the global batch and cannot be split evenly over "
                         f"{ctx.world_size} processes; choose a multiple of {ctx.world_size}")

@@ -68,6 +68,9 @@ def add_common_args(parser: argparse.ArgumentParser, iters: int = 10, warmup: in
     parser.add_argument("--iters", type=int, default=iters, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed warm-up iterations")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--default_allocator", action="store_true",
+                        help="CPU: keep glibc malloc's defaults, which return blocks over 32 MB to the kernel "
+                             "(test.py and train.py keep them: engine.cli.keep_freed_memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures to PATH")
 
@@ -109,6 +112,10 @@ def setup(args: argparse.Namespace) -> Dict[str, object]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    elif not getattr(args, "default_allocator", False):  # as test.py and train.py run on the CPU
+        from engine.cli import keep_freed_memory
+
+        keep_freed_memory(device)
     return {
         "model": resolve_model(args.model),
         "image_size": resolve_image_size(args.model, args.image_size),
@@ -251,6 +258,22 @@ def measure(fn: Callable[[], object], iters: int, warmup: int, device: torch.dev
     ordered = sorted(times)
     return {"times_s": times, "mean_s": sum(times) / len(times), "median_s": ordered[len(ordered) // 2],
             "best_s": ordered[0], "iters": iters, "warmup": max(0, int(warmup))}
+
+
+def cpu_cost(fn: Callable[[], object], items: int, device: torch.device | str) -> Dict[str, float]:
+    """One call of ``fn`` per item: wall, user and kernel seconds and minor page faults of this
+    process (the kernel time and the faults show memory mapped fresh from the kernel)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_s": wall / items, "user_s": (after.ru_utime - before.ru_utime) / items,
+            "sys_s": (after.ru_stime - before.ru_stime) / items,
+            "minor_faults": (after.ru_minflt - before.ru_minflt) / items}
 
 
 def throughput(items: int, timing: Dict[str, object]) -> float:

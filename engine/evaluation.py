@@ -165,23 +165,23 @@ def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence
 
 
 def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float):
-    """(smoothed maps [B, S, S] on ``device``, Prediction on the CPU) of one batch; the maps
-    are upsampled by the model and blurred here, the whole batch at once."""
+    """(Prediction, smoothed maps [B, S, S]) of one batch, both on ``device``: the model
+    upsamples the maps, they are blurred here, the whole batch at once."""
     with torch.no_grad():
         pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
         maps = gaussian_blur(pred.anomaly_map.float(), sigma)
     check_finite(maps, pred, batch["cls_name"], batch["img_path"])
-    return maps, pred.to("cpu")
+    return pred, maps
 
 
 def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
                     progress: Optional[tqdm] = None):
     """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch."""
     for batch in batches:
-        maps, pred = predict(model, batch, device, sigma)
+        pred, maps = predict(model, batch, device, sigma)
         if progress is not None:
             progress.update(len(batch["cls_name"]))
-        yield batch, maps.cpu(), pred
+        yield batch, maps.cpu(), pred.to("cpu")
 
 
 def skip_noise(model, images: int) -> None:
@@ -212,10 +212,10 @@ def iterate_categories(model, dataset, device: torch.device, batch_size: int, nu
             for start in range(0, len(plan.local), batch_size):
                 skip_noise(model, plan.local.start + start - drawn)
                 batch = next(stream)
-                maps, pred = predict(model, batch, device, sigma)
+                pred, maps = predict(model, batch, device, sigma)
                 drawn = plan.local.start + start + len(maps)
                 cat.add(maps, batch["mask"], batch["has_mask"].tolist(), batch["label"].tolist(),
-                        pred.class_prob.tolist(), pred.map_score.tolist(), batch["img_path"])
+                        pred.class_prob.tolist(), pred.map_score.tolist(), batch["img_path"])  # maps only move once
                 bar.update(len(maps))
             if ctx.enabled:
                 cat = gather_category(cat, plan, ctx)
