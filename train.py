@@ -195,6 +195,10 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
         raise UserError("--stage2_epochs needs validation (stage 2 stops on validation image AP); "
                         "drop --val_protocol none")
     batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
+    processes = distributed.launched_processes()
+    if batch_size % processes:
+        raise UserError(f"--batch_size {batch_size} is the global batch and cannot be split evenly over the "
+                        f"{processes} processes torchrun started; choose a multiple of {processes}")
     lr = _learning_rates(args, recipe, notes)
     return args, Plan(method, recipe, config, backbone_cfg, device, protocol, epochs, batch_size, lr, fields,
                       resume, notes)
@@ -211,9 +215,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _train(args, run: Plan, ctx: distributed.Context) -> int:
     distributed.quiet_other_ranks(ctx)
     cli.keep_freed_memory(run.device)
-    if run.batch_size % ctx.world_size:
-        raise UserError(f"--batch_size {run.batch_size} is the global batch and cannot be split evenly over "
-                        f"{ctx.world_size} processes; choose a multiple of {ctx.world_size}")
     method, recipe, backbone_cfg = run.method, run.recipe, run.backbone
     dataset_name = args.dataset or Path(args.train_data_path).name
     augment = recipe["augment"] if args.augment == "auto" else args.augment == "on"

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python benchmarks/device_check.py [--out PATH]``. Written for a
 machine with a GPU, no internet and no package registry: it first lists the Python packages it
-finds and those it misses, then runs five parts, each guarded so that one failure keeps the
+finds and those it misses, then runs seven parts, each guarded so that one failure keeps the
 others' results. The JSON (``--out``, default ``$OUT/device_check.json`` when ``OUT`` is set,
 else ``./device_check.json``) is rewritten after every part, so a run cut short still leaves
 what it finished.

@@ -15,6 +15,10 @@ size, ``python benchmarks/run.py --pretrained ViT-L-14-336px.pt --images 4``. Pe
     benchmarks/faprompt.py and bayes_pfl.py);
 (4) a training step at ``--train_batch`` (forward, loss, backward, Adam).
 
+Each job is also split into its parts: the model with the blur, the metrics, report.html and
+the rest (waiting for data, buffers, result files), so the table shows where a job loses to
+the floor.
+
 Peak memory is CUDA memory allocated on a GPU and the resident host memory on the CPU. The
 table gives job/backbone (target <= 1.10 at full size) and the speed-up of ours over the
 per-image style. ``--category_images N`` adds the peak host memory of one category of N
@@ -124,18 +128,57 @@ def per_image_style(method: str, model):
         model.backbone.truncate_text = truncate
 
 
+# the parts of the job timed separately: (module, function) -> name
+STAGES = {("engine.evaluation", "predict"): "model", ("engine.evaluation", "evaluate_category"): "metrics",
+          ("engine.report", "Report.add"): "report", ("engine.report", "Report.write"): "report"}
+
+
+@contextlib.contextmanager
+def stage_clock(device) -> Dict[str, float]:
+    """Seconds spent in each of STAGES while the block runs (the device synchronised at the end
+    of each call, so a stage holds its own GPU work)."""
+    import importlib
+
+    spent: Dict[str, float] = {name: 0.0 for name in STAGES.values()}
+    saved = []
+    for (module_name, qualname), name in STAGES.items():
+        owner = importlib.import_module(module_name)
+        *outer, attribute = qualname.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        original = getattr(owner, attribute)
+
+        def timed(*args, _original=original, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                common.synchronize(device)
+                spent[_name] += time.perf_counter() - start
+
+        setattr(owner, attribute, timed)
+        saved.append((owner, attribute, original))
+    try:
+        yield spent
+    finally:
+        for owner, attribute, original in saved:
+            setattr(owner, attribute, original)
+
+
 def test_job(model, dataset, device, batch_size: int, num_workers: int, folder: Path, report: bool):
-    """``run_test`` as test.py calls it; (seconds, mean metrics)."""
+    """``run_test`` as test.py calls it; (seconds, mean metrics, seconds per stage)."""
     from engine.evaluation import run_test
     from engine.report import Report
 
     folder.mkdir(parents=True, exist_ok=True)
     common.synchronize(device)
-    start = time.perf_counter()
-    _, mean = run_test(model, dataset, device, batch_size, num_workers, model.config.sigma, ("image", "pixel"),
-                       folder, {"benchmark": "run"}, report=Report(folder, dataset.root) if report else None)
-    common.synchronize(device)
-    return time.perf_counter() - start, mean
+    with stage_clock(device) as spent:
+        start = time.perf_counter()
+        _, mean = run_test(model, dataset, device, batch_size, num_workers, model.config.sigma, ("image", "pixel"),
+                           folder, {"benchmark": "run"}, report=Report(folder, dataset.root) if report else None)
+        common.synchronize(device)
+        seconds = time.perf_counter() - start
+    return seconds, mean, {**spent, "rest": seconds - sum(spent.values())}
 
 
 def backbone_pass(model, images: torch.Tensor, device, batch_size: int) -> float:
@@ -169,12 +212,12 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
     with common.peak_memory_of(device) as memory:
         runs = [test_job(model, dataset, device, batch, workers, folder / method / "ours", not args.no_report)
                 for _ in range(args.iters)]
-    out["ours"] = {"s": min(r[0] for r in runs), "peak_bytes": memory["peak_bytes"], "mean": runs[0][1]}
+    out["ours"] = _job_entry(runs, memory)
     if "per_image" not in args.skip:
         with per_image_style(method, model) as official, common.peak_memory_of(device) as memory:
             runs = [test_job(official, dataset, device, 1, workers, folder / method / "per_image", not args.no_report)
                     for _ in range(args.iters)]
-        out["per_image"] = {"s": min(r[0] for r in runs), "peak_bytes": memory["peak_bytes"], "mean": runs[0][1]}
+        out["per_image"] = _job_entry(runs, memory)
     if "train" not in args.skip:
         train_batch = args.train_batch or _default_train_batch(method, device, settings["model"])
         with common.peak_memory_of(device) as memory:
@@ -182,6 +225,11 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
         out["train"] = {**steps, "s": steps["step_s"][-1], "images_per_s": train_batch / steps["step_s"][-1],
                         "peak_bytes": memory["peak_bytes"]}
     return out
+
+
+def _job_entry(runs, memory) -> Dict[str, object]:
+    best = min(runs, key=lambda r: r[0])
+    return {"s": best[0], "stages_s": best[2], "peak_bytes": memory["peak_bytes"], "mean": runs[0][1]}
 
 
 def _default_train_batch(method: str, device: torch.device, model: str) -> int:
@@ -216,21 +264,26 @@ def category_memory(images: int, size: int, seed: int, batch: int = 8) -> Dict[s
 
 
 # ---------------------------------------------------------------------- main
+def _load_average() -> Optional[List[str]]:
+    try:
+        with open("/proc/loadavg") as handle:
+            return handle.read().split()[:3]
+    except OSError:
+        return None
+
+
 def run(args: argparse.Namespace) -> Dict[str, object]:
     settings = common.setup(args)
     result: Dict[str, object] = {"benchmark": "run", "settings": {**settings, "pretrained": args.pretrained},
                                  "environment": common.environment(settings["device"])}
+    result["environment"]["load_average_start"] = _load_average()
     if args.category_images:  # first, before any model inflates the process
         result["category"] = category_memory(args.category_images, settings["image_size"], args.seed)
     with tempfile.TemporaryDirectory(prefix="zsad_run_") as tmp:
         folder = Path(tmp)
         dataset = make_dataset(args, settings["image_size"], folder, settings["model"] == common.TINY_MODEL)
         result["methods"] = {m: measure_method(m, args, settings, dataset, folder) for m in args.methods}
-    try:
-        with open("/proc/loadavg") as handle:
-            result["environment"]["load_average"] = handle.read().split()[:3]
-    except OSError:
-        pass
+    result["environment"]["load_average"] = _load_average()
     return result
 
 
@@ -240,7 +293,8 @@ def report(result: Dict[str, object]) -> str:
     env = result["environment"]
     head = (f"test job vs backbone floor: {s['model']} ({s['pretrained']} weights), {s['image_size']} px, "
             f"{s['device']}, precision {s['precision']}, {env.get('cpu_threads')} CPU threads"
-            + (f", load average {' '.join(env['load_average'])}" if env.get("load_average") else ""))
+            + (f", load average (1, 5, 15 min) {' '.join(env['load_average_start'])} at the start, "
+               f"{' '.join(env['load_average'])} at the end" if env.get("load_average") else ""))
     rows, ratios = [], []
     for method, out in result["methods"].items():
         n, floor = out["images"], out["backbone"]["s"]
@@ -250,19 +304,24 @@ def report(result: Dict[str, object]) -> str:
             if key not in out:
                 continue
             entry = out[key]
+            stages = entry.get("stages_s", {})
             rows.append([method, label, batch, entry["s"] / n, n / entry["s"], entry["s"] / floor,
+                         *(stages[k] / n if k in stages else "-" for k in ("model", "metrics", "report", "rest")),
                          common.gib(entry["peak_bytes"])])
         if "train" in out:
             t = out["train"]
             rows.append([method, "training step", t["batch"], t["s"] / t["batch"], t["images_per_s"], "-",
-                         common.gib(t["peak_bytes"])])
-        line = f"{method}: job/backbone {out['ours']['s'] / floor:.3f}"
+                         "-", "-", "-", "-", common.gib(t["peak_bytes"])])
+        ours = out["ours"]
+        line = (f"{method}: job/backbone {ours['s'] / floor:.3f} "
+                f"({(ours['s'] - ours['stages_s']['report']) / floor:.3f} without report.html)")
         if "per_image" in out:
-            line += f", per-image style / ours {out['per_image']['s'] / out['ours']['s']:.2f}x"
+            line += f", per-image style / ours {out['per_image']['s'] / ours['s']:.2f}x"
         ratios.append(line)
     table = common.format_table(rows, ["method", "what", "batch", "s/image", "images/s", "x backbone",
-                                       "peak mem"])
-    lines = [head, table, *ratios]
+                                       "model+blur", "metrics", "report", "rest", "peak mem"])
+    lines = [head, table, "(model+blur, metrics, report: seconds per image in each part of the job; rest: "
+                          "loading, buffers, results files)", *ratios]
     cat = result.get("category")
     if cat:
         lines.append(f"one category of {cat['images']} images at {cat['size']} px (synthetic maps and masks): "

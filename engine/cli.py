@@ -217,7 +217,7 @@ def check_geometry(backbone: BackboneConfig, config, given: Dict[str, Any]) -> N
                         f"name layers 1..{layers}")
 
 
-CPU_TEST_BATCH = 1  # measured: benchmarks/RESULTS.md, "CPU batch size"
+CPU_TEST_BATCH = 4  # not slower than 1 once freed memory is kept (keep_freed_memory): benchmarks/RESULTS.md
 
 
 def resolve_device(name: str) -> torch.device:
@@ -282,7 +282,7 @@ def seed_everything(seed: int) -> None:
 
 def default_test_batch(device: torch.device) -> int:
     """``test.py``'s batch size when ``--batch_size`` is not given (results do not depend on
-    it): 8 on a GPU; on the CPU, where larger batches gain nothing (benchmarks/RESULTS.md), 1."""
+    it): 8 on a GPU, 4 on the CPU (where batches gain little: benchmarks/RESULTS.md)."""
     return 8 if device.type == "cuda" else CPU_TEST_BATCH
 
 

@@ -67,9 +67,14 @@ def shard(count: int, rank: int, world_size: int) -> range:
     return range(count * rank // world_size, count * (rank + 1) // world_size)
 
 
+def launched_processes() -> int:
+    """The number of processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
     """True inside a torchrun launch of more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return launched_processes() > 1
 
 
 def setup(device_flag: str) -> tuple[Context, torch.device]:

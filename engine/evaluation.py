@@ -81,7 +81,7 @@ class CategoryOutputs:
 
     def _reserve(self, extra: int) -> None:
         needed = self.count + extra
-        if self._maps is not None and needed <= len(self._maps):
+        if extra == 0 or (self._maps is not None and needed <= len(self._maps)):
             return
         if self.size is None:
             raise ValueError("CategoryOutputs needs the map size before its first rows")
@@ -104,6 +104,8 @@ class CategoryOutputs:
         self.class_prob += [float(v) for v in class_prob]
         self.map_score += [float(v) for v in map_score]
         self.paths += list(paths)
+        if self._maps is None:  # no rows yet and none asked for
+            return self.maps, self.masks
         return self._maps[rows], self._masks[rows]
 
     def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths) -> None:

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.distributed import shard
-from engine.evaluation import category_plan
 from engine import distributed
+from engine.evaluation import category_plan
 from models.factory import read_checkpoint
 from scripts import BAYES, FAPROMPT
 from scripts import test as _test
 from scripts import train as _train
+from utils.errors import EXIT_USER_ERROR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,11 +42,17 @@ def test_shards_are_contiguous_and_cover_each_category(data):
     from datasets.meta import MetaDataset
 
     dataset = MetaDataset(data, "test", image_size=32)
-    assert [list(shard(5, r, 3)) for r in range(3)] == [[0], [1, 2], [3, 4]]
+    assert [list(distributed.shard(5, r, 3)) for r in range(3)] == [[0], [1, 2], [3, 4]]
     parts = [category_plan(dataset, distributed.Context(rank, 2, rank)) for rank in range(2)]
     for per_rank in zip(*parts):
         assert per_rank[0].indices == per_rank[1].indices
         assert list(per_rank[0].local) + list(per_rank[1].local) == list(per_rank[0].indices)
+
+
+def test_a_global_batch_that_does_not_split_is_refused(data, tmp_path, common, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # what torchrun --nproc_per_node 3 sets; nothing is initialised
+    assert _train(data, tmp_path / "save", common, *FAPROMPT, "--batch_size", "4") == EXIT_USER_ERROR
+    assert not (tmp_path / "save").exists()
 
 
 def _bayes_checkpoint(data, tmp_path, common) -> Path:
