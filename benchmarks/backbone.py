@@ -108,7 +108,9 @@ def report(result: Dict[str, object]) -> str:
             f"image pass: layers {s['layers']} + V-V path from block {s['vv_start']}; text pass: "
             f"{s['text_batch']} x {s['context_length']} tokens, {s['deep_prompts']} deep prompts of "
             f"length {s['deep_length']}; {image['timing']['iters']} timed iters after "
-            f"{image['timing']['warmup']} warm-up")
+            f"{image['timing']['warmup']} warm-up"
+            + (f"; load average {' '.join(result['environment']['load_average'])}"
+               if result["environment"].get("load_average") else ""))
     rows = [
         ["encode_image (all features)", s["batch_size"], 1000 * image["timing"]["mean_s"],
          1000 * image["timing"]["best_s"], image["images_per_s"], "images/s",

@@ -378,14 +378,24 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def load_average() -> Optional[List[str]]:
+    """The machine's load average over 1, 5 and 15 minutes (Linux), as the kernel prints it."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return handle.read().split()[:3]
+    except OSError:
+        return None
+
+
 def environment(device: torch.device | str) -> Dict[str, object]:
-    """What the figures were measured on."""
+    """What the figures were measured on (the load average: when this is called)."""
     device = torch.device(device)
     info: Dict[str, object] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
+        "load_average": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

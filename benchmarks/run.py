@@ -264,26 +264,17 @@ def category_memory(images: int, size: int, seed: int, batch: int = 8) -> Dict[s
 
 
 # ---------------------------------------------------------------------- main
-def _load_average() -> Optional[List[str]]:
-    try:
-        with open("/proc/loadavg") as handle:
-            return handle.read().split()[:3]
-    except OSError:
-        return None
-
-
 def run(args: argparse.Namespace) -> Dict[str, object]:
     settings = common.setup(args)
     result: Dict[str, object] = {"benchmark": "run", "settings": {**settings, "pretrained": args.pretrained},
                                  "environment": common.environment(settings["device"])}
-    result["environment"]["load_average_start"] = _load_average()
     if args.category_images:  # first, before any model inflates the process
         result["category"] = category_memory(args.category_images, settings["image_size"], args.seed)
     with tempfile.TemporaryDirectory(prefix="zsad_run_") as tmp:
         folder = Path(tmp)
         dataset = make_dataset(args, settings["image_size"], folder, settings["model"] == common.TINY_MODEL)
         result["methods"] = {m: measure_method(m, args, settings, dataset, folder) for m in args.methods}
-    result["environment"]["load_average"] = _load_average()
+    result["environment"]["load_average_end"] = common.load_average()
     return result
 
 
@@ -293,8 +284,8 @@ def report(result: Dict[str, object]) -> str:
     env = result["environment"]
     head = (f"test job vs backbone floor: {s['model']} ({s['pretrained']} weights), {s['image_size']} px, "
             f"{s['device']}, precision {s['precision']}, {env.get('cpu_threads')} CPU threads"
-            + (f", load average (1, 5, 15 min) {' '.join(env['load_average_start'])} at the start, "
-               f"{' '.join(env['load_average'])} at the end" if env.get("load_average") else ""))
+            + (f", load average (1, 5, 15 min) {' '.join(env['load_average'])} at the start, "
+               f"{' '.join(env['load_average_end'])} at the end" if env.get("load_average") else ""))
     rows, ratios = [], []
     for method, out in result["methods"].items():
         n, floor = out["images"], out["backbone"]["s"]
