@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from datasets.meta import ImageList, MetaDataset
 from datasets.names import canonical_dataset, known_categories
-from engine import cli, configure
+from engine import cli, configure, distributed
 from engine.evaluation import METRIC_CHOICES, results_table, run_images, run_test
 from engine.official import add_official_flags, apply_official_flags
 from engine.report import Report
@@ -103,8 +103,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.image is None and args.data_path is None:
         raise UserError("pass --data_path (a dataset root with meta.json) or --image (a file or folder)")
     method, config, backbone_cfg, checkpoint, seed_source = configure.configure_test(args)
+    with distributed.session(args.device) as (ctx, device):  # torchrun: each process scores a part
+        distributed.quiet_other_ranks(ctx)
+        cli.keep_freed_memory(device)
+        return _test(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ctx, device)
+
+
+def _test(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ctx, device) -> int:
     dataset_name = args.dataset or (Path(args.data_path).name if args.data_path else "images")
-    device = cli.resolve_device(args.device)
     kinds = METRIC_CHOICES[args.metrics]
     if args.image is None:
         dataset = MetaDataset(args.data_path, "test", classes=args.classes, image_size=backbone_cfg.image_size)
@@ -120,8 +126,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "config": dataclasses.asdict(config), "training": configure.training_summary(checkpoint)}
     thresholds = _decision(args, info)  # bad --thresholds input fails before anything is written
     default = Path(args.save_root) / "_".join(part for part in (dataset_name, method, run) if part)
-    save_path = cli.ensure_writable(Path(args.save_path) if args.save_path else default)
-    setup_logging(save_path / "test.log")  # nothing is written before every input is checked
+    save_path = Path(args.save_path) if args.save_path else default
+    if ctx.is_main:  # nothing is written before every input is checked; only rank 0 writes
+        save_path = cli.ensure_writable(save_path)
+        setup_logging(save_path / "test.log")
+    if ctx.enabled:
+        log.info("%d processes (%s) score a part of every category each; rank 0 computes the metrics",
+                 ctx.world_size, ctx.backend)
     for note in notes:
         log.warning(note)
     log.info("seed %d (from %s)", args.seed, seed_source)
@@ -133,17 +144,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model = model_from_checkpoint(checkpoint, config, backbone)
         log.info("loaded %s (%s)", checkpoint.path, checkpoint.source)
     model.to(device).eval()
-    batch_size = 8 if args.batch_size is None else args.batch_size
+    batch_size = cli.default_test_batch(device) if args.batch_size is None else args.batch_size
     sigma = config.sigma
-    num_workers = cli.default_workers() if args.num_workers is None else args.num_workers
+    num_workers = cli.default_workers(device) if args.num_workers is None else args.num_workers
     if args.image is not None:
         run_images(model, dataset, device, batch_size, num_workers, sigma, save_path, thresholds)
         log.info("wrote maps, overlays and scores.csv for %d image(s) to %s", len(dataset), save_path)
         return 0
-    visualiser = Visualiser(save_path / "vis", dataset.root, args.vis_top_k) if args.save_vis else None
-    report = None if args.no_report else Report(save_path, dataset.root)
+    visualiser = Visualiser(save_path / "vis", dataset.root, args.vis_top_k) if args.save_vis and ctx.is_main else None
+    report = None if args.no_report or not ctx.is_main else Report(save_path, dataset.root)
     per_category, mean = run_test(model, dataset, device, batch_size, num_workers, sigma, kinds, save_path, info,
                                   save_maps_flag=args.save_maps, visualiser=visualiser, report=report)
+    if not ctx.is_main:
+        return 0
     log.info("%s on %s (%s):\n%s", method, dataset_name, canonical_dataset(dataset_name),
              results_table(per_category, mean, kinds, fmt="github"))
     written = ["results.md", "results.json", "results.csv"] + ([] if args.no_report else ["report.html"])

@@ -23,7 +23,7 @@ from datasets.names import canonical_dataset
 from models.backbone import BackboneConfig, build_backbone
 from models.factory import (apply_compat, build_model, config_class, make_config,
                             method_backbone_defaults, read_checkpoint)
-from engine import cli, configure, validation
+from engine import cli, configure, distributed, validation
 from engine.evaluation import validation_scores
 from engine.feature_cache import DTYPES, MODES, CacheRequest, cache_wanted, open_caches
 from engine.official import OFFICIAL_FLAGS, add_official_flags, apply_official_flags
@@ -205,15 +205,30 @@ def plan(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Plan
         raise UserError("--stage2_epochs needs validation (stage 2 stops on validation image AP); "
                         "drop --val_protocol none")
     batch_size = recipe["batch_size"] if args.batch_size is None else args.batch_size
+    processes = distributed.launched_processes()
+    if batch_size % processes:
+        raise UserError(f"--batch_size {batch_size} is the global batch and cannot be split evenly over the "
+                        f"{processes} processes torchrun started; choose a multiple of {processes}")
+    if processes > 1 and args.feature_cache in ("memory", "disk"):
+        raise UserError(f"--feature_cache {args.feature_cache} runs in one process (each torchrun process would "
+                        "see other images every epoch); drop it, or train without torchrun")
+    if processes > 1 and args.feature_cache == "auto":
+        args.feature_cache = "off"  # as above; auto only asks for the cache where it applies
     lr = _learning_rates(args, recipe, notes)
     return args, Plan(method, recipe, config, backbone_cfg, device, protocol, epochs, batch_size, lr, fields,
                       resume, notes)
 
 
 def build_trainer(argv: Optional[Sequence[str]] = None) -> Trainer:
-    """Everything ``main`` does before training: the configured :class:`Trainer`."""
+    """Everything a single-process ``main`` does before training: the configured :class:`Trainer`."""
     setup_logging()  # the console until the save folder exists
     args, run = plan(argv)
+    return _build(args, run, distributed.current())
+
+
+def _build(args, run: Plan, ctx: distributed.Context) -> Trainer:
+    distributed.quiet_other_ranks(ctx)
+    cli.keep_freed_memory(run.device)
     method, recipe, backbone_cfg = run.method, run.recipe, run.backbone
     dataset_name = args.dataset or Path(args.train_data_path).name
     augment = recipe["augment"] if args.augment == "auto" else args.augment == "on"
@@ -232,8 +247,12 @@ def build_trainer(argv: Optional[Sequence[str]] = None) -> Trainer:
                             records=train_records if train_records is not None else full.records,
                             augment=TrainAugment(mosaic_prob=mosaic) if augment else None)
 
-    save_path = cli.ensure_writable(_save_path(args))  # nothing is written before every input is checked
-    setup_logging(save_path / "train.log")
+    save_path = cli.ensure_writable(_save_path(args)) if ctx.is_main else _save_path(args)
+    if ctx.is_main:  # nothing is written before every input is checked; rank 0 writes
+        setup_logging(save_path / "train.log")
+    if ctx.enabled:
+        log.info("%d processes (%s), %d images of each batch of %d per process", ctx.world_size, ctx.backend,
+                 run.batch_size // ctx.world_size, run.batch_size)
     for note in run.notes:
         log.warning(note)
     log.info("method %s, configuration %s", method, run.config)
@@ -250,7 +269,7 @@ def build_trainer(argv: Optional[Sequence[str]] = None) -> Trainer:
         raise UserError(f"--stage2_epochs does not apply to this {method} model (it trains in one stage)")
     if two_stage and val_set is None:
         log.warning("no validation: early stopping and stage 2 are off (only stage 1 is trained)")
-    num_workers = cli.default_workers() if args.num_workers is None else args.num_workers
+    num_workers = cli.default_workers(run.device) if args.num_workers is None else args.num_workers
     settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, seed=args.seed,
                              save_path=save_path, lr=run.lr, warmup=args.warmup,
                              patience=args.patience, num_workers=num_workers,
@@ -263,14 +282,18 @@ def build_trainer(argv: Optional[Sequence[str]] = None) -> Trainer:
                                     cache=caches.get("val")))
     trainer = Trainer(model, train_set, settings, backbone_cfg, run.device, validate,
                       run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)},
-                      cache=caches.get("train"))
+                      cache=caches.get("train"), ctx=ctx)
     if run.resume is not None:
         trainer.resume(run.resume.training, run.resume.state_dict)
     return trainer
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    final = build_trainer(argv).run()
+    setup_logging()  # the console until the save folder exists
+    args, run = plan(argv)
+    with distributed.session(args.device) as (ctx, device):  # torchrun: one process per GPU
+        run.device = device
+        final = _build(args, run, ctx).run()
     log.info("done: test with  python test.py --checkpoint_path %s --data_path <target root>", final)
     return 0
 

@@ -10,6 +10,11 @@ Run from anywhere: ``python benchmarks/backbone.py [--model ViT-L-14-336] [--ima
     ``--deep_prompts`` deep prompts of length ``--deep_length`` (FAPrompt: 8 of length 4).
 
 Prints images/s, prompts/s and, on CUDA, the peak memory of each pass (weights included).
+
+``--batch_sizes 1 4`` adds the CPU batch-size study: per image, the wall, user and kernel
+seconds and the minor page faults of the image pass at each batch size (after one warm-up
+call each); ``--default_allocator`` shows them with glibc's default of returning blocks over
+32 MB to the kernel (what makes batch 4 pay its page faults on every pass).
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text_batch", type=int, default=80, help="prompts per encode_text call")
     parser.add_argument("--deep_prompts", type=int, default=8, help="deep prompts (layers 2..n+1)")
     parser.add_argument("--deep_length", type=int, default=4, help="tokens per deep prompt")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=None,
+                        help="also the per-image cost of the image pass at each of these batch sizes")
     return parser
 
 
@@ -70,8 +77,17 @@ def run(args: argparse.Namespace, backbone=None) -> Dict[str, object]:
     with common.peak_memory(device) as text_memory:
         text_timing = common.measure(encode_text, args.iters, args.warmup, device)
 
+    sweep = {}
+    for size in args.batch_sizes or []:
+        batch = common.random_images(size, backbone.image_size, device, args.seed)
+        encode = lambda: backbone.encode_image(batch, layers=layers, vv_start=vv_start)  # noqa: E731
+        encode()  # warm-up: the first pass of a size allocates its memory
+        runs = [common.cpu_cost(encode, size, device) for _ in range(max(1, args.iters))]
+        sweep[size] = {key: min(r[key] for r in runs) for key in runs[0]}
+
     return {
         "benchmark": "backbone",
+        "batch_sweep": sweep,
         "settings": {**settings, "pretrained": args.pretrained, "num_layers": backbone.num_layers,
                      "grid": backbone.grid_size, "layers": layers, "vv_start": vv_start,
                      "batch_size": args.batch_size, "text_batch": args.text_batch,
@@ -92,7 +108,9 @@ def report(result: Dict[str, object]) -> str:
             f"image pass: layers {s['layers']} + V-V path from block {s['vv_start']}; text pass: "
             f"{s['text_batch']} x {s['context_length']} tokens, {s['deep_prompts']} deep prompts of "
             f"length {s['deep_length']}; {image['timing']['iters']} timed iters after "
-            f"{image['timing']['warmup']} warm-up")
+            f"{image['timing']['warmup']} warm-up"
+            + (f"; load average {' '.join(result['environment']['load_average'])}"
+               if result["environment"].get("load_average") else ""))
     rows = [
         ["encode_image (all features)", s["batch_size"], 1000 * image["timing"]["mean_s"],
          1000 * image["timing"]["best_s"], image["images_per_s"], "images/s",
@@ -102,6 +120,11 @@ def report(result: Dict[str, object]) -> str:
          common.gib(text["memory"]["peak_bytes"])],
     ]
     table = common.format_table(rows, ["pass", "batch", "ms/iter", "best ms", "throughput", "unit", "peak mem"])
+    if result.get("batch_sweep"):
+        sweep = [[size, v["wall_s"], v["user_s"], v["sys_s"], v["minor_faults"]]
+                 for size, v in result["batch_sweep"].items()]
+        table += "\nimage pass per image (best of the timed calls):\n" + common.format_table(
+            sweep, ["batch", "wall s", "user s", "kernel s", "page faults"])
     return head + "\n" + table
 
 

@@ -68,6 +68,9 @@ def add_common_args(parser: argparse.ArgumentParser, iters: int = 10, warmup: in
     parser.add_argument("--iters", type=int, default=iters, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=warmup, help="untimed warm-up iterations")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--default_allocator", action="store_true",
+                        help="CPU: keep glibc malloc's defaults, which return blocks over 32 MB to the kernel "
+                             "(test.py and train.py keep them: engine.cli.keep_freed_memory)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures to PATH")
 
@@ -109,6 +112,10 @@ def setup(args: argparse.Namespace) -> Dict[str, object]:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
         torch.backends.cudnn.allow_tf32 = bool(args.tf32)
+    elif not getattr(args, "default_allocator", False):  # as test.py and train.py run on the CPU
+        from engine.cli import keep_freed_memory
+
+        keep_freed_memory(device)
     return {
         "model": resolve_model(args.model),
         "image_size": resolve_image_size(args.model, args.image_size),
@@ -183,6 +190,51 @@ def random_masks(n: int, size: int, device: torch.device | str, seed: int = 0) -
     return masks.to(device)
 
 
+POS_INTERPOLATION = {"faprompt": "bilinear", "bayes_pfl": "bicubic"}  # each method's position grid
+
+
+def build_method(method: str, backbone, device: torch.device | str, seed: int = 0, sample_num: int = 10):
+    """FAPrompt or Bayes-PFL at the official sizes (capped for small test models), random
+    weights, eval mode (``benchmarks/faprompt.py``, ``benchmarks/bayes_pfl.py``)."""
+    from benchmarks import bayes_pfl, faprompt
+
+    if method == "faprompt":
+        return faprompt.build_model(backbone, device, seed)
+    if method == "bayes_pfl":
+        return bayes_pfl.build_model(backbone, device, sample_num=sample_num, seed=seed)
+    raise ValueError(f"no benchmark model for method {method!r}")
+
+
+def train_steps(method: str, backbone, device: torch.device | str, batch: int, seed: int = 0,
+                stage: int = 1, steps: int = 2) -> Dict[str, object]:
+    """``steps`` training steps (forward, loss, backward, Adam at the recipe's rates) of a fresh
+    ``method`` model on random images and masks; the first also allocates Adam's state."""
+    from engine.recipes import RECIPES
+
+    model = build_method(method, backbone, device, seed).train()
+    if stage != 1:
+        model.set_stage(stage)
+    groups = model.param_groups(dict(RECIPES[method]["lr"]))
+    optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
+    size = backbone.image_size
+    images, masks = random_images(batch, size, device, seed), random_masks(batch, size, device, seed)
+    labels = (masks.flatten(1).amax(1) > 0).long()
+    names = ["bottle"] * batch
+    times, losses = [], []
+    for _ in range(steps):
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model.loss(model(images, names), masks, labels)["total"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    return {"batch": batch, "stage": stage, "step_s": times, "loss": losses,
+            "trainable_params": sum(p.numel() for group in groups for p in group["params"])}
+
+
 # ---------------------------------------------------------------------- timing and memory
 def synchronize(device: torch.device | str) -> None:
     device = torch.device(device)
@@ -206,6 +258,22 @@ def measure(fn: Callable[[], object], iters: int, warmup: int, device: torch.dev
     ordered = sorted(times)
     return {"times_s": times, "mean_s": sum(times) / len(times), "median_s": ordered[len(ordered) // 2],
             "best_s": ordered[0], "iters": iters, "warmup": max(0, int(warmup))}
+
+
+def cpu_cost(fn: Callable[[], object], items: int, device: torch.device | str) -> Dict[str, float]:
+    """One call of ``fn`` per item: wall, user and kernel seconds and minor page faults of this
+    process (the kernel time and the faults show memory mapped fresh from the kernel)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_s": wall / items, "user_s": (after.ru_utime - before.ru_utime) / items,
+            "sys_s": (after.ru_stime - before.ru_stime) / items,
+            "minor_faults": (after.ru_minflt - before.ru_minflt) / items}
 
 
 def throughput(items: int, timing: Dict[str, object]) -> float:
@@ -234,6 +302,47 @@ def peak_memory(device: torch.device | str) -> Iterator[Dict[str, Optional[float
         peak = torch.cuda.max_memory_allocated(device)
         record["peak_bytes"] = peak
         record["peak_gib"] = peak / 2 ** 30
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[Dict[str, Optional[float]]]:
+    """Peak resident host memory of this process inside the block, in bytes (``peak_bytes``)
+    and at entry (``base_bytes``); Linux only (None elsewhere).
+
+    The kernel's high-water mark (VmHWM) is reset on entry through ``/proc/self/clear_refs``;
+    where that is not allowed the peak is the process's lifetime peak (``reset`` False)."""
+    record: Dict[str, Optional[float]] = {"peak_bytes": None, "base_bytes": None, "reset": False}
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        record["reset"] = True
+    except OSError:
+        pass
+    record["base_bytes"] = _status_bytes("VmRSS")
+    try:
+        yield record
+    finally:
+        record["peak_bytes"] = _status_bytes("VmHWM")
+
+
+def _status_bytes(field: str) -> Optional[float]:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def peak_memory_of(device: torch.device | str) -> Iterator[Dict[str, Optional[float]]]:
+    """The peak memory a step needs where it runs: CUDA memory allocated on a GPU
+    (:func:`peak_memory`), the resident host memory on the CPU (:func:`peak_rss`)."""
+    tracker = peak_memory if torch.device(device).type == "cuda" else lambda _: peak_rss()
+    with tracker(device) as record:
+        yield record
 
 
 def gib(value: Optional[float]) -> str:
@@ -269,14 +378,24 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def load_average() -> Optional[List[str]]:
+    """The machine's load average over 1, 5 and 15 minutes (Linux), as the kernel prints it."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return handle.read().split()[:3]
+    except OSError:
+        return None
+
+
 def environment(device: torch.device | str) -> Dict[str, object]:
-    """What the figures were measured on."""
+    """What the figures were measured on (the load average: when this is called)."""
     device = torch.device(device)
     info: Dict[str, object] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
+        "load_average": load_average(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

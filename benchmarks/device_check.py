@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python benchmarks/device_check.py [--out PATH]``. Written for a
 machine with a GPU, no internet and no package registry: it first lists the Python packages it
-finds and those it misses, then runs five parts, each guarded so that one failure keeps the
+finds and those it misses, then runs seven parts, each guarded so that one failure keeps the
 others' results. The JSON (``--out``, default ``$OUT/device_check.json`` when ``OUT`` is set,
 else ``./device_check.json``) is rewritten after every part, so a run cut short still leaves
 what it finished.
@@ -20,6 +20,13 @@ what it finished.
 5. ``memory``: peak CUDA memory of test-time batches (``--test_batch``) and of one training
    step (forward, loss, backward, Adam step) at the official batch sizes: FAPrompt 8,
    Bayes-PFL 32 (stage 1 and stage 2); an out-of-memory error is caught and reported.
+6. ``job``: benchmarks/run.py on ``--job_images`` synthetic images: the whole test job per
+   method against the backbone image pass alone (job/backbone, the target is <= 1.10), the
+   per-image style, a training step.
+7. ``distributed`` (only when more than one GPU is visible, or with ``--processes N``): the
+   test of a random-weight Bayes-PFL checkpoint on a synthetic set by ``python test.py`` on one
+   GPU and by ``torchrun --nproc_per_node N test.py``: wall times, the speed-up, and whether
+   the results agree (metrics exactly, maps to 1e-6).
 
 ``--quick --model tiny --device cpu`` runs every part in seconds (the smoke test does this).
 
@@ -46,7 +53,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-PARTS = ("env", "kernels", "correctness", "timing", "memory")
+PARTS = ("env", "kernels", "correctness", "timing", "memory", "job", "distributed")
 
 # module → (pip name, what needs it)
 PACKAGES = {
@@ -89,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train_batch_bayes", type=int, default=32)
     parser.add_argument("--metric_images", type=int, default=100)
     parser.add_argument("--metric_size", type=int, default=518)
+    parser.add_argument("--job_images", type=int, default=64, help="images of the end-to-end job (part job)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="processes of the distributed part (default: the visible GPUs; it runs only with >1)")
+    parser.add_argument("--distributed_images", type=int, default=6,
+                        help="normal images per category of the distributed part's synthetic set (3 categories)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations of every benchmark")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--quick", action="store_true",
@@ -106,6 +118,8 @@ def apply_quick(args: argparse.Namespace) -> None:
     args.train_batch_bayes = min(args.train_batch_bayes, 2)
     args.metric_images = min(args.metric_images, 4)
     args.metric_size = min(args.metric_size, 64)
+    args.job_images = min(args.job_images, 4)
+    args.distributed_images = min(args.distributed_images, 2)
     args.iters = 1 if args.iters is None else args.iters
     args.warmup = 0 if args.warmup is None else args.warmup
 
@@ -471,49 +485,6 @@ def _measure_memory(device: torch.device, fn: Callable[[], Dict[str, object]]) -
     return record
 
 
-def _timed_steps(model, optimizer, batch: int, image_size: int, device, seed: int):
-    """Two training steps (forward, loss, backward, Adam) on random data; (seconds, losses)."""
-    images = common.random_images(batch, image_size, device, seed)
-    masks = common.random_masks(batch, image_size, device, seed)
-    labels = (masks.flatten(1).amax(1) > 0).long()
-    names = ["bottle"] * batch
-    times, losses = [], []
-    for _ in range(2):  # the first step also allocates Adam's state
-        common.synchronize(device)
-        start = time.perf_counter()
-        loss = model.loss(model(images, names), masks, labels)["total"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        common.synchronize(device)
-        times.append(time.perf_counter() - start)
-        losses.append(float(loss.detach()))
-    return times, losses
-
-
-def _train_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
-    from benchmarks import faprompt
-
-    model = faprompt.build_model(backbone, device, seed).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-3, betas=(0.5, 0.999))
-    times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
-    return {"batch": batch, "step_s": times, "loss": losses, "trainable_params": sum(p.numel() for p in params)}
-
-
-def _train_bayes(backbone, device, batch: int, image_size: int, seed: int, stage: int) -> Dict[str, object]:
-    from benchmarks import bayes_pfl
-    from engine.recipes import RECIPES
-
-    model = bayes_pfl.build_model(backbone, device, seed=seed).train()
-    model.set_stage(stage)
-    groups = model.param_groups(dict(RECIPES["bayes_pfl"]["lr"]))
-    optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
-    times, losses = _timed_steps(model, optimizer, batch, image_size, device, seed)
-    trainable = sum(p.numel() for group in groups for p in group["params"])
-    return {"batch": batch, "stage": stage, "step_s": times, "loss": losses, "trainable_params": trainable}
-
-
 def _test_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
     from benchmarks import faprompt
 
@@ -542,11 +513,11 @@ def part_memory(rec: Recorder, args: argparse.Namespace, device: torch.device, m
         ("faprompt_test", "bilinear", lambda b: _test_faprompt(b, device, args.test_batch, image_size, args.seed)),
         ("bayes_pfl_test", "bicubic", lambda b: _test_bayes(b, device, args.test_batch, image_size, args.seed)),
         ("faprompt_train", "bilinear",
-         lambda b: _train_faprompt(b, device, args.train_batch_faprompt, image_size, args.seed)),
+         lambda b: common.train_steps("faprompt", b, device, args.train_batch_faprompt, args.seed)),
         ("bayes_pfl_train_stage1", "bicubic",
-         lambda b: _train_bayes(b, device, args.train_batch_bayes, image_size, args.seed, 1)),
+         lambda b: common.train_steps("bayes_pfl", b, device, args.train_batch_bayes, args.seed, 1)),
         ("bayes_pfl_train_stage2", "bicubic",
-         lambda b: _train_bayes(b, device, args.train_batch_bayes, image_size, args.seed, 2)),
+         lambda b: common.train_steps("bayes_pfl", b, device, args.train_batch_bayes, args.seed, 2)),
     )
     for precision in args.precisions:
         for name, interpolation, job in jobs:
@@ -565,6 +536,97 @@ def part_memory(rec: Recorder, args: argparse.Namespace, device: torch.device, m
                 print(f"{name + ' ' + precision:32s} batch {out.get('batch', '?'):>3}  peak {peak:>10}  {extra}",
                       flush=True)
         rec.save()
+
+
+# ---------------------------------------------------------------------- part 6: the whole job
+def part_job(rec: Recorder, args: argparse.Namespace, device: torch.device, model_name: str,
+             image_size: int) -> None:
+    from benchmarks import run as run_bench
+
+    _section(f"job: the whole test job against the backbone floor, {model_name} at {image_size} px")
+    argv = ["--model", model_name, "--pretrained", args.pretrained, "--image_size", str(image_size),
+            "--device", str(device), "--images", str(args.job_images), "--seed", str(args.seed),
+            "--iters", str(args.iters or 1), "--warmup", str(1 if args.warmup is None else args.warmup)]
+    out = run_bench.run(run_bench.build_parser().parse_args(argv))
+    print(run_bench.report(out), flush=True)
+    rec.data["job"] = out
+
+
+# ---------------------------------------------------------------------- part 7: distributed
+def _script(model_name: str, configs: Path, script: str) -> List[str]:
+    """The script's command line (through tests/tiny_cli.py, which registers the tiny model)."""
+    root = Path(__file__).resolve().parents[1]
+    if model_name == common.TINY_MODEL:
+        return [str(root / "tests" / "tiny_cli.py"), str(configs), str(root / script)]
+    return [str(root / script)]
+
+
+def _timed_run(command: List[str], cwd: Path, cpu: bool = False) -> Dict[str, object]:
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    if cpu:  # torchrun gives each process one thread; the run it is compared with gets the same
+        env["OMP_NUM_THREADS"] = "1"  # (a CPU reduction's rounding depends on its thread count)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    out = {"command": " ".join(command), "seconds": time.perf_counter() - start, "returncode": done.returncode}
+    if done.returncode:
+        out["output_tail"] = (done.stdout + done.stderr)[-3000:]
+    return out
+
+
+def part_distributed(rec: Recorder, args: argparse.Namespace, device: torch.device, model_name: str,
+                     image_size: int) -> None:
+    """One process against torchrun on N: the same results, and how much faster."""
+    import json
+    import tempfile
+
+    import numpy as np
+
+    from datasets.synthetic import generate
+    from models.backbone import BackboneConfig
+    from models.factory import save_checkpoint
+
+    processes = args.processes or (torch.cuda.device_count() if device.type == "cuda" else 1)
+    _section(f"distributed: python test.py against torchrun --nproc_per_node {processes} test.py")
+    if processes < 2:
+        rec.data["distributed"] = {"skipped": f"{processes} GPU visible; pass --processes N to force"}
+        print(rec.data["distributed"]["skipped"], flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="zsad_dist_") as tmp:
+        folder = Path(tmp)
+        data = generate(folder / "data", size=256, n_train=0, n_test_good=args.distributed_images, n_test_defect=2)
+        backbone = common.make_backbone(model_name, args.pretrained, image_size, device, "auto",
+                                        pos_interpolation="bicubic", seed=args.seed)
+        model = common.build_method("bayes_pfl", backbone, device, args.seed)
+        checkpoint = folder / "bayes_pfl" / "final.pth"
+        save_checkpoint(checkpoint, model, BackboneConfig(model=model_name, pretrained=args.pretrained,
+                                                          image_size=image_size, pos_interpolation="bicubic"))
+        flags = ["--checkpoint_path", str(checkpoint), "--data_path", str(data), "--save_maps", "--no_report",
+                 "--device", "cuda" if device.type == "cuda" else "cpu"]
+        script = _script(model_name, folder / "configs", "test.py")
+        cpu = device.type != "cuda"
+        single = _timed_run([sys.executable, *script, *flags, "--save_path", str(folder / "single")], folder, cpu)
+        multi = _timed_run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                            str(processes), *script, *flags, "--save_path", str(folder / "multi")], folder, cpu)
+        out: Dict[str, object] = {"processes": processes, "images": sum(1 for _ in (data).rglob("test/*/*.png")),
+                                  "single": single, "torchrun": multi}
+        if single["returncode"] == 0 and multi["returncode"] == 0:
+            a = json.loads((folder / "single" / "results.json").read_text())
+            b = json.loads((folder / "multi" / "results.json").read_text())
+            worst = 0.0
+            for path in (folder / "single" / "maps").rglob("*.npy"):
+                other = folder / "multi" / "maps" / path.relative_to(folder / "single" / "maps")
+                worst = max(worst, float(np.abs(np.load(path) - np.load(other)).max()))
+            out.update({"metrics_equal": a["per_category"] == b["per_category"], "max_map_difference": worst,
+                        "speedup": single["seconds"] / multi["seconds"]})
+        rec.data["distributed"] = out
+        print(f"{processes} processes: {multi['seconds']:.1f} s against {single['seconds']:.1f} s for one "
+              f"(whole runs, start-up included); metrics equal: {out.get('metrics_equal')}, "
+              f"max map difference {out.get('max_map_difference', float('nan')):.1e}", flush=True)
+        for name in ("single", "torchrun"):
+            if out[name]["returncode"]:
+                print(f"!! {name} failed:\n{out[name]['output_tail']}", flush=True)
 
 
 # ---------------------------------------------------------------------- summary
@@ -608,6 +670,18 @@ def summary(data: Dict[str, object]) -> str:
         rows = [[key, out.get("batch", "?"), "-" if out.get("peak_gib") is None else f"{out['peak_gib']:.2f} GiB",
                  "OOM" if "oom" in out else "ok"] for key, out in memory.items()]
         lines.append(common.format_table(rows, ["memory", "batch", "peak", "status"]))
+    job = data.get("job", {}).get("methods", {})
+    for method, out in job.items():
+        line = f"job {method}: job/backbone {out['ours']['s'] / out['backbone']['s']:.3f}"
+        if "per_image" in out:
+            line += f", per-image style / ours {out['per_image']['s'] / out['ours']['s']:.2f}x"
+        lines.append(line)
+    dist = data.get("distributed")
+    if dist:
+        lines.append("distributed: " + (dist["skipped"] if "skipped" in dist else
+                                        f"{dist['processes']} processes, speed-up {dist.get('speedup', float('nan')):.2f}x, "
+                                        f"metrics equal {dist.get('metrics_equal')}, "
+                                        f"max map difference {dist.get('max_map_difference', float('nan')):.1e}"))
     errors = data.get("errors", {})
     lines.append("errors: " + ("none" if not errors else ""))
     for name, message in errors.items():
@@ -629,7 +703,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     if "kernels" in args.parts:
         rec.guard("kernels", lambda: part_kernels(rec, args, device))
         rec.save()
-    model_parts = [p for p in ("correctness", "timing", "memory") if p in args.parts]
+    model_parts = [p for p in ("correctness", "timing", "memory", "job", "distributed") if p in args.parts]
     if model_parts:
         model_name = rec.guard("model", lambda: (importlib.import_module("open_clip"),
                                                  common.resolve_model(args.model))[1])
@@ -646,6 +720,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
             if "memory" in args.parts:
                 rec.guard("memory", lambda: part_memory(rec, args, device, model_name, image_size))
                 rec.save()
+            for part, run_part in (("job", part_job), ("distributed", part_distributed)):
+                if part in args.parts:
+                    rec.guard(part, lambda run_part=run_part: run_part(rec, args, device, model_name, image_size))
+                    rec.save()
     rec.save()
     print(summary(rec.data), flush=True)
     return rec.data

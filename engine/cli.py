@@ -12,9 +12,11 @@ Every value is checked where it is parsed (:class:`Parser` turns argparse's erro
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import math
 import os
+import sys
 import random
 import tempfile
 import typing
@@ -215,6 +217,9 @@ def check_geometry(backbone: BackboneConfig, config, given: Dict[str, Any]) -> N
                         f"name layers 1..{layers}")
 
 
+CPU_TEST_BATCH = 4  # not slower than 1 once freed memory is kept (keep_freed_memory): benchmarks/RESULTS.md
+
+
 def resolve_device(name: str) -> torch.device:
     """``--device`` → a torch device; a CUDA request without a GPU is a user error."""
     if name == "auto":
@@ -243,6 +248,29 @@ def ensure_writable(path: Path, flag: str = "--save_path") -> Path:
     return path
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+
+
+def keep_freed_memory(device: torch.device) -> bool:
+    """On the CPU, let glibc's malloc keep freed memory for reuse instead of returning it.
+
+    By default every block over 32 MB is mapped fresh from the kernel and unmapped when
+    freed, so each large activation pays its page faults again on every forward pass. At 518
+    px most of ViT-L's activations of one image stay under 32 MB, but those of a batch of 4 do
+    not: measured, 0.79 million page faults and 1.5 s of kernel time per image at batch 4 against
+    0.15 million and 0.3 s at batch 1 (benchmarks/RESULTS.md, "CPU batch size"). Serving them
+    from the heap and not trimming it takes that to about zero; the price is that the process
+    keeps its peak memory until it ends. Returns whether it was applied (glibc on Linux only).
+    """
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    except (OSError, AttributeError):  # another C library
+        return False
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)
@@ -252,5 +280,19 @@ def seed_everything(seed: int) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
 
 
-def default_workers() -> int:
-    return 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
+def default_test_batch(device: torch.device) -> int:
+    """``test.py``'s batch size when ``--batch_size`` is not given (results do not depend on
+    it): 8 on a GPU, 4 on the CPU (where batches gain little: benchmarks/RESULTS.md)."""
+    return 8 if device.type == "cuda" else CPU_TEST_BATCH
+
+
+def default_workers(device: Optional[torch.device] = None) -> int:
+    """Data-loader worker processes when ``--num_workers`` is not given. On a GPU: enough to
+    decode and resize images as fast as it scores them (up to 8 per process, the node's cores
+    shared by the processes torchrun starts there). On the CPU the model needs the cores
+    itself: none on 2 cores, else up to 4."""
+    cpus = os.cpu_count() or 1
+    if device is not None and device.type == "cuda":
+        per_process = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(1, min(8, per_process - 1))
+    return 0 if cpus <= 2 else min(4, cpus // 2)

@@ -1,19 +1,24 @@
 """Evaluation: batched inference over a dataset, per-category metrics, tables and files.
 
 A dataset is processed in its meta.json order (category by category): each category's
-smoothed maps are kept only until its metrics are computed. Image scores are fused per
-category (``models.scoring``); metrics are macro-averaged over categories (SPEC section 7).
-Each category's metrics, curves and F1-optimal thresholds come from one sort per level
-(:mod:`utils.metrics`); the curves feed the HTML report (:mod:`engine.report`).
+smoothed maps are kept, in one preallocated buffer, only until its metrics are computed.
+Batches never straddle two categories. Under torchrun every process scores its contiguous part
+of each category and rank 0 receives the other parts straight into that buffer
+(:mod:`engine.distributed`), so N processes give exactly the single-process results; the
+flow noise of Bayes-PFL follows the images' dataset positions, not the batches or processes.
+Image scores are fused per category (``models.scoring``); metrics are macro-averaged over
+categories (SPEC section 7). Each category's metrics, curves and F1-optimal thresholds come
+from one sort per level (:mod:`utils.metrics`), on the GPU when the model runs there; the
+curves feed the HTML report (:mod:`engine.report`).
 """
 from __future__ import annotations
 
 import csv
 import io
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.meta import MetaDataset, collate
+from engine import distributed
 from models.scoring import fuse_image_scores
 from utils.errors import UserError
 from utils.filters import gaussian_blur
@@ -40,32 +46,114 @@ METRIC_CHOICES = {"image": ("image",), "pixel": ("pixel",), "image-pixel": ("ima
                   "image-level": ("image",), "pixel-level": ("pixel",), "image-pixel-level": ("image", "pixel")}
 
 
-@dataclass
 class CategoryOutputs:
-    """A category's collected predictions, one entry per image (maps smoothed, [S, S], CPU)."""
+    """A category's collected predictions in dataset order.
 
-    name: str
-    maps: List[torch.Tensor] = field(default_factory=list)
-    masks: List[torch.Tensor] = field(default_factory=list)
-    has_mask: List[bool] = field(default_factory=list)
-    labels: List[int] = field(default_factory=list)
-    class_prob: List[float] = field(default_factory=list)
-    map_score: List[float] = field(default_factory=list)
-    paths: List[str] = field(default_factory=list)
+    ``maps`` [N, S, S] float32 (smoothed) and ``masks`` [N, S, S] bool are views of CPU buffers
+    allocated once for ``expected`` images and filled in place, so a category's maps exist
+    once (a 2,000-image category at 518 px: 2.1 GB of maps, 0.5 GB of masks); the other
+    fields are per-image lists.
+    """
 
-    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths) -> None:
-        self.maps += list(maps)
-        self.masks += list(masks)
+    def __init__(self, name: str, expected: int = 0, size: Optional[int] = None):
+        self.name, self.expected, self.size = name, expected, size
+        self._maps: Optional[torch.Tensor] = None
+        self._masks: Optional[torch.Tensor] = None
+        self.count = 0
+        self.has_mask: List[bool] = []
+        self.labels: List[int] = []
+        self.class_prob: List[float] = []
+        self.map_score: List[float] = []
+        self.paths: List[str] = []
+
+    @property
+    def maps(self) -> torch.Tensor:
+        return self._rows(self._maps, torch.float32)
+
+    @property
+    def masks(self) -> torch.Tensor:
+        return self._rows(self._masks, torch.bool)
+
+    def _rows(self, buffer: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        if buffer is None:
+            return torch.empty(0, self.size or 0, self.size or 0, dtype=dtype)
+        return buffer[:self.count]
+
+    def _reserve(self, extra: int) -> None:
+        needed = self.count + extra
+        if extra == 0 or (self._maps is not None and needed <= len(self._maps)):
+            return
+        if self.size is None:
+            raise ValueError("CategoryOutputs needs the map size before its first rows")
+        capacity = max(needed, self.expected, 2 * len(self._maps) if self._maps is not None else 0)
+        maps = torch.empty(capacity, self.size, self.size, dtype=torch.float32)
+        masks = torch.empty(capacity, self.size, self.size, dtype=torch.bool)
+        if self._maps is not None:  # only when more images come than expected
+            maps[:self.count], masks[:self.count] = self.maps, self.masks
+        self._maps, self._masks = maps, masks
+
+    def extend(self, count: int, has_mask: Sequence[bool], labels: Sequence[int], class_prob: Sequence[float],
+               map_score: Sequence[float], paths: Sequence[str]) -> tuple:
+        """Append ``count`` images' scalars; return the (maps, masks) rows they occupy, to be
+        filled by the caller."""
+        self._reserve(count)
+        rows = slice(self.count, self.count + count)
+        self.count += count
         self.has_mask += [bool(h) for h in has_mask]
         self.labels += [int(v) for v in labels]
         self.class_prob += [float(v) for v in class_prob]
         self.map_score += [float(v) for v in map_score]
         self.paths += list(paths)
+        if self._maps is None:  # no rows yet and none asked for
+            return self.maps, self.masks
+        return self._maps[rows], self._masks[rows]
+
+    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths) -> None:
+        """Append a batch: maps [B, S, S] (any device), masks [B, S, S] (0/1 or bool), and B
+        of each scalar."""
+        if self.size is None:
+            self.size = int(maps.shape[-1])
+        map_rows, mask_rows = self.extend(len(maps), has_mask, labels, class_prob, map_score, paths)
+        map_rows.copy_(maps)
+        mask_rows.copy_(masks if masks.dtype == torch.bool else masks > 0.5)
+
+    def scalars(self) -> tuple:
+        return self.has_mask, self.labels, self.class_prob, self.map_score, self.paths
 
 
-def loader(dataset: MetaDataset, batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available())
+@dataclass
+class CategoryPlan:
+    """One category's images: its dataset positions and this process's contiguous part, in
+    whole blocks of ``unit`` images (see :func:`engine.distributed.shard`)."""
+
+    name: str
+    indices: range
+    local: range
+    unit: int = 1
+
+
+def category_plan(dataset, ctx: distributed.Context, batch_size: int = 1) -> List[CategoryPlan]:
+    """The dataset's runs of equal category, in order, each split over the processes in whole
+    batches (a category's batches start at its first image)."""
+    if hasattr(dataset, "records"):
+        names = [str(r["cls_name"]) for r in dataset.records]
+    else:  # an ImageList: one class name for every image
+        names = [str(dataset.class_name)] * len(dataset)
+    plans, start = [], 0
+    for end in range(1, len(names) + 1):
+        if end == len(names) or names[end] != names[start]:
+            part = ctx.shard(end - start, batch_size)
+            plans.append(CategoryPlan(names[start], range(start, end),
+                                      range(start + part.start, start + part.stop), batch_size))
+            start = end
+    return plans
+
+
+def loader(dataset, batches: Sequence[Sequence[int]], num_workers: int, device: torch.device) -> DataLoader:
+    """Images of the given index batches, decoded and resized in ``num_workers`` processes, in
+    pinned memory for a GPU."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda")
 
 
 def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence[str]) -> None:
@@ -81,44 +169,71 @@ def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence
                         "lower learning rates")
 
 
-def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
-                    progress: Optional[tqdm] = None, cache=None):
-    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch; with a
-    feature ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
-    for batch in batches:
-        with torch.no_grad():
-            if cache is None:
-                pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
-            else:  # the cache supplies the features
-                pred = model.predict(None, batch["cls_name"], features=cache.features(model, batch, device))
-            maps = gaussian_blur(pred.anomaly_map.float(), sigma)
-        check_finite(maps, pred, batch["cls_name"], batch["img_path"])
-        if progress is not None:
-            progress.update(len(batch["cls_name"]))
-        yield batch, maps.cpu(), pred.to("cpu")
+def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float, cache=None):
+    """(Prediction, smoothed maps [B, S, S]) of one batch, both on ``device``: the model
+    upsamples the maps, they are blurred here, the whole batch at once. With a feature
+    ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
+    with torch.no_grad():
+        if cache is None:
+            pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
+        else:
+            pred = model.predict(None, batch["cls_name"], features=cache.features(model, batch, device))
+        maps = gaussian_blur(pred.anomaly_map.float(), sigma)
+    check_finite(maps, pred, batch["cls_name"], batch["img_path"])
+    return pred, maps
 
 
-def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                       num_workers: int, sigma: float, desc: str = "test", cache=None):
-    """Yield one :class:`CategoryOutputs` per category, in dataset order."""
+def skip_noise(model, images: int) -> None:
+    """Advance the model's seeded test-time noise past ``images`` images another process
+    scores, so every image gets the noise of its dataset position."""
+    noise = getattr(model, "noise", None)
+    if noise is not None and images > 0:
+        noise.draw(images, "cpu")
+
+
+def iterate_categories(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
+                       desc: str = "test", ctx: Optional[distributed.Context] = None, cache=None):
+    """Yield one :class:`CategoryOutputs` per category, in dataset order, on rank 0 (the other
+    processes score their parts and yield nothing); ``cache`` as in :func:`predict`."""
+    ctx = ctx or distributed.current()
     if hasattr(model, "start_evaluation"):
         model.start_evaluation()
-    current: Optional[CategoryOutputs] = None
-    source = dataset if cache is None else cache.loader_dataset()
-    with tqdm(total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for batch, maps, pred in predict_batches(model, loader(source, batch_size, num_workers),
-                                                 device, sigma, bar, cache):
-            names = batch["cls_name"]
-            for i, name in enumerate(names):
-                if current is None or current.name != name:
-                    if current is not None:
-                        yield current
-                    current = CategoryOutputs(name)
-                current.add(maps[i:i + 1], batch["mask"][i:i + 1], batch["has_mask"][i:i + 1].tolist(),
-                            batch["label"][i:i + 1].tolist(), pred.class_prob[i:i + 1].tolist(),
-                            pred.map_score[i:i + 1].tolist(), batch["img_path"][i:i + 1])
-    if current is not None:
-        yield current
+    plans = category_plan(dataset, ctx, batch_size)
+    batches = [list(p.local[i:i + batch_size]) for p in plans for i in range(0, len(p.local), batch_size)]
+    stream = iter(loader(dataset if cache is None else cache.loader_dataset(), batches, num_workers, device))
+    drawn = 0  # dataset positions whose noise has been drawn
+    total = sum(len(p.local) for p in plans)
+    label = desc if not ctx.enabled else f"{desc} (rank 0 of {ctx.world_size})"
+    with tqdm(total=total, desc=label, unit="img", dynamic_ncols=True, disable=not ctx.is_main) as bar:
+        for plan in plans:
+            size = getattr(dataset, "image_size", None)
+            cat = CategoryOutputs(plan.name, len(plan.indices) if ctx.is_main else len(plan.local), size)
+            for start in range(0, len(plan.local), batch_size):
+                skip_noise(model, plan.local.start + start - drawn)
+                batch = next(stream)
+                pred, maps = predict(model, batch, device, sigma, cache)
+                drawn = plan.local.start + start + len(maps)
+                cat.add(maps, batch["mask"], batch["has_mask"].tolist(), batch["label"].tolist(),
+                        pred.class_prob.tolist(), pred.map_score.tolist(), batch["img_path"])  # maps only move once
+                bar.update(len(maps))
+            if ctx.enabled:
+                cat = gather_category(cat, plan, ctx)
+            if cat is not None:
+                yield cat
+
+
+def gather_category(cat: CategoryOutputs, plan: CategoryPlan, ctx: distributed.Context) -> Optional[CategoryOutputs]:
+    """Rank 0: its own rows followed by every other rank's, received into its buffer (the
+    category in dataset order). Other ranks: send theirs and return None."""
+    scalars = distributed.gather_object(cat.scalars(), ctx)
+    if not ctx.is_main:
+        distributed.send_to_main([cat.maps, cat.masks], ctx)
+        return None
+    for rank in range(1, ctx.world_size):
+        count = len(distributed.shard(len(plan.indices), rank, ctx.world_size, plan.unit))
+        maps, masks = cat.extend(count, *scalars[rank])
+        distributed.receive_from(rank, [maps, masks], ctx)
+    return cat
 
 
 def category_scores(cat: CategoryOutputs, fusion: str) -> torch.Tensor:
@@ -156,18 +271,41 @@ class CategoryResult:
         return out
 
 
-def evaluate_category(cat: CategoryOutputs, scores: torch.Tensor, kinds: Sequence[str]) -> CategoryResult:
-    """Image and pixel metrics of one category with their curves."""
+def metrics_device(device: Optional[torch.device], cat: CategoryOutputs) -> torch.device:
+    """Where a category's pixel metrics run: on the model's GPU when its maps, masks and the
+    sort (about 21 bytes per pixel) fit in the free memory there, else on the CPU."""
+    if device is None or device.type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if 21 * cat.maps.numel() < 0.8 * free else torch.device("cpu")
+
+
+def _pixel_inputs(cat: CategoryOutputs, device: Optional[torch.device]):
+    """(masks, maps) of the images with ground truth, on the metrics device; None without an
+    anomalous one among them. The buffers are used as they are when every image has a mask."""
+    keep = [i for i, h in enumerate(cat.has_mask) if h]
+    if not any(cat.labels[i] == 1 for i in keep):
+        return None
+    masks, maps = cat.masks, cat.maps
+    if len(keep) < cat.count:  # classification-only images among them: a copy of the others
+        index = torch.tensor(keep)
+        masks, maps = masks[index], maps[index]
+    target = metrics_device(device, cat)
+    return masks.to(target), maps.to(target)
+
+
+def evaluate_category(cat: CategoryOutputs, scores: torch.Tensor, kinds: Sequence[str],
+                      device: Optional[torch.device] = None) -> CategoryResult:
+    """Image and pixel metrics of one category with their curves (pixel metrics on
+    :func:`metrics_device`)."""
     result = CategoryResult({})
     if "image" in kinds:
         result.image = evaluate_images(np.array(cat.labels), scores.numpy())
         result.metrics.update({f"image_{k}": v for k, v in result.image.metrics.items()})
     if "pixel" in kinds:
-        keep = [i for i, h in enumerate(cat.has_mask) if h]
-        if any(cat.labels[i] == 1 for i in keep):
-            masks = torch.stack([cat.masks[i] for i in keep]).numpy()
-            maps = torch.stack([cat.maps[i] for i in keep]).numpy()
-            result.pixel = evaluate_pixels(masks, maps)
+        inputs = _pixel_inputs(cat, device)
+        if inputs is not None:
+            result.pixel = evaluate_pixels(*inputs)
             values = result.pixel.metrics
         else:
             values = dict.fromkeys(PIXEL_KEYS)
@@ -290,11 +428,9 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
                                       cache=cache):
             labels = np.array(cat.labels)
             image.append(image_metrics(labels, np.array(cat.class_prob))["ap"])
-            keep = [i for i, h in enumerate(cat.has_mask) if h]
-            if any(cat.labels[i] == 1 for i in keep):
-                masks = torch.stack([cat.masks[i] for i in keep]).numpy()
-                maps = torch.stack([cat.maps[i] for i in keep]).numpy()
-                pixel.append(pixel_metrics(masks, maps)["ap"])
+            inputs = _pixel_inputs(cat, device)
+            if inputs is not None:
+                pixel.append(pixel_metrics(*inputs)["ap"])
     finally:
         if saved is not None:
             model.config.sample_num = saved
@@ -304,7 +440,8 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
         values = [v for v in values if v is not None]
         return float(np.mean(values)) if values else None
 
-    return {"pixel_ap": mean(pixel), "image_ap": mean(image)}
+    # rank 0 computed them; every process decides early stopping on the same numbers
+    return distributed.broadcast_object({"pixel_ap": mean(pixel), "image_ap": mean(image)}, distributed.current())
 
 
 def run_images(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
@@ -314,9 +451,11 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
     colour scale in ``vis/``, and ``scores.csv``; with ``thresholds`` (an
     ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image."""
     cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score"))
+    if not cats:  # a process other than rank 0: it scored its part
+        return
     cat = cats[0]  # one class name for every image
     scores = category_scores(cat, model.score_fusion)
-    maps = torch.stack(cat.maps)
+    maps = cat.maps
     low, high = float(maps.min()), float(maps.max())
     header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
     header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
@@ -350,13 +489,18 @@ def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int,
              sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
              save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None):
     """Evaluate ``model`` on ``dataset``; write results (and maps, visualisations and the
-    :class:`engine.report.Report` when given); return the tables."""
+    :class:`engine.report.Report` when given); return the tables (on rank 0; None, None on the
+    other processes of a torchrun launch, which only score their parts)."""
     per_category: Dict[str, Dict[str, Optional[float]]] = {}
     thresholds: Dict[str, Thresholds] = {}
+    if not distributed.current().is_main:  # score this process's parts; rank 0 evaluates and writes
+        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
+            pass
+        return None, None
     scores_out = ScoreWriter(save_path / "scores.csv") if save_maps_flag else None
     for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
         scores = category_scores(cat, model.score_fusion)
-        result = evaluate_category(cat, scores, kinds)
+        result = evaluate_category(cat, scores, kinds, device)
         per_category[cat.name], thresholds[cat.name] = result.metrics, result.thresholds()
         files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []
         if scores_out is not None:

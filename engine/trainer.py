@@ -13,9 +13,24 @@ the ``epochs`` budget, as officially, so stage 2 never runs if stage 1 never pla
 warning says so); ``stage2_epochs = N`` reserves the last N epochs of the budget for stage 2
 (stage 1 then ends after ``epochs - N`` epochs at the latest). Every checkpoint records the
 stage it ends in.
+
+The model's own random draws in training (Bayes-PFL's flow noise and bank pair) come from a
+stream the trainer keeps apart from the data pipeline's (seeded from the run's seed, stored in
+every checkpoint), so they do not depend on data-loader workers, augmentation draws or the
+number of processes.
+
+Under ``torchrun`` (:mod:`engine.distributed`) ``--batch_size`` stays the global batch: each of
+the N processes trains on its 1/N of every batch (``DistributedSampler`` with the run's seed
+gives the same batches as one process), the flow noise is drawn for the whole batch and each
+process takes its images' rows, losses that pool over a batch pool over all of it
+(``models.losses.split_batch``) and DistributedDataParallel averages the gradients: one step on
+N processes is the single-process step. Validation is scored by all processes and its figures
+come from rank 0, so early stopping and the stage switch decide identically everywhere; rank
+0 logs and writes the checkpoints, which hold every process's RNG state for an exact resume.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -26,12 +41,16 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from datasets.meta import collate
+from engine import distributed
 from engine.feature_cache import DatasetCache
 from models.factory import learnable_state_dict, save_checkpoint
+from models.losses import split_batch
 from utils.errors import UserError
 
 log = logging.getLogger("zsad.train")
@@ -102,6 +121,67 @@ def cosine_with_warmup(optimizer, total_steps: int, warmup_fraction: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+class LossStep(nn.Module):
+    """A training step's forward, ending in the loss terms: the module DistributedDataParallel
+    wraps, so the tensors it follows are exactly those the gradients flow from."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, class_names, masks: torch.Tensor, labels: torch.Tensor,
+                features=None) -> Dict[str, torch.Tensor]:
+        return self.model.loss(self.model(images, class_names, features), masks, labels)
+
+
+class ModelStream:
+    """The random stream of the model's training draws: the global torch generators (CPU and
+    the training GPU) are swapped for it while a step runs."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.devices = [device] if device.type == "cuda" else []
+        derived = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])  # apart from seed's own stream
+        with torch.random.fork_rng(devices=self.devices):
+            torch.manual_seed(derived)
+            self.state = self._get()
+
+    def _get(self) -> Dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if self.devices:
+            state["cuda"] = torch.cuda.get_rng_state(self.devices[0])
+        return state
+
+    @contextlib.contextmanager
+    def active(self):
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.state["cpu"])
+            if self.devices and "cuda" in self.state:
+                torch.cuda.set_rng_state(self.state["cuda"], self.devices[0])
+            yield
+            self.state = self._get()
+
+
+@contextlib.contextmanager
+def whole_batch_noise(model, ctx: distributed.Context):
+    """The flows' training noise drawn for the whole global batch, of which this process takes
+    its images' rows (DistributedSampler deals the batch's images out round-robin)."""
+    flows = getattr(model, "flows", None)
+    if flows is None or not ctx.enabled:
+        yield
+        return
+    draw = flows.training_noise
+
+    def noise(n_images: int, device):
+        context, normal, abnormal = draw(n_images * ctx.world_size, device)
+        return context[ctx.rank::ctx.world_size], normal, abnormal
+
+    flows.training_noise = noise
+    try:
+        yield
+    finally:
+        del flows.training_noise
+
+
 class Trainer:
     """Runs epochs of ``model`` on ``dataset``; ``validate(model)`` returns validation scores.
 
@@ -111,15 +191,30 @@ class Trainer:
 
     def __init__(self, model, dataset, settings: TrainSettings, backbone_config, device: torch.device,
                  validate: Optional[Callable[[Any], Dict[str, Optional[float]]]] = None,
-                 run_info: Optional[Dict[str, Any]] = None, cache: Optional[DatasetCache] = None):
+                 run_info: Optional[Dict[str, Any]] = None, cache: Optional[DatasetCache] = None,
+                 ctx: Optional[distributed.Context] = None):
         self.model, self.dataset, self.settings = model, dataset, settings
         self.backbone_config, self.device, self.validate = backbone_config, device, validate
         self.run_info = run_info or {}
         self.cache = cache
         self.epoch_seconds: List[float] = []
+        self.ctx = ctx or distributed.current()
+        if settings.batch_size % self.ctx.world_size:  # train.py says so before anything is built
+            raise ValueError(f"batch size {settings.batch_size} is not a multiple of {self.ctx.world_size} processes")
+        if cache is not None and self.ctx.enabled:  # train.py refuses --feature_cache under torchrun
+            raise ValueError("the feature cache runs in one process")
+        self.local_batch = settings.batch_size // self.ctx.world_size
         self.two_stage = bool(getattr(model, "two_stage", False))
         self.state = TrainState()
         self.steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
+        self.stream = ModelStream(settings.seed, device)
+        self.step = LossStep(model)
+        if self.ctx.enabled:
+            frozen = [name for name, p in self.step.named_parameters() if not p.requires_grad]
+            # every process loads the same frozen CLIP: only the learned parameters are synchronised
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.step, frozen)
+            self.step = DistributedDataParallel(self.step, device_ids=[device] if device.type == "cuda" else None,
+                                                find_unused_parameters=True, broadcast_buffers=False)
         self._build_optimizer()
 
     # ------------------------------------------------------------------ set-up
@@ -141,27 +236,44 @@ class Trainer:
         self.optimizer.load_state_dict(training["optimizer"])
         if self.scheduler is not None and training.get("scheduler"):
             self.scheduler.load_state_dict(training["scheduler"])
-        set_rng_state(training["rng"])
+        per_rank = training.get("rng_per_rank") or [training["rng"]]
+        if len(per_rank) != self.ctx.world_size and self.ctx.world_size > 1:
+            log.warning("the checkpoint was written by %d process(es), this run has %d: the data pipeline's "
+                        "random draws (augmentation) continue from rank 0's state", len(per_rank), self.ctx.world_size)
+        set_rng_state(per_rank[self.ctx.rank] if len(per_rank) == self.ctx.world_size else training["rng"])
+        if training.get("model_rng") is not None:
+            self.stream.state = dict(training["model_rng"])
         log.info("resuming after epoch %d (stage %d)", self.state.epoch, self.state.stage)
 
     def _loader(self, epoch: int) -> DataLoader:
+        """Epoch ``epoch``'s batches of this process: a permutation seeded with seed + epoch
+        (the same one whatever the number of processes), dealt out round-robin over them."""
         # the cached view has the same length, so the sampler draws the same order either way
         dataset = self.dataset if self.cache is None else self.cache.loader_dataset()
-        generator = torch.Generator().manual_seed(self.settings.seed + epoch)
-        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=True, generator=generator,
+        sampler = DistributedSampler(dataset, self.ctx.world_size, self.ctx.rank, shuffle=True,
+                                     seed=self.settings.seed, drop_last=False)  # one process: the permutation
+        sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.settings.seed + epoch)  # the workers' seeds
+        return DataLoader(dataset, batch_size=self.local_batch, sampler=sampler, generator=generator,
                           num_workers=self.settings.num_workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", drop_last=False)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, name: str, with_training: bool = True) -> Path:
+        """Rank 0 writes ``name`` (every process takes part: the RNG states are gathered)."""
         path = self.settings.save_path / name
         training = None
         if with_training:
+            per_rank = distributed.gather_object(rng_state(), self.ctx)
             training = {"state": self.state.__dict__, "optimizer": self.optimizer.state_dict(),
                         "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-                        "rng": rng_state(), "settings": {k: str(v) for k, v in self.settings.__dict__.items()},
+                        "rng": rng_state(), "model_rng": self.stream.state,
+                        "rng_per_rank": per_rank if self.ctx.enabled else None,
+                        "settings": {k: str(v) for k, v in self.settings.__dict__.items()},
                         "run": self.run_info}
-        save_checkpoint(path, self.model, self.backbone_config, training, self.summary())
+        if self.ctx.is_main:
+            save_checkpoint(path, self.model, self.backbone_config, training, self.summary())
+        distributed.barrier(self.ctx)
         return path
 
     def summary(self) -> Dict[str, Any]:
@@ -172,6 +284,8 @@ class Trainer:
                 "stages": len(stages), "epochs_per_stage": per_stage}
 
     def _prune(self) -> None:
+        if not self.ctx.is_main:
+            return
         keep = self.settings.keep_checkpoints
         files = sorted(self.settings.save_path.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
         for old in files[:-keep] if keep > 0 else []:
@@ -181,19 +295,21 @@ class Trainer:
     def _epoch(self) -> Dict[str, float]:
         model = self.model
         model.train()
+        self.step.train()
         sums: Dict[str, float] = {}
         epoch = self.state.epoch + 1
-        bar = tqdm(self._loader(epoch), total=self.steps_per_epoch, dynamic_ncols=True,
+        bar = tqdm(self._loader(epoch), total=self.steps_per_epoch, dynamic_ncols=True, disable=not self.ctx.is_main,
                    desc=f"epoch {epoch}/{self.settings.epochs} stage {self.state.stage}")
         for step, batch in enumerate(bar, start=1):
             masks = batch["mask"].to(self.device, non_blocking=True)
             labels = batch["label"].to(self.device)
             if self.cache is None:
-                out = model(batch["image"].to(self.device, non_blocking=True), batch["cls_name"])
+                images, features = batch["image"].to(self.device, non_blocking=True), None
             else:
-                out = model(None, batch["cls_name"], features=self.cache.features(model, batch, self.device))
-            terms = model.loss(out, masks, labels)
-            if not torch.isfinite(terms["total"]):
+                images, features = None, self.cache.features(self.model, batch, self.device)
+            terms = self.forward_step(images, batch["cls_name"], masks, labels, features)
+            total = terms["total"].detach().reshape(1)
+            if not bool(torch.isfinite(distributed.all_reduce_(total.clone(), self.ctx)).all()):
                 raise UserError(f"training diverged in epoch {epoch}, step {step}: the loss is "
                                 f"{float(terms['total'])}; the last complete checkpoint is intact; lower the "
                                 "learning rates (--learning_rate, or the --learning_rate_* group rates)")
@@ -206,7 +322,24 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
             bar.set_postfix({k: f"{v / step:.3f}" for k, v in sums.items() if k in ("total", "map1", "map",
                                                                                  "segmentation", "image")})
-        return {k: v / max(1, self.steps_per_epoch) for k, v in sums.items()}
+        return self._mean_over_processes({k: v / max(1, self.steps_per_epoch) for k, v in sums.items()})
+
+    def forward_step(self, images: torch.Tensor, class_names, masks: torch.Tensor, labels: torch.Tensor,
+                     features=None) -> Dict[str, torch.Tensor]:
+        """The loss terms of this process's part of a batch, with the model's random draws from
+        the trainer's stream and, under torchrun, the whole batch's noise and pooled totals."""
+        split = contextlib.nullcontext()
+        if self.ctx.enabled:
+            split = split_batch(distributed.differentiable_sum, len(class_names) * self.ctx.world_size)
+        with self.stream.active(), whole_batch_noise(self.model, self.ctx), split:
+            return self.step(images, class_names, masks, labels, features)
+
+    def _mean_over_processes(self, means: Dict[str, float]) -> Dict[str, float]:
+        """The epoch's mean loss terms over every process (the same record on each)."""
+        if not self.ctx.enabled:
+            return means
+        every = distributed.all_gather_object(means, self.ctx)
+        return {k: sum(m[k] for m in every) / len(every) for k in means}
 
     def _early_stopping(self, scores: Dict[str, Optional[float]]) -> None:
         """Bayes-PFL's rule: improve (>=) resets; the (patience+1)-th miss ends the stage."""

@@ -24,6 +24,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from models.losses import batch_images
+
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict([
@@ -194,7 +196,7 @@ class PromptFlows(nn.Module):
                 with_kl: bool = False, official_kl: bool = False) -> FlowSamples:
         """Samples for the image features ``feature`` [N, E] and noise (context [N, R, W],
         normal [R, W], abnormal [R, W]); KL terms when ``with_kl``."""
-        n = feature.shape[0]
+        n = batch_images(feature.shape[0])  # the state flows' KL is per image of the whole batch
         context = self.context(feature, eps[0], with_kl)
         out = FlowSamples(context=context.z)
         kl = {"kl_context": context.kl}

@@ -2,11 +2,47 @@
 
 Two families of segmentation losses exist because the two official methods define them
 differently; each variant below is the exact definition its method trains with.
+
+Some terms pool over the images of a batch (Bayes-PFL's balanced focal and batch dice, the DAP
+prior's sum, the state flows' KL per image). They take their totals through
+:func:`batch_total` and :func:`batch_images`, so that a batch split over several processes
+(:func:`split_batch`, set by the distributed trainer) has the loss, and the gradient, of the
+whole batch.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator, Optional
+
 import torch
 import torch.nn.functional as F
+
+# (sum over the processes, images of the whole batch) while a split batch trains; else None
+_SPLIT: Optional[tuple[Callable[[torch.Tensor], torch.Tensor], int]] = None
+
+
+@contextlib.contextmanager
+def split_batch(total: Callable[[torch.Tensor], torch.Tensor], images: int) -> Iterator[None]:
+    """Within the block, :func:`batch_total` sums over every process's part of the batch with
+    ``total`` (a sum over the processes whose backward sums the gradients back) and
+    :func:`batch_images` is the whole batch's ``images``."""
+    global _SPLIT
+    saved, _SPLIT = _SPLIT, (total, images)
+    try:
+        yield
+    finally:
+        _SPLIT = saved
+
+
+def batch_total(values: torch.Tensor) -> torch.Tensor:
+    """Σ of ``values`` over the batch (all of its processes inside :func:`split_batch`)."""
+    local = values.sum()
+    return local if _SPLIT is None else _SPLIT[0](local)
+
+
+def batch_images(local: int) -> int:
+    """The number of images of the batch (all of its processes inside :func:`split_batch`)."""
+    return local if _SPLIT is None else _SPLIT[1]
 
 
 def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
@@ -42,8 +78,8 @@ def balanced_focal_loss(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 
     p_t = torch.where(fg, probs[:, 1], probs[:, 0])
     per_pixel = -(1.0 - p_t).pow(gamma) * torch.log(p_t + eps)
     fg_f = fg.to(probs.dtype)
-    fg_loss = (per_pixel * fg_f).sum() / (fg_f.sum() + eps)
-    bg_loss = (per_pixel * (1.0 - fg_f)).sum() / ((1.0 - fg_f).sum() + eps)
+    fg_loss = batch_total(per_pixel * fg_f) / (batch_total(fg_f) + eps)
+    bg_loss = batch_total(per_pixel * (1.0 - fg_f)) / (batch_total(1.0 - fg_f) + eps)
     return fg_loss + bg_loss
 
 
@@ -61,7 +97,7 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
         pred, target = pred.flatten(1), target.flatten(1)
         dice = (2 * (pred * target).sum(1) + smooth) / (pred.sum(1) + target.sum(1) + smooth)
         return 1.0 - dice.mean()
-    dice = (2 * (pred * target).sum() + smooth) / (pred.sum() + target.sum() + smooth)
+    dice = (2 * batch_total(pred * target) + smooth) / (batch_total(pred) + batch_total(target) + smooth)
     return 1.0 - dice
 
 

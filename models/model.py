@@ -29,8 +29,8 @@ from models.cap import CompoundPrompts, PriorNet
 from models.config import ModelConfig
 from models.flows import FlowNoise, FlowSamples, PromptFlows
 from models.heads import ImageHead, RCAHead, similarity_probs, upsample_grid
-from models.losses import (balanced_focal_loss, bank_orthogonality, binary_focal_loss, cap_orthogonality,
-                           dice_loss, focal_loss)
+from models.losses import (balanced_focal_loss, bank_orthogonality, batch_total, binary_focal_loss,
+                           cap_orthogonality, dice_loss, focal_loss)
 from models.scoring import Prediction, bayes_map_scores, pair_class_prob
 
 
@@ -305,7 +305,7 @@ class ZSADModel(nn.Module):
             elif cfg.abnormal_prompts > 1:
                 terms["orthogonal"] = 0.1 * cap_orthogonality(out.cap_features) / len(out.cap_features)
             if out.prior is not None:
-                terms["prior"] = (out.prior.pow(2).mean(1) * (labels == 0).float()).sum()
+                terms["prior"] = batch_total(out.prior.pow(2).mean(1) * (labels == 0).float())
         terms["total"] = sum(terms.values())
         return terms
 

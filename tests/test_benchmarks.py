@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from models.backbone import default_vv_start
 from benchmarks import backbone as backbone_bench
 from benchmarks import bayes_pfl as bayes_bench
@@ -113,3 +115,38 @@ def test_feature_cache_benchmark(tiny_model, capsys):
     assert not half["bit_identical_to_off"] and 0 < half["max_loss_difference"] < 1e-2
     out = capsys.readouterr().out
     assert "epochs 2+ img/s" in out and "float16" in out
+
+
+def test_end_to_end_benchmark(tiny_model, tmp_path, capsys):
+    from benchmarks import run as run_bench
+
+    path = tmp_path / "run.json"
+    result = run_bench.main(["--model", tiny_model, "--device", "cpu", "--threads", "1", "--images", "4", "--batch_size", "2",
+                             "--train_batch", "2", "--warmup", "0", "--category_images", "5", "--no_report",
+                             "--json", str(path)])
+    for method in ("faprompt", "bayes_pfl"):
+        out = result["methods"][method]
+        assert out["images"] == 4 and out["batch_size"] == 2
+        assert all(out[k]["s"] > 0 for k in ("backbone", "ours", "per_image", "train"))
+        # the per-image style computes the same test: the same metrics (maps agree to float rounding)
+        for key, value in out["ours"]["mean"].items():
+            assert value == pytest.approx(out["per_image"]["mean"][key], abs=1e-6)
+        assert out["train"]["batch"] == 2 and out["train"]["images_per_s"] > 0
+    category = result["category"]
+    assert category["images"] == 5 and category["maps_bytes"] == 5 * 32 * 32 * 4
+    assert category["peak_bytes"] is None or category["peak_bytes"] >= category["base_bytes"]
+    assert category["metrics"]["pixel_auroc"] is not None
+    out = capsys.readouterr().out
+    assert "job/backbone" in out and "per-image style / ours" in out and "one category of 5 images" in out
+    assert json.loads(path.read_text())["methods"]["faprompt"]["ours"]["s"] > 0
+
+
+def test_device_check_distributed_part_on_cpu(tiny_model, tmp_path):
+    """The part a machine with several GPUs runs, here on two gloo processes."""
+    path = tmp_path / "device_check.json"
+    data = device_check.main(["--quick", "--model", tiny_model, "--device", "cpu", "--parts", "distributed",
+                              "--processes", "2", "--out", str(path)])
+    assert data["errors"] == {}
+    out = json.loads(path.read_text())["distributed"]
+    assert out["single"]["returncode"] == 0 and out["torchrun"]["returncode"] == 0, out
+    assert out["metrics_equal"] is True and out["max_map_difference"] <= 1e-6

@@ -176,7 +176,7 @@ def test_torch_inputs_equal_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pixel_metrics(torch.from_numpy(masks), torch.from_numpy(maps)) == expected
     assert pixel_metrics(masks, torch.from_numpy(maps)[:, None].squeeze(1)) == expected
     # the GPU branch sorts with torch.sort; run it on the CPU
-    monkeypatch.setattr(metrics, "_sort_int64", lambda v: torch.sort(v).values)
+    monkeypatch.setattr(metrics, "_sort", lambda v: torch.sort(v).values)
     assert pixel_metrics(torch.from_numpy(masks), torch.from_numpy(maps)) == expected
     labels, scores = masks.reshape(6, -1).any(1), maps.reshape(6, -1).max(1)
     assert image_metrics(torch.from_numpy(labels), torch.from_numpy(scores)) == image_metrics(

@@ -4,10 +4,13 @@ Every metric of a call comes from one sort of the scores. A distinct score is on
 threshold and a sample is predicted anomalous when its score is >= the threshold, exactly as
 in scikit-learn (``roc_auc_score``, ``average_precision_score``, ``precision_recall_curve``).
 
-After the sort the counts of any threshold are binary searches away, and all curves are
-piecewise linear with corners only at the tie groups that contain an anomalous sample
-(between them only false positives accrue), so the ROC and PRO curves are built from those
-corners: the work beyond the sort grows with the number of anomalous samples, not pixels.
+The normal and the anomalous samples are sorted apart: the counts of any threshold are then
+binary searches away in either array, and all curves are piecewise linear with corners only
+at the tie groups that contain an anomalous sample (between them only false positives
+accrue), so the ROC and PRO curves are built from those corners: the work beyond the sort
+grows with the number of anomalous samples, not pixels. Sorting apart also keeps the memory
+small: a normal pixel costs 4 bytes of working memory (its order key), and the pixel
+evaluation builds the keys image by image, so a category's maps are never copied whole.
 The same corners are the curve points :class:`Evaluation` hands out (ROC, precision-recall,
 PRO) together with the F1-optimal threshold, so curves and metrics never disagree.
 
@@ -30,15 +33,17 @@ Metrics = dict[str, float | None]
 MAX_FPR = 0.3
 LEGACY_PRO_STEPS = 200
 PLOT_POINTS = 1000
+PIXEL_CHUNK = 1 << 22  # pixels whose keys are built at once (about 16 images at 518 px)
 
 
 @dataclass
 class Ranking:
     """Sorted scores of one evaluation set and the corners of its curves.
 
-    ``keys``: the scores sorted ascending, as float64 or as int32 order keys (see
-    :func:`_order_key`). ``positives``: sorted positions of the anomalous samples.
-    ``pro_prefix``: cumulative PRO weight of the anomalous samples in that order, leading 0.
+    ``normal`` / ``anomalous``: the scores of the normal and of the anomalous samples, each
+    sorted ascending (contiguous), as float64 or as int32 order keys (see :func:`_order_key`);
+    equal anomalous scores are ordered by region id. ``pro_prefix``: cumulative PRO weight of
+    the anomalous samples in that order, leading 0.
 
     ``fp``/``tp``/``pro`` (float64, length 2K + 2 for K tie groups with anomalous samples)
     are the corners of the ROC and PRO curves from the lowest threshold up: the totals (all
@@ -48,8 +53,8 @@ class Ranking:
     (a sample counts as anomalous when its score is >= the cut; ``inf`` flags nothing).
     """
 
-    keys: torch.Tensor
-    positives: torch.Tensor
+    normal: torch.Tensor
+    anomalous: torch.Tensor
     pro_prefix: torch.Tensor
     fp: torch.Tensor
     tp: torch.Tensor
@@ -57,6 +62,12 @@ class Ranking:
     thresholds: torch.Tensor
     n_pos: int
     n_neg: int
+
+    def lowest(self) -> float:
+        return min(_key_value(a[0]) for a in (self.normal, self.anomalous) if a.numel())
+
+    def highest(self) -> float:
+        return max(_key_value(a[-1]) for a in (self.normal, self.anomalous) if a.numel())
 
 
 @dataclass
@@ -200,20 +211,19 @@ def evaluate_images(labels: ArrayLike, scores: ArrayLike) -> Evaluation:
 
 
 def evaluate_pixels(masks: ArrayLike, maps: ArrayLike) -> Evaluation:
-    """:func:`pixel_metrics` with the curves and the F1-optimal threshold of the same sort."""
+    """:func:`pixel_metrics` with the curves and the F1-optimal threshold of the same sort.
+
+    Beyond its inputs this needs 4 bytes per pixel (the sort keys) and a few megabytes: the
+    keys and region ids are built a chunk of images at a time, never from a full-size copy
+    of the maps or masks (bool masks are read as they are)."""
     if tuple(masks.shape) != tuple(maps.shape):
         raise ValueError(f"masks {tuple(masks.shape)} and maps {tuple(maps.shape)} differ")
     if len(maps.shape) < 2:
         raise ValueError("pixel metrics need (N, H, W) inputs")
     device = _pick_device(masks, maps)
     height, width = maps.shape[-2], maps.shape[-1]
-    gt = _as_tensor(masks, device).reshape(-1, height, width) > 0.5
-    regions, weights = label_regions(gt.cpu().numpy())
-    ranking = rank(
-        _as_tensor(maps, device).reshape(-1),
-        torch.from_numpy(regions.reshape(-1)).to(device),
-        torch.from_numpy(weights).to(device),
-    )
+    ranking = _rank_pixels(_as_tensor(masks, device).reshape(-1, height, width),
+                           _as_tensor(maps, device).reshape(-1, height, width))
     return Evaluation({
         "auroc": auroc(ranking),
         "ap": average_precision(ranking),
@@ -253,19 +263,30 @@ def label_regions(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     regions = np.zeros(masks.shape, dtype=np.int32)
     areas: list[np.ndarray] = []
-    offset = 0
     for i in np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1)):
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(
-            masks[i].astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
-        )
-        labels[labels > 0] += offset
-        regions[i] = labels
-        areas.append(stats[1:, cv2.CC_STAT_AREA])
-        offset += count - 1
-    weights = np.zeros(offset + 1, dtype=np.float64)
-    if offset:
-        weights[1:] = 1.0 / (np.concatenate(areas).astype(np.float64) * offset)
-    return regions, weights
+        regions[i] = _image_regions(masks[i], areas)
+    return regions, _region_weights(areas)
+
+
+def _image_regions(mask: np.ndarray, areas: list[np.ndarray]) -> np.ndarray:
+    """int32 region ids of one (H, W) bool mask, numbered on from the regions in ``areas``
+    (whose pixel counts this appends to)."""
+    offset = sum(len(a) for a in areas)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.view(np.uint8) if mask.dtype == np.bool_ else mask.astype(np.uint8), connectivity=8,
+        ltype=cv2.CV_32S)
+    labels[labels > 0] += offset
+    areas.append(stats[1:, cv2.CC_STAT_AREA])
+    return labels
+
+
+def _region_weights(areas: list[np.ndarray]) -> np.ndarray:
+    """PRO weight per region id: ``1 / (|c| * C)``, 0 for id 0 (normal)."""
+    total = sum(len(a) for a in areas)
+    weights = np.zeros(total + 1, dtype=np.float64)
+    if total:
+        weights[1:] = 1.0 / (np.concatenate(areas).astype(np.float64) * total)
+    return weights
 
 
 # --- metrics of a ranking ---
@@ -360,14 +381,14 @@ def pro_legacy(r: Ranking, steps: int = LEGACY_PRO_STEPS, max_fpr: float = MAX_F
     """
     if r.n_pos == 0 or r.n_neg == 0:
         return None
-    low, high = _key_value(r.keys[0]), _key_value(r.keys[-1])
+    low, high = r.lowest(), r.highest()
     if high == low:
         return None
     delta = (high - low) / steps
-    cuts = low + torch.arange(steps, dtype=torch.float64, device=r.keys.device) * delta
-    off = torch.searchsorted(r.keys, _as_keys(cuts, r.keys.dtype), right=True)  # score <= t_i
-    off_positive = torch.searchsorted(r.positives, off)
-    fpr = ((r.keys.numel() - off) - (r.n_pos - off_positive)).double() / r.n_neg
+    cuts = low + torch.arange(steps, dtype=torch.float64, device=r.normal.device) * delta
+    cut_keys = _as_keys(cuts, r.normal.dtype)  # score <= t_i below
+    off_positive = torch.searchsorted(r.anomalous, cut_keys, right=True)
+    fpr = (r.n_neg - torch.searchsorted(r.normal, cut_keys, right=True)).double() / r.n_neg
     pro = r.pro_prefix[-1] - r.pro_prefix[off_positive]
     keep = fpr < max_fpr
     if int(keep.sum()) < 2:
@@ -385,46 +406,90 @@ def pro_legacy(r: Ranking, steps: int = LEGACY_PRO_STEPS, max_fpr: float = MAX_F
 
 
 def rank(scores: torch.Tensor, regions: torch.Tensor, weights: torch.Tensor) -> Ranking:
-    """Sort flat ``scores`` once, carrying ``regions`` (flat ints, 0 = normal, c > 0 =
-    anomalous region c) along, and derive the curve corners.
+    """Sort flat ``scores`` once, normal and anomalous samples apart, and derive the curve
+    corners. ``regions`` (flat ints): 0 = normal, c > 0 = anomalous region c, whose pixels
+    have PRO weight ``weights[c]``.
 
-    ``weights[c]`` is the PRO weight of a pixel of region c. Half-precision and float32
-    scores take the packed float32 sort; other dtypes are compared in float64 so that no
-    two distinct input scores merge into one threshold.
+    Half-precision and float32 scores are sorted as int32 order keys; other dtypes are
+    compared in float64 so that no two distinct input scores merge into one threshold.
     """
     if scores.numel() == 0:
         raise ValueError("no scores given")
-    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
-        keys, ids = _sort_packed(scores.to(torch.float32).contiguous(), regions.to(torch.int32))
-        keys = keys.contiguous()  # searchsorted wants contiguous boundaries
-    else:
-        keys, order = torch.sort(scores.double())
-        ids = regions[order]
-    if np.isnan(_key_value(keys[0])) or np.isnan(_key_value(keys[-1])):  # NaN sorts to an end
-        raise ValueError("scores contain NaN")
-    positives = torch.nonzero(ids != 0).reshape(-1)
-    pro_prefix = torch.zeros(positives.numel() + 1, dtype=torch.float64, device=keys.device)
-    torch.cumsum(weights[ids[positives].long()], dim=0, out=pro_prefix[1:])
-    n, n_pos = keys.numel(), positives.numel()
+    keys = _keys(scores.reshape(-1))
+    anomalous = regions.reshape(-1) != 0
+    return _ranking(_sort(keys[~anomalous]), keys[anomalous], regions.reshape(-1)[anomalous], weights)
 
-    # Tie groups holding anomalous samples, ascending; positions are ascending, so equal
-    # keys are adjacent among them.
-    group_keys, per_group = torch.unique_consecutive(keys[positives], return_counts=True)
-    first = torch.searchsorted(keys, group_keys)  # first sorted position of the group
-    last = torch.searchsorted(keys, group_keys, right=True)  # one past its end
+
+def _rank_pixels(masks: torch.Tensor, maps: torch.Tensor) -> Ranking:
+    """:func:`rank` of (N, H, W) maps against masks, with the 8-connected regions of each
+    mask as PRO regions, built ``PIXEL_CHUNK`` pixels at a time."""
+    images, height, width = maps.shape
+    if maps.numel() == 0:
+        raise ValueError("no scores given")
+    step = max(1, PIXEL_CHUNK // (height * width))
+    chunks = [masks[start:start + step] for start in range(0, images, step)]
+    n_pos = sum(int(gt.sum() if gt.dtype == torch.bool else (gt > 0.5).sum()) for gt in chunks)
+    dtype = _key_dtype(maps.dtype)
+    normal = torch.empty(maps.numel() - n_pos, dtype=dtype, device=maps.device)
+    anomalous = torch.empty(n_pos, dtype=dtype, device=maps.device)
+    ids = torch.empty(n_pos, dtype=torch.int32, device=maps.device)
+    areas: list[np.ndarray] = []
+    filled_normal = filled_anomalous = 0
+    for start, gt in zip(range(0, images, step), chunks):
+        gt = (gt if gt.dtype == torch.bool else gt > 0.5).reshape(-1)
+        keys = _keys(maps[start:start + step].reshape(-1))
+        chunk = keys[~gt]
+        normal[filled_normal:filled_normal + chunk.numel()] = chunk
+        filled_normal += chunk.numel()
+        if not bool(gt.any()):
+            continue
+        chunk = keys[gt]
+        anomalous[filled_anomalous:filled_anomalous + chunk.numel()] = chunk
+        regions = np.zeros((len(gt) // (height * width), height, width), dtype=np.int32)
+        gt_cpu = gt.cpu().numpy().reshape(regions.shape)
+        for i in np.flatnonzero(gt_cpu.reshape(len(regions), -1).any(axis=1)):
+            regions[i] = _image_regions(gt_cpu[i], areas)
+        ids[filled_anomalous:filled_anomalous + chunk.numel()] = \
+            torch.from_numpy(regions.reshape(-1)[gt_cpu.reshape(-1)]).to(ids.device)
+        filled_anomalous += chunk.numel()
+    weights = torch.from_numpy(_region_weights(areas)).to(maps.device)
+    return _ranking(_sort(normal), anomalous, ids, weights)
+
+
+def _ranking(normal: torch.Tensor, anomalous: torch.Tensor, regions: torch.Tensor,
+             weights: torch.Tensor) -> Ranking:
+    """The corners from the sorted normal keys and the (unsorted) anomalous keys with their
+    region ids."""
+    anomalous, regions = _sort_pairs(anomalous, regions)
+    for keys in (normal, anomalous):
+        if keys.numel() and (np.isnan(_key_value(keys[0])) or np.isnan(_key_value(keys[-1]))):
+            raise ValueError("scores contain NaN")  # NaN sorts to an end
+    device = normal.device
+    n_neg, n_pos = normal.numel(), anomalous.numel()
+    pro_prefix = torch.zeros(n_pos + 1, dtype=torch.float64, device=device)
+    torch.cumsum(weights[regions.long()], dim=0, out=pro_prefix[1:])
+
+    # Tie groups holding anomalous samples, ascending.
+    group_keys, per_group = torch.unique_consecutive(anomalous, return_counts=True)
+    below = torch.searchsorted(normal, group_keys)  # normal samples under the group's score
+    through = torch.searchsorted(normal, group_keys, right=True)  # ... up to and including it
     pos_through = torch.cumsum(per_group, dim=0)  # anomalous samples up to the group's end
     pos_above = n_pos - pos_through
-    neg_above = (n - last) - pos_above
-    neg_in = (last - first) - per_group
+    neg_above = n_neg - through
+    neg_in = through - below
     pro_above = pro_prefix[-1] - pro_prefix[pos_through]
     pro_in = pro_prefix[pos_through] - pro_prefix[pos_through - per_group]
 
     # Corner thresholds: the lowest score flags everything; a group's own score flags it;
-    # the next score above a group (inf past the top) flags what lies above it.
-    cut_above = _key_values(keys[last.clamp(max=n - 1)])
-    cut_above[last == n] = float("inf")
-    thresholds = torch.empty(2 * group_keys.numel() + 2, dtype=torch.float64, device=keys.device)
-    thresholds[0], thresholds[-1] = _key_value(keys[0]), float("inf")
+    # the next score above a group (the next normal one or the next group's, inf past the
+    # top) flags what lies above it.
+    inf = torch.full((1,), float("inf"), dtype=torch.float64, device=device)
+    next_normal = _key_values(normal[through.clamp(max=max(n_neg - 1, 0))]) if n_neg else inf.expand(len(through))
+    next_normal = torch.where(through < n_neg, next_normal, inf)
+    cut_above = torch.minimum(next_normal, torch.cat([_key_values(group_keys[1:]), inf]))
+    thresholds = torch.empty(2 * group_keys.numel() + 2, dtype=torch.float64, device=device)
+    thresholds[0] = min(_key_value(keys[0]) for keys in (normal, anomalous) if keys.numel())
+    thresholds[-1] = float("inf")
     thresholds[1:-1:2] = _key_values(group_keys)
     thresholds[2:-1:2] = cut_above
 
@@ -436,43 +501,59 @@ def rank(scores: torch.Tensor, regions: torch.Tensor, weights: torch.Tensor) -> 
         return out
 
     return Ranking(
-        keys=keys,
-        positives=positives,
+        normal=normal,
+        anomalous=anomalous,
         pro_prefix=pro_prefix,
-        fp=corners(neg_above, neg_in, float(n - n_pos)),
+        fp=corners(neg_above, neg_in, float(n_neg)),
         tp=corners(pos_above, per_group, float(n_pos)),
         pro=corners(pro_above, pro_in, float(pro_prefix[-1])),
         thresholds=thresholds,
         n_pos=n_pos,
-        n_neg=n - n_pos,
+        n_neg=n_neg,
     )
 
 
-def _sort_packed(scores: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort float32 scores ascending together with their region ids.
+def _key_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.int32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
 
-    Sorting 64-bit integers whose high half is an order-preserving integer image of the score
-    and whose low half is the region id avoids an argsort and the gather that follows it;
-    numpy's vectorised integer sort is about ten times faster than an argsort on CPU.
-    Returns strided int32 views (score keys, region ids) into the sorted buffer.
+
+def _keys(scores: torch.Tensor) -> torch.Tensor:
+    """Sort keys of flat scores: int32 order keys of float32 (and half-precision) scores,
+    float64 values of anything else."""
+    if _key_dtype(scores.dtype) == torch.int32:
+        return _order_key(scores.to(torch.float32).contiguous())
+    return scores.double()
+
+
+def _sort(keys: torch.Tensor) -> torch.Tensor:
+    """Ascending sort of 1-D keys; on CPU in place with numpy, whose vectorised sort is
+    several times faster than ``torch.sort`` there and needs no second buffer."""
+    keys = keys.contiguous()
+    if keys.device.type == "cpu":
+        keys.numpy().sort()  # shares memory with ``keys``
+        return keys
+    return torch.sort(keys).values
+
+
+def _sort_pairs(keys: torch.Tensor, regions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort keys ascending with their region ids, equal keys by region id; returns both
+    contiguous.
+
+    int32 keys are sorted as 64-bit integers whose high half is the key and whose low half
+    the region id, which avoids an argsort and the gather that follows it.
     """
+    if keys.dtype != torch.int32:
+        order = torch.argsort(regions, stable=True)
+        order = order[torch.argsort(keys[order], stable=True)]
+        return keys[order].contiguous(), regions[order].contiguous()
     if sys.byteorder != "little":  # the half-word views below assume little endian
         raise RuntimeError("packed sort needs a little-endian machine")
-    packed = torch.empty(scores.numel(), dtype=torch.int64, device=scores.device)
+    packed = torch.empty(keys.numel(), dtype=torch.int64, device=keys.device)
     halves = packed.view(torch.int32)
-    halves[1::2] = _order_key(scores)
-    halves[0::2] = regions
-    halves = _sort_int64(packed).view(torch.int32)
-    return halves[1::2], halves[0::2]
-
-
-def _sort_int64(values: torch.Tensor) -> torch.Tensor:
-    """Ascending sort of a 1-D int64 tensor; on CPU in place with numpy, whose vectorised
-    sort is several times faster than ``torch.sort`` there."""
-    if values.device.type == "cpu":
-        values.numpy().sort()  # shares memory with ``values``
-        return values
-    return torch.sort(values).values
+    halves[1::2] = keys
+    halves[0::2] = regions.to(torch.int32)
+    halves = _sort(packed).view(torch.int32)
+    return halves[1::2].contiguous(), halves[0::2].contiguous()
 
 
 def _order_key(scores: torch.Tensor) -> torch.Tensor:
