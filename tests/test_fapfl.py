@@ -137,3 +137,20 @@ def test_clip_baseline_predicts_without_training(backbone):
     assert pred.anomaly_map.shape == (3, SIZE, SIZE)
     assert ((pred.class_prob > 0) & (pred.class_prob < 1)).all()
     torch.testing.assert_close(one.anomaly_map, pred.anomaly_map[1:2], atol=1e-5, rtol=0)
+
+
+def test_similarity_head_averages_each_pairs_softmax():
+    """With several text pairs (fapfl's bank through the similarity head), the probability is
+    the mean over pairs of each pair's softmax (SPEC §4), not the softmax of the mean logit:
+    hand-computed on one patch and two pairs."""
+    from models.heads import similarity_probs
+
+    patch = torch.tensor([[[1.0, 0.0]]])                    # [N=1, P=1, D=2]
+    pairs = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]],        # normal texts of pairs 1, 2
+                           [[0.0, 1.0], [0.0, 1.0]]]])      # abnormal texts: [N, 2, M=2, D]
+    probs = similarity_probs(patch, pairs, temperature=0.25)
+    # pair 1: logits (4, 0); pair 2: logits (0, 0)
+    expected = (torch.tensor([4.0, 0.0]).softmax(0) + torch.tensor([0.5, 0.5])) / 2
+    assert probs.shape == (1, 1, 2)
+    assert torch.allclose(probs[0, 0], expected, atol=1e-7)
+    assert abs(float(probs[0, 0, 0]) - float(torch.tensor([2.0, 0.0]).softmax(0)[0])) > 0.1  # not the mean logit's
