@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.meta import MetaDataset, collate
+from engine.fewshot import FewShotScorer
 from models.scoring import fuse_image_scores
 from utils.errors import UserError
 from utils.filters import gaussian_blur
@@ -52,8 +53,10 @@ class CategoryOutputs:
     class_prob: List[float] = field(default_factory=list)
     map_score: List[float] = field(default_factory=list)
     paths: List[str] = field(default_factory=list)
+    fewshot_score: List[float] = field(default_factory=list)  # few-shot runs only
 
-    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths) -> None:
+    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths, fewshot_score=()) -> None:
+        self.fewshot_score += [float(v) for v in fewshot_score]
         self.maps += list(maps)
         self.masks += list(masks)
         self.has_mask += [bool(h) for h in has_mask]
@@ -81,33 +84,52 @@ def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence
                         "lower learning rates")
 
 
+def predict_maps(model, images: Optional[torch.Tensor], class_names: Sequence[str], sigma: float,
+                 fewshot: Optional[FewShotScorer] = None, features=None):
+    """Smoothed maps [N, S, S], the zero-shot Prediction and the few-shot score [N] (None
+    without references) of one batch of images [N, 3, S, S] (or of their ``features``), on
+    CPU. With references the few-shot map is added, weighted, to the zero-shot map before the
+    blur (:mod:`engine.fewshot`)."""
+    with torch.no_grad():
+        if fewshot is None:
+            pred, extra = model.predict(images, class_names, features=features), None
+            anomaly = pred.anomaly_map.float()
+        else:
+            pred, extra = fewshot.predict(images, class_names, features)
+            anomaly = pred.anomaly_map.float() + fewshot.weight * extra.map
+        maps = gaussian_blur(anomaly, sigma)
+    return maps.cpu(), pred.to("cpu"), None if extra is None else extra.score.cpu()
+
+
 def predict_batches(model, batches: Iterable[Dict[str, Any]], device: torch.device, sigma: float,
-                    progress: Optional[tqdm] = None, cache=None):
-    """Yield (batch, smoothed maps [B, S, S] on CPU, Prediction on CPU) for each batch; with a
-    feature ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
+                    progress: Optional[tqdm] = None, cache=None, fewshot: Optional[FewShotScorer] = None):
+    """Yield (batch, smoothed maps [B, S, S], Prediction, few-shot score [B] or None) on CPU
+    for each batch; with a feature ``cache`` (:class:`engine.feature_cache.DatasetCache`) the
+    model gets its features."""
     for batch in batches:
-        with torch.no_grad():
-            if cache is None:
-                pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
-            else:  # the cache supplies the features
-                pred = model.predict(None, batch["cls_name"], features=cache.features(model, batch, device))
-            maps = gaussian_blur(pred.anomaly_map.float(), sigma)
+        if cache is None:
+            images, features = batch["image"].to(device, non_blocking=True), None
+        else:  # the cache supplies the features
+            images, features = None, cache.features(model, batch, device)
+        maps, pred, shot = predict_maps(model, images, batch["cls_name"], sigma, fewshot, features)
         check_finite(maps, pred, batch["cls_name"], batch["img_path"])
         if progress is not None:
             progress.update(len(batch["cls_name"]))
-        yield batch, maps.cpu(), pred.to("cpu")
+        yield batch, maps, pred, shot
 
 
 def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                       num_workers: int, sigma: float, desc: str = "test", cache=None):
-    """Yield one :class:`CategoryOutputs` per category, in dataset order."""
+                       num_workers: int, sigma: float, desc: str = "test", cache=None,
+                       fewshot: Optional[FewShotScorer] = None):
+    """Yield one :class:`CategoryOutputs` per category, in dataset order (with few-shot
+    scores when ``fewshot`` holds references)."""
     if hasattr(model, "start_evaluation"):
         model.start_evaluation()
     current: Optional[CategoryOutputs] = None
     source = dataset if cache is None else cache.loader_dataset()
     with tqdm(total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for batch, maps, pred in predict_batches(model, loader(source, batch_size, num_workers),
-                                                 device, sigma, bar, cache):
+        for batch, maps, pred, shot in predict_batches(model, loader(source, batch_size, num_workers),
+                                                       device, sigma, bar, cache, fewshot):
             names = batch["cls_name"]
             for i, name in enumerate(names):
                 if current is None or current.name != name:
@@ -116,22 +138,27 @@ def iterate_categories(model, dataset: MetaDataset, device: torch.device, batch_
                     current = CategoryOutputs(name)
                 current.add(maps[i:i + 1], batch["mask"][i:i + 1], batch["has_mask"][i:i + 1].tolist(),
                             batch["label"][i:i + 1].tolist(), pred.class_prob[i:i + 1].tolist(),
-                            pred.map_score[i:i + 1].tolist(), batch["img_path"][i:i + 1])
+                            pred.map_score[i:i + 1].tolist(), batch["img_path"][i:i + 1],
+                            [] if shot is None else shot[i:i + 1].tolist())
     if current is not None:
         yield current
 
 
-def category_scores(cat: CategoryOutputs, fusion: str) -> torch.Tensor:
+def category_scores(cat: CategoryOutputs, fusion: str, shot_weight: float = 0.0) -> torch.Tensor:
     """Fused image scores of one category. Bayes-PFL's min-max fusion uses the class
     probability alone where the category has no masks (classification-only data), and a lone
-    image, which min-max cannot scale, is scored by its class probability."""
+    image, which min-max cannot scale, is scored by its class probability. A few-shot run adds
+    ``shot_weight`` times the few-shot score."""
     anomalous_masks = [h for h, label in zip(cat.has_mask, cat.labels) if label == 1]
     if fusion == "minmax" and anomalous_masks and not any(anomalous_masks):
         fusion = "class"
     if fusion in ("minmax", "class") and len(cat.paths) < 2:
         fusion = "prob"
-    return fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
-                             torch.tensor(cat.map_score, dtype=torch.float64), fusion)
+    scores = fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
+                               torch.tensor(cat.map_score, dtype=torch.float64), fusion)
+    if cat.fewshot_score:
+        scores = scores + shot_weight * torch.tensor(cat.fewshot_score, dtype=torch.float64)
+    return scores
 
 
 Thresholds = Dict[str, Optional[Dict[str, float]]]
@@ -229,12 +256,14 @@ def decision(score: float, threshold: Optional[float]) -> str:
 
 class ScoreWriter:
     """``scores.csv``: every image's path, category, label, image score, class probability,
-    map score and map file, and its decision at the category's F1-optimal image threshold."""
+    map score and map file, and its decision at the category's F1-optimal image threshold;
+    few-shot runs add the few-shot score (the maximum of the few-shot map) last."""
 
     HEADER = ["img_path", "category", "label", "image_score", "class_prob", "map_score", "map_file", "decision"]
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fewshot: bool = False):
         self.path = path
+        self.header = self.HEADER + ["fewshot_score"] * fewshot
         self.rows: List[List[Any]] = []
 
     def add(self, cat: CategoryOutputs, scores: torch.Tensor, map_files: Sequence[str],
@@ -243,13 +272,18 @@ class ScoreWriter:
             self.rows.append([p, cat.name, cat.labels[i] if cat.labels[i] >= 0 else "",
                               f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}",
                               f"{cat.map_score[i]:.6f}", map_files[i] if map_files else "",
-                              decision(float(scores[i]), threshold)])
+                              decision(float(scores[i]), threshold)] + fewshot_cells(cat, i))
 
     def write(self) -> None:
         with atomic_open(self.path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(self.HEADER)
+            writer.writerow(self.header)
             writer.writerows(self.rows)
+
+
+def fewshot_cells(cat: CategoryOutputs, i: int) -> List[str]:
+    """Image i's ``fewshot_score`` cell of scores.csv (none in a zero-shot run)."""
+    return [f"{v:.6f}" for v in cat.fewshot_score[i:i + 1]]
 
 
 def map_file_name(root: Path, dataset_root: Path, img_path: str) -> Path:
@@ -308,17 +342,19 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
 
 
 def run_images(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
-               save_path: Path, thresholds) -> None:
+               save_path: Path, thresholds, fewshot: Optional[FewShotScorer] = None) -> None:
     """Score images without ground truth (a ``datasets.meta.ImageList``) through the same
     prediction, smoothing and fusion as a dataset, and write ``maps/*.npy``, overlays on one
     colour scale in ``vis/``, and ``scores.csv``; with ``thresholds`` (an
-    ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image."""
-    cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score"))
+    ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image;
+    with few-shot references, their map and score added and a ``fewshot_score`` column."""
+    cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score",
+                                   fewshot=fewshot))
     cat = cats[0]  # one class name for every image
-    scores = category_scores(cat, model.score_fusion)
+    scores = category_scores(cat, model.score_fusion, fewshot.weight if fewshot is not None else 0.0)
     maps = torch.stack(cat.maps)
     low, high = float(maps.min()), float(maps.max())
-    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
+    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"] + ["fewshot_score"] * (fewshot is not None)
     header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
     rows = []
     for i, path in enumerate(cat.paths):
@@ -327,7 +363,7 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
             np.save(handle, maps[i].numpy().astype(np.float32))
         write_png(save_path / "vis" / f"{stem}.png", heat(load_rgb(path, dataset.image_size), maps[i].numpy(), low, high))
         row = [path, f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}", f"{cat.map_score[i]:.6f}",
-               f"maps/{stem}.npy"]
+               f"maps/{stem}.npy"] + fewshot_cells(cat, i)
         verdict = ""
         if thresholds.image is not None:
             row.append(decision(float(scores[i]), thresholds.image))
@@ -348,14 +384,17 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
 
 def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
              sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
-             save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None):
-    """Evaluate ``model`` on ``dataset``; write results (and maps, visualisations and the
-    :class:`engine.report.Report` when given); return the tables."""
+             save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None,
+             fewshot: Optional[FewShotScorer] = None):
+    """Evaluate ``model`` on ``dataset`` (with few-shot references when ``fewshot`` is given);
+    write results (and maps, visualisations and the :class:`engine.report.Report` when
+    given); return the tables."""
     per_category: Dict[str, Dict[str, Optional[float]]] = {}
     thresholds: Dict[str, Thresholds] = {}
-    scores_out = ScoreWriter(save_path / "scores.csv") if save_maps_flag else None
-    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
-        scores = category_scores(cat, model.score_fusion)
+    scores_out = ScoreWriter(save_path / "scores.csv", fewshot is not None) if save_maps_flag else None
+    shot_weight = fewshot.weight if fewshot is not None else 0.0
+    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
+        scores = category_scores(cat, model.score_fusion, shot_weight)
         result = evaluate_category(cat, scores, kinds)
         per_category[cat.name], thresholds[cat.name] = result.metrics, result.thresholds()
         files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []
