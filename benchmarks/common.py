@@ -236,6 +236,38 @@ def peak_memory(device: torch.device | str) -> Iterator[Dict[str, Optional[float
         record["peak_gib"] = peak / 2 ** 30
 
 
+def _proc_status_bytes(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def host_peak_memory() -> Iterator[Dict[str, Optional[float]]]:
+    """Peak resident memory of this process inside the block above its level on entry, in
+    bytes (``peak_bytes``; None where it cannot be read). Linux only: the kernel's high-water
+    mark VmHWM, reset on entry through ``/proc/self/clear_refs``. It sees every allocation,
+    torch's CPU tensors included, at page granularity."""
+    record: Dict[str, Optional[float]] = {"peak_bytes": None, "base_bytes": _proc_status_bytes("VmRSS")}
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        resettable = True
+    except OSError:
+        resettable = False
+    try:
+        yield record
+    finally:
+        peak = _proc_status_bytes("VmHWM")
+        if resettable and peak is not None and record["base_bytes"] is not None:
+            record["peak_bytes"] = max(0, peak - record["base_bytes"])
+
+
 def gib(value: Optional[float]) -> str:
     return "-" if value is None else f"{value / 2 ** 30:.2f} GiB"
 

@@ -113,3 +113,21 @@ def test_feature_cache_benchmark(tiny_model, capsys):
     assert not half["bit_identical_to_off"] and 0 < half["max_loss_difference"] < 1e-2
     out = capsys.readouterr().out
     assert "epochs 2+ img/s" in out and "float16" in out
+
+
+def test_fewshot_benchmark(tiny_model, capsys):
+    from benchmarks import fewshot as fewshot_bench
+
+    result = fewshot_bench.main(_argv(tiny_model, "--batch_size", "2", "--shots", "1", "3", "--iters", "1"))
+    _check_timing(result["zero_shot"]["timing"], iters=2)  # one round per K
+    rows = result["few_shot"]
+    assert [r["k"] for r in rows] == [1, 3]
+    for r in rows:
+        for name in ("zero_shot", "few_shot", "comparison_only", "two_passes"):
+            _check_timing(r[name], iters=1)
+        patches = (32 // 8) ** 2
+        assert r["bank_rows"] == [r["k"] * patches]  # clip: the V-V tokens of its pixel map
+        assert r["bank_bytes"] == 4 * sum(r["k"] * patches * d for d in r["bank_dims"])
+        assert min(r["ratio"], r["ratio_two_passes"], r["ratio_comparison_only"], r["bank_build_s"]) > 0
+    out = capsys.readouterr().out
+    assert "K = 3" in out and "x zero-shot" in out
