@@ -193,13 +193,13 @@ def report(result: Dict[str, object]) -> str:
             f"{s['device']}, precision {s['precision']}, batches of {n}; per K {s['iters']} timed round(s) after "
             f"{zero['timing']['warmup']} warm-up, ratios: median over rounds; peak memory above the level before the call "
             f"({'CUDA allocated' if s['device'].type == 'cuda' else 'resident, host'})")
-    rows = [["zero-shot", "-", "-", "-", 1000 * zero["timing"]["mean_s"] / n, 1.0, "-", "-",
+    rows = [["zero-shot", "-", "-", "-", 1000 * zero["timing"]["median_s"] / n, 1.0, "-", "-",
              common.gib(zero["memory"]["peak_bytes"])]]
     for r in result["few_shot"]:
         rows.append([f"K = {r['k']}", "/".join(map(str, r["bank_rows"])), common.gib(r["bank_bytes"]),
-                     r["bank_build_s"], 1000 * r["few_shot"]["mean_s"] / n, r["ratio"],
+                     r["bank_build_s"], 1000 * r["few_shot"]["median_s"] / n, r["ratio"],
                      r["ratio_comparison_only"], r["ratio_two_passes"], common.gib(r["memory"]["peak_bytes"])])
-    table = common.format_table(rows, ["run", "bank rows", "bank", "bank build s", "ms/image", "x zero-shot",
+    table = common.format_table(rows, ["run", "bank rows", "bank", "bank build s", "median ms/image", "x zero-shot",
                                        "comparison alone", "x (2 passes)", "peak mem"])
     block = max((r["similarity_block_bytes"] for r in result["few_shot"]), default=0)
     return f"{head}\n{table}\nlargest similarity block: {common.gib(block)}"
