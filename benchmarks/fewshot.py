@@ -81,13 +81,6 @@ def memory(device: torch.device):
     return common.peak_memory(device) if device.type == "cuda" else common.host_peak_memory()
 
 
-def timing(times: Sequence[float], warmup: int) -> Dict[str, object]:
-    """The figures of ``common.measure`` from a list of seconds."""
-    ordered = sorted(times)
-    return {"times_s": list(times), "mean_s": sum(times) / len(times), "median_s": ordered[len(ordered) // 2],
-            "best_s": ordered[0], "iters": len(times), "warmup": warmup}
-
-
 def rounds(steps: Dict[str, Callable[[], float]], iters: int, warmup: int) -> Dict[str, Dict[str, object]]:
     """Run the steps in turn, ``warmup`` untimed rounds then ``iters`` timed ones; each step
     returns its own seconds. Interleaving keeps a shared machine's load changes out of the
@@ -98,7 +91,7 @@ def rounds(steps: Dict[str, Callable[[], float]], iters: int, warmup: int) -> Di
             seconds = step()
             if index >= warmup:
                 times[name].append(seconds)
-    return {name: timing(values, warmup) for name, values in times.items()}
+    return {name: common.timing_stats(values, warmup) for name, values in times.items()}
 
 
 def median_ratio(a: Dict[str, object], b: Dict[str, object]) -> float:
@@ -173,7 +166,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                             for suffix, name in (("", "few_shot"), ("_comparison_only", "comparison_only"),
                                                  ("_two_passes", "two_passes"))}})
             scorer = bank = None  # free this bank before the next is built
-    zero = timing(zero_times, args.warmup)
+    zero = common.timing_stats(zero_times, args.warmup)
     return {
         "benchmark": "fewshot",
         "settings": {**settings, "method": args.method, "pretrained": args.pretrained,
@@ -191,7 +184,8 @@ def report(result: Dict[str, object]) -> str:
     n = s["batch_size"]
     head = (f"few-shot cost: --method {s['method']}, {s['model']} ({s['pretrained']} weights), {s['image_size']} px, "
             f"{s['device']}, precision {s['precision']}, batches of {n}; per K {s['iters']} timed round(s) after "
-            f"{zero['timing']['warmup']} warm-up, ratios: median over rounds; peak memory above the level before the call "
+            f"{zero['timing']['warmup']} warm-up, ratios: median over rounds; peak memory above the level before "
+            "the call "
             f"({'CUDA allocated' if s['device'].type == 'cuda' else 'resident, host'})")
     rows = [["zero-shot", "-", "-", "-", 1000 * zero["timing"]["median_s"] / n, 1.0, "-", "-",
              common.gib(zero["memory"]["peak_bytes"])]]

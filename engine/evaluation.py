@@ -354,7 +354,8 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
     scores = category_scores(cat, model.score_fusion, fewshot.weight if fewshot is not None else 0.0)
     maps = torch.stack(cat.maps)
     low, high = float(maps.min()), float(maps.max())
-    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"] + ["fewshot_score"] * (fewshot is not None)
+    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
+    header += ["fewshot_score"] * (fewshot is not None)
     header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
     rows = []
     for i, path in enumerate(cat.paths):
