@@ -23,6 +23,7 @@ from datasets.meta import ImageList, MetaDataset
 from datasets.names import canonical_dataset, known_categories
 from engine import cli, configure, distributed
 from engine.evaluation import METRIC_CHOICES, results_table, run_images, run_test
+from engine.fewshot import FewShotScorer, select_references
 from engine.official import add_official_flags, apply_official_flags
 from engine.report import Report
 from engine.thresholds import Decision, load_thresholds
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--image: flag images with score >= this (overrides --thresholds)")
     group.add_argument("--pixel_threshold", type=float, default=None,
                        help="--image: mask pixels with map value >= this (overrides --thresholds)")
+    group = parser.add_argument_group("few-shot normal references (README: Few-shot)")
+    group.add_argument("--k_shot", type=int, default=0, help="normal reference images per category (0: zero-shot)")
+    group.add_argument("--shot_seed", type=int, default=0, help="seed choosing the references of the train split")
+    group.add_argument("--reference_path", default=None,
+                       help="folder of normal references (DIR/<category>/ per category, or DIR for one "
+                            "category or --image) instead of the train split")
+    group.add_argument("--shot_weight", type=float, default=1.0,
+                       help="weight of the few-shot map and score added to the zero-shot ones")
     cli.add_common_flags(parser)
     cli.add_method_flags(parser, [config_class("faprompt"), config_class("clip")])
     add_official_flags(parser, "test")
@@ -123,8 +132,13 @@ def _test(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ct
             "run_name": run, "dataset": dataset_name, "data_path": str(dataset.root),
             "backbone": backbone_cfg.model, "pretrained": backbone_cfg.pretrained,
             "image_size": backbone_cfg.image_size, "seed": args.seed, "seed_from": seed_source,
-            "config": dataclasses.asdict(config), "training": configure.training_summary(checkpoint)}
+            "k_shot": args.k_shot, "config": dataclasses.asdict(config),
+            "training": configure.training_summary(checkpoint)}
     thresholds = _decision(args, info)  # bad --thresholds input fails before anything is written
+    references = select_references(args.k_shot, args.shot_seed, args.reference_path, args.shot_weight, dataset)
+    if references is not None:
+        info.update(shot_seed=args.shot_seed, shot_weight=args.shot_weight, reference_source=references.source,
+                    references=references.as_json(dataset.root if args.image is None else None))
     default = Path(args.save_root) / "_".join(part for part in (dataset_name, method, run) if part)
     save_path = Path(args.save_path) if args.save_path else default
     if ctx.is_main:  # nothing is written before every input is checked; only rank 0 writes
@@ -147,14 +161,17 @@ def _test(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ct
     batch_size = cli.default_test_batch(device) if args.batch_size is None else args.batch_size
     sigma = config.sigma
     num_workers = cli.default_workers(device) if args.num_workers is None else args.num_workers
+    fewshot = None if references is None else FewShotScorer(model, references, args.shot_weight,
+                                                             backbone_cfg.image_size, batch_size, device)
     if args.image is not None:
-        run_images(model, dataset, device, batch_size, num_workers, sigma, save_path, thresholds)
+        run_images(model, dataset, device, batch_size, num_workers, sigma, save_path, thresholds, fewshot)
         log.info("wrote maps, overlays and scores.csv for %d image(s) to %s", len(dataset), save_path)
         return 0
     visualiser = Visualiser(save_path / "vis", dataset.root, args.vis_top_k) if args.save_vis and ctx.is_main else None
     report = None if args.no_report or not ctx.is_main else Report(save_path, dataset.root)
     per_category, mean = run_test(model, dataset, device, batch_size, num_workers, sigma, kinds, save_path, info,
-                                  save_maps_flag=args.save_maps, visualiser=visualiser, report=report)
+                                  save_maps_flag=args.save_maps, visualiser=visualiser, report=report,
+                                  fewshot=fewshot)
     if not ctx.is_main:
         return 0
     log.info("%s on %s (%s):\n%s", method, dataset_name, canonical_dataset(dataset_name),

@@ -255,9 +255,14 @@ def measure(fn: Callable[[], object], iters: int, warmup: int, device: torch.dev
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
+    return timing_stats(times, warmup)
+
+
+def timing_stats(times: Sequence[float], warmup: int) -> Dict[str, object]:
+    """Per-iteration seconds and their mean, median and best (``measure``'s figures)."""
     ordered = sorted(times)
-    return {"times_s": times, "mean_s": sum(times) / len(times), "median_s": ordered[len(ordered) // 2],
-            "best_s": ordered[0], "iters": iters, "warmup": max(0, int(warmup))}
+    return {"times_s": list(times), "mean_s": sum(times) / len(times), "median_s": ordered[len(ordered) // 2],
+            "best_s": ordered[0], "iters": len(times), "warmup": max(0, int(warmup))}
 
 
 def cpu_cost(fn: Callable[[], object], items: int, device: torch.device | str) -> Dict[str, float]:

@@ -102,9 +102,12 @@ class PerImageBayes:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-    def predict(self, images: torch.Tensor, names: Sequence[str]):
+    def predict(self, images: torch.Tensor, names: Sequence[str], features=None):
         from benchmarks.bayes_pfl import official_predict_one
         from models.scoring import Prediction
+
+        if features is not None:
+            raise ValueError("the official per-image loop computes its own image features")
 
         parts = [official_predict_one(self.model, images[i:i + 1], names[i]) for i in range(len(names))]
         return Prediction(*(torch.cat([getattr(p, f) for p in parts]) for f in ("anomaly_map", "class_prob",

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from datasets.prepare import list_images
 from datasets.transforms import image_to_tensor, load_image, load_mask, mask_to_pil, mask_to_tensor
 from utils.errors import UserError
 
@@ -259,9 +260,6 @@ class MetaDataset(Dataset):
         return item
 
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
-
-
 class ImageList(Dataset):
     """Images without ground truth (``test.py --image``): a file, or every image under a
     folder (sorted); items as :class:`MetaDataset`'s with ``label`` -1, an empty mask and
@@ -272,8 +270,7 @@ class ImageList(Dataset):
         if root.is_file():
             self.paths, self.root = [root], root.parent
         elif root.is_dir():
-            self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                                and not p.name.startswith("."))
+            self.paths = list_images(root, recursive=True)
             self.root = root
             if not self.paths:
                 raise UserError(f"--image {path}: the folder holds no image files")

@@ -46,11 +46,13 @@ Meta = Dict[str, "OrderedDict[str, List[Record]]"]
 
 
 # ---- shared helpers --------------------------------------------------------------------------
-def list_images(folder: Path) -> List[Path]:
-    """Image files in ``folder`` (not recursive), sorted by name, hidden files skipped."""
+def list_images(folder: Path, recursive: bool = False) -> List[Path]:
+    """Image files in ``folder`` (and its sub-folders if ``recursive``), sorted by path,
+    hidden files skipped."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
 
 

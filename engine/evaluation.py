@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from datasets.meta import MetaDataset, collate
 from engine import distributed
+from engine.fewshot import FewShotScorer
 from models.scoring import fuse_image_scores
 from utils.errors import UserError
 from utils.filters import gaussian_blur
@@ -52,7 +53,7 @@ class CategoryOutputs:
     ``maps`` [N, S, S] float32 (smoothed) and ``masks`` [N, S, S] bool are views of CPU buffers
     allocated once for ``expected`` images and filled in place, so a category's maps exist
     once (a 2,000-image category at 518 px: 2.1 GB of maps, 0.5 GB of masks); the other
-    fields are per-image lists.
+    fields are per-image lists (``fewshot_score`` only in a few-shot run).
     """
 
     def __init__(self, name: str, expected: int = 0, size: Optional[int] = None):
@@ -65,6 +66,7 @@ class CategoryOutputs:
         self.class_prob: List[float] = []
         self.map_score: List[float] = []
         self.paths: List[str] = []
+        self.fewshot_score: List[float] = []
 
     @property
     def maps(self) -> torch.Tensor:
@@ -93,7 +95,7 @@ class CategoryOutputs:
         self._maps, self._masks = maps, masks
 
     def extend(self, count: int, has_mask: Sequence[bool], labels: Sequence[int], class_prob: Sequence[float],
-               map_score: Sequence[float], paths: Sequence[str]) -> tuple:
+               map_score: Sequence[float], paths: Sequence[str], fewshot_score: Sequence[float] = ()) -> tuple:
         """Append ``count`` images' scalars; return the (maps, masks) rows they occupy, to be
         filled by the caller."""
         self._reserve(count)
@@ -104,21 +106,22 @@ class CategoryOutputs:
         self.class_prob += [float(v) for v in class_prob]
         self.map_score += [float(v) for v in map_score]
         self.paths += list(paths)
+        self.fewshot_score += [float(v) for v in fewshot_score]
         if self._maps is None:  # no rows yet and none asked for
             return self.maps, self.masks
         return self._maps[rows], self._masks[rows]
 
-    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths) -> None:
+    def add(self, maps, masks, has_mask, labels, class_prob, map_score, paths, fewshot_score=()) -> None:
         """Append a batch: maps [B, S, S] (any device), masks [B, S, S] (0/1 or bool), and B
-        of each scalar."""
+        of each scalar (the few-shot scores: none in a zero-shot run)."""
         if self.size is None:
             self.size = int(maps.shape[-1])
-        map_rows, mask_rows = self.extend(len(maps), has_mask, labels, class_prob, map_score, paths)
+        map_rows, mask_rows = self.extend(len(maps), has_mask, labels, class_prob, map_score, paths, fewshot_score)
         map_rows.copy_(maps)
         mask_rows.copy_(masks if masks.dtype == torch.bool else masks > 0.5)
 
     def scalars(self) -> tuple:
-        return self.has_mask, self.labels, self.class_prob, self.map_score, self.paths
+        return self.has_mask, self.labels, self.class_prob, self.map_score, self.paths, self.fewshot_score
 
 
 @dataclass
@@ -169,18 +172,34 @@ def check_finite(maps: torch.Tensor, pred, names: Sequence[str], paths: Sequence
                         "lower learning rates")
 
 
-def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float, cache=None):
-    """(Prediction, smoothed maps [B, S, S]) of one batch, both on ``device``: the model
-    upsamples the maps, they are blurred here, the whole batch at once. With a feature
-    ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
+def predict_maps(model, images: Optional[torch.Tensor], class_names: Sequence[str], sigma: float,
+                 fewshot: Optional[FewShotScorer] = None, features=None):
+    """Smoothed maps [N, S, S], the zero-shot Prediction and the few-shot score [N] (None
+    without references) of one batch of images [N, 3, S, S] (or of their ``features``), on
+    the model's device. With references the few-shot map is added, weighted, to the zero-shot
+    map before the blur (:mod:`engine.fewshot`); the whole batch is blurred at once."""
     with torch.no_grad():
-        if cache is None:
-            pred = model.predict(batch["image"].to(device, non_blocking=True), batch["cls_name"])
+        if fewshot is None:
+            pred, extra = model.predict(images, class_names, features=features), None
+            anomaly = pred.anomaly_map.float()
         else:
-            pred = model.predict(None, batch["cls_name"], features=cache.features(model, batch, device))
-        maps = gaussian_blur(pred.anomaly_map.float(), sigma)
+            pred, extra = fewshot.predict(images, class_names, features)
+            anomaly = pred.anomaly_map.float() + fewshot.weight * extra.map
+        maps = gaussian_blur(anomaly, sigma)
+    return maps, pred, None if extra is None else extra.score
+
+
+def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float, cache=None,
+            fewshot: Optional[FewShotScorer] = None):
+    """:func:`predict_maps` of one loader batch, checked for non-finite outputs. With a feature
+    ``cache`` (:class:`engine.feature_cache.DatasetCache`) the model gets its features."""
+    if cache is None:
+        images, features = batch["image"].to(device, non_blocking=True), None
+    else:
+        images, features = None, cache.features(model, batch, device)
+    maps, pred, shot = predict_maps(model, images, batch["cls_name"], sigma, fewshot, features)
     check_finite(maps, pred, batch["cls_name"], batch["img_path"])
-    return pred, maps
+    return maps, pred, shot
 
 
 def skip_noise(model, images: int) -> None:
@@ -192,9 +211,11 @@ def skip_noise(model, images: int) -> None:
 
 
 def iterate_categories(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
-                       desc: str = "test", ctx: Optional[distributed.Context] = None, cache=None):
+                       desc: str = "test", ctx: Optional[distributed.Context] = None, cache=None,
+                       fewshot: Optional[FewShotScorer] = None):
     """Yield one :class:`CategoryOutputs` per category, in dataset order, on rank 0 (the other
-    processes score their parts and yield nothing); ``cache`` as in :func:`predict`."""
+    processes score their parts and yield nothing); ``cache`` and ``fewshot`` (references: the
+    categories then carry few-shot scores) as in :func:`predict`."""
     ctx = ctx or distributed.current()
     if hasattr(model, "start_evaluation"):
         model.start_evaluation()
@@ -211,10 +232,11 @@ def iterate_categories(model, dataset, device: torch.device, batch_size: int, nu
             for start in range(0, len(plan.local), batch_size):
                 skip_noise(model, plan.local.start + start - drawn)
                 batch = next(stream)
-                pred, maps = predict(model, batch, device, sigma, cache)
+                maps, pred, shot = predict(model, batch, device, sigma, cache, fewshot)
                 drawn = plan.local.start + start + len(maps)
                 cat.add(maps, batch["mask"], batch["has_mask"].tolist(), batch["label"].tolist(),
-                        pred.class_prob.tolist(), pred.map_score.tolist(), batch["img_path"])  # maps only move once
+                        pred.class_prob.tolist(), pred.map_score.tolist(), batch["img_path"],  # maps only move once
+                        () if shot is None else shot.tolist())
                 bar.update(len(maps))
             if ctx.enabled:
                 cat = gather_category(cat, plan, ctx)
@@ -236,17 +258,23 @@ def gather_category(cat: CategoryOutputs, plan: CategoryPlan, ctx: distributed.C
     return cat
 
 
-def category_scores(cat: CategoryOutputs, fusion: str) -> torch.Tensor:
+
+
+def category_scores(cat: CategoryOutputs, fusion: str, shot_weight: float = 0.0) -> torch.Tensor:
     """Fused image scores of one category. Bayes-PFL's min-max fusion uses the class
     probability alone where the category has no masks (classification-only data), and a lone
-    image, which min-max cannot scale, is scored by its class probability."""
+    image, which min-max cannot scale, is scored by its class probability. A few-shot run adds
+    ``shot_weight`` times the few-shot score."""
     anomalous_masks = [h for h, label in zip(cat.has_mask, cat.labels) if label == 1]
     if fusion == "minmax" and anomalous_masks and not any(anomalous_masks):
         fusion = "class"
     if fusion in ("minmax", "class") and len(cat.paths) < 2:
         fusion = "prob"
-    return fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
-                             torch.tensor(cat.map_score, dtype=torch.float64), fusion)
+    scores = fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
+                               torch.tensor(cat.map_score, dtype=torch.float64), fusion)
+    if cat.fewshot_score:
+        scores = scores + shot_weight * torch.tensor(cat.fewshot_score, dtype=torch.float64)
+    return scores
 
 
 Thresholds = Dict[str, Optional[Dict[str, float]]]
@@ -367,12 +395,14 @@ def decision(score: float, threshold: Optional[float]) -> str:
 
 class ScoreWriter:
     """``scores.csv``: every image's path, category, label, image score, class probability,
-    map score and map file, and its decision at the category's F1-optimal image threshold."""
+    map score and map file, and its decision at the category's F1-optimal image threshold;
+    few-shot runs add the few-shot score (the maximum of the few-shot map) last."""
 
     HEADER = ["img_path", "category", "label", "image_score", "class_prob", "map_score", "map_file", "decision"]
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, fewshot: bool = False):
         self.path = path
+        self.header = self.HEADER + ["fewshot_score"] * fewshot
         self.rows: List[List[Any]] = []
 
     def add(self, cat: CategoryOutputs, scores: torch.Tensor, map_files: Sequence[str],
@@ -381,13 +411,18 @@ class ScoreWriter:
             self.rows.append([p, cat.name, cat.labels[i] if cat.labels[i] >= 0 else "",
                               f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}",
                               f"{cat.map_score[i]:.6f}", map_files[i] if map_files else "",
-                              decision(float(scores[i]), threshold)])
+                              decision(float(scores[i]), threshold)] + fewshot_cells(cat, i))
 
     def write(self) -> None:
         with atomic_open(self.path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
-            writer.writerow(self.HEADER)
+            writer.writerow(self.header)
             writer.writerows(self.rows)
+
+
+def fewshot_cells(cat: CategoryOutputs, i: int) -> List[str]:
+    """Image i's ``fewshot_score`` cell of scores.csv (none in a zero-shot run)."""
+    return [f"{v:.6f}" for v in cat.fewshot_score[i:i + 1]]
 
 
 def map_file_name(root: Path, dataset_root: Path, img_path: str) -> Path:
@@ -445,19 +480,22 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
 
 
 def run_images(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
-               save_path: Path, thresholds) -> None:
+               save_path: Path, thresholds, fewshot: Optional[FewShotScorer] = None) -> None:
     """Score images without ground truth (a ``datasets.meta.ImageList``) through the same
     prediction, smoothing and fusion as a dataset, and write ``maps/*.npy``, overlays on one
     colour scale in ``vis/``, and ``scores.csv``; with ``thresholds`` (an
-    ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image."""
-    cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score"))
+    ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image;
+    with few-shot references, their map and score added and a ``fewshot_score`` column."""
+    cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score",
+                                   fewshot=fewshot))
     if not cats:  # a process other than rank 0: it scored its part
         return
     cat = cats[0]  # one class name for every image
-    scores = category_scores(cat, model.score_fusion)
+    scores = category_scores(cat, model.score_fusion, fewshot.weight if fewshot is not None else 0.0)
     maps = cat.maps
     low, high = float(maps.min()), float(maps.max())
     header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
+    header += ["fewshot_score"] * (fewshot is not None)
     header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
     rows = []
     for i, path in enumerate(cat.paths):
@@ -466,7 +504,7 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
             np.save(handle, maps[i].numpy().astype(np.float32))
         write_png(save_path / "vis" / f"{stem}.png", heat(load_rgb(path, dataset.image_size), maps[i].numpy(), low, high))
         row = [path, f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}", f"{cat.map_score[i]:.6f}",
-               f"maps/{stem}.npy"]
+               f"maps/{stem}.npy"] + fewshot_cells(cat, i)
         verdict = ""
         if thresholds.image is not None:
             row.append(decision(float(scores[i]), thresholds.image))
@@ -487,19 +525,22 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
 
 def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
              sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
-             save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None):
-    """Evaluate ``model`` on ``dataset``; write results (and maps, visualisations and the
-    :class:`engine.report.Report` when given); return the tables (on rank 0; None, None on the
-    other processes of a torchrun launch, which only score their parts)."""
+             save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None,
+             fewshot: Optional[FewShotScorer] = None):
+    """Evaluate ``model`` on ``dataset`` (with few-shot references when ``fewshot`` is given);
+    write results (and maps, visualisations and the :class:`engine.report.Report` when
+    given); return the tables (on rank 0; None, None on the other processes of a torchrun
+    launch, which only score their parts)."""
     per_category: Dict[str, Dict[str, Optional[float]]] = {}
     thresholds: Dict[str, Thresholds] = {}
     if not distributed.current().is_main:  # score this process's parts; rank 0 evaluates and writes
-        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
+        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
             pass
         return None, None
-    scores_out = ScoreWriter(save_path / "scores.csv") if save_maps_flag else None
-    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma):
-        scores = category_scores(cat, model.score_fusion)
+    scores_out = ScoreWriter(save_path / "scores.csv", fewshot is not None) if save_maps_flag else None
+    shot_weight = fewshot.weight if fewshot is not None else 0.0
+    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
+        scores = category_scores(cat, model.score_fusion, shot_weight)
         result = evaluate_category(cat, scores, kinds, device)
         per_category[cat.name], thresholds[cat.name] = result.metrics, result.thresholds()
         files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []

@@ -19,7 +19,7 @@ from utils.errors import UserError
 log = logging.getLogger("zsad.thresholds")
 
 # Settings of the run that produced the thresholds which must match the run applying them.
-MATCHING = ("method", "checkpoint", "backbone", "pretrained", "image_size")
+MATCHING = ("method", "checkpoint", "backbone", "pretrained", "image_size", "k_shot")
 
 
 @dataclass

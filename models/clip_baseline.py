@@ -12,7 +12,7 @@ It needs nothing but CLIP weights, so a new user gets real zero-shot numbers at 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,14 @@ class ClipBaseline(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         return self.backbone.encode_image(images, vv_start=self.vv_start)
+
+    def fewshot_tokens(self, images: Optional[torch.Tensor],
+                       features: Optional[ImageFeatures] = None) -> List[Tuple[torch.Tensor, bool]]:
+        """Tokens of a few-shot memory bank (``engine.fewshot``): the V-V patch tokens [N, P, D]
+        the pixel map reads, upsampled with ``align_corners`` False as that map is; from
+        ``features`` when given. With references this is a WinCLIP-style few-shot baseline."""
+        feats = features if features is not None else self.encode_images(images)
+        return [(feats.vv_proj, False)]
 
     def predict(self, images: torch.Tensor, class_names: Sequence[str],
                 features: Optional[ImageFeatures] = None) -> Prediction:

@@ -16,7 +16,7 @@ only wires them:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +182,27 @@ class ZSADModel(nn.Module):
         if self.config.uses_similarity:
             return F.normalize(feats.vv_proj, dim=-1)
         return F.normalize(feats.patch_proj[self.config.features_list[-1]], dim=-1)
+
+    def fewshot_tokens(self, images: Optional[torch.Tensor],
+                       features: Optional[ImageFeatures] = None) -> List[Tuple[torch.Tensor, bool]]:
+        """Tokens of few-shot memory banks (``engine.fewshot``), one entry per layer the active
+        pixel heads read, each (patch tokens [N, P, ·], ``align_corners`` of that head's
+        upsampling); from ``features`` (of ``encode_images``) when given, so a test batch runs
+        the image tower once.
+
+        Similarity head: the V-V tokens it compares with text (FAPrompt's final ones, AnomalyCLIP's
+        per listed layer; aliased layers are one entry, as they are one tensor). RCA head: the raw
+        block outputs of ``features_list``, before the RCA projection, which was trained to meet
+        text while the bank compares images with images (as APRIL-GAN keeps raw tokens)."""
+        cfg = self.config
+        feats = features if features is not None else self.encode_images(images)
+        entries: List[Tuple[torch.Tensor, bool]] = []
+        if cfg.uses_similarity:
+            patches = self._similarity_patches(feats)
+            entries += [(p, False) for p in (patches[:1] if cfg.vv_aliased else patches)]
+        if cfg.uses_rca:
+            entries += [(feats.patch_raw[layer], True) for layer in cfg.features_list]
+        return entries
 
     # ------------------------------------------------------------------ text side
     def words(self, class_names: Sequence[str]) -> List[str]:

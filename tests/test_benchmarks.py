@@ -150,3 +150,21 @@ def test_device_check_distributed_part_on_cpu(tiny_model, tmp_path):
     out = json.loads(path.read_text())["distributed"]
     assert out["single"]["returncode"] == 0 and out["torchrun"]["returncode"] == 0, out
     assert out["metrics_equal"] is True and out["max_map_difference"] <= 1e-6
+
+
+def test_fewshot_benchmark(tiny_model, capsys):
+    from benchmarks import fewshot as fewshot_bench
+
+    result = fewshot_bench.main(_argv(tiny_model, "--batch_size", "2", "--shots", "1", "3", "--iters", "1"))
+    _check_timing(result["zero_shot"]["timing"], iters=2)  # one round per K
+    rows = result["few_shot"]
+    assert [r["k"] for r in rows] == [1, 3]
+    for r in rows:
+        for name in ("zero_shot", "few_shot", "comparison_only", "two_passes"):
+            _check_timing(r[name], iters=1)
+        patches = (32 // 8) ** 2
+        assert r["bank_rows"] == [r["k"] * patches]  # clip: the V-V tokens of its pixel map
+        assert r["bank_bytes"] == 4 * sum(r["k"] * patches * d for d in r["bank_dims"])
+        assert min(r["ratio"], r["ratio_two_passes"], r["ratio_comparison_only"], r["bank_build_s"]) > 0
+    out = capsys.readouterr().out
+    assert "K = 3" in out and "x zero-shot" in out

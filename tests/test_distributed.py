@@ -66,10 +66,12 @@ def _bayes_checkpoint(data, tmp_path, common) -> Path:
     return save / "final.pth"
 
 
-def test_distributed_test_equals_single_process(data, tmp_path, common):
-    """Maps to 1e-6, scores and every metric exactly; Bayes-PFL's flow noise follows the images."""
+@pytest.mark.parametrize("extra", [[], ["--k_shot", "2"]], ids=["zero-shot", "2-shot"])
+def test_distributed_test_equals_single_process(extra, data, tmp_path, common):
+    """Maps to 1e-6, scores and every metric exactly; Bayes-PFL's flow noise follows the images;
+    with references every process builds the same banks."""
     checkpoint = _bayes_checkpoint(data, tmp_path, common)
-    flags = [*common[2:], "--save_maps", "--no_report", "--sample_num", "3", "--device", "cpu"]
+    flags = [*common[2:], "--save_maps", "--no_report", "--sample_num", "3", "--device", "cpu", *extra]
     assert _test(checkpoint, data, tmp_path / "single", flags, "--batch_size", "2") == 0
     done = torchrun(tmp_path, "test.py", "--checkpoint_path", str(checkpoint), "--data_path", str(data),
                     "--save_path", str(tmp_path / "multi"), *flags, "--batch_size", "3")
@@ -86,6 +88,7 @@ def test_distributed_test_equals_single_process(data, tmp_path, common):
     for a, b in zip(rows["single"], rows["multi"]):
         assert float(a["image_score"]) == pytest.approx(float(b["image_score"]), abs=2e-6)
         assert a["decision"] == b["decision"]
+        assert ("fewshot_score" in a) == bool(extra) and a.get("fewshot_score") == b.get("fewshot_score")
     maps = sorted((tmp_path / "single" / "maps").rglob("*.npy"))
     assert len(maps) == len(rows["single"])
     for path in maps:
