@@ -19,11 +19,13 @@ Each job is also split into its parts: the model with the blur, the metrics, rep
 the rest (waiting for data, buffers, result files), so the table shows where a job loses to
 the floor.
 
-Peak memory is CUDA memory allocated on a GPU and the resident host memory on the CPU. The
+Peak memory is CUDA memory allocated on a GPU and the resident host memory on the CPU (where
+freed memory stays in the process, as in test.py, so a row's figure is at least the one above
+it: run one method per process for separate figures). The
 table gives job/backbone (target <= 1.10 at full size) and the speed-up of ours over the
 per-image style. ``--category_images N`` adds the peak host memory of one category of N
 images accumulated and evaluated as the test does (synthetic maps and masks at
-``--image_size``: the model plays no part in that figure). The images are synthetic
+``--image_size``, in a process of its own: the model plays no part in that figure). The images are synthetic
 (``datasets.synthetic``, ``--source_size`` px PNGs, as MVTec's are about 1000 px), or a real
 dataset's (``--data_path``, ``--classes``).
 """
@@ -266,13 +268,31 @@ def category_memory(images: int, size: int, seed: int, batch: int = 8) -> Dict[s
             "metrics": result.metrics}
 
 
+def _category_memory_child(images: int, size: int, seed: int) -> Dict[str, object]:
+    from engine.cli import keep_freed_memory
+
+    keep_freed_memory(torch.device("cpu"))  # as test.py runs on the CPU
+    return category_memory(images, size, seed)
+
+
+def category_memory_apart(images: int, size: int, seed: int) -> Dict[str, object]:
+    """:func:`category_memory` in a fresh process: test.py keeps freed memory on the CPU, so
+    the category's peak would otherwise stay resident under every figure measured after it
+    (and a model's would hide under the category's)."""
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_category_memory_child, images, size, seed).result()
+
+
 # ---------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> Dict[str, object]:
     settings = common.setup(args)
     result: Dict[str, object] = {"benchmark": "run", "settings": {**settings, "pretrained": args.pretrained},
                                  "environment": common.environment(settings["device"])}
-    if args.category_images:  # first, before any model inflates the process
-        result["category"] = category_memory(args.category_images, settings["image_size"], args.seed)
+    if args.category_images:
+        result["category"] = category_memory_apart(args.category_images, settings["image_size"], args.seed)
     with tempfile.TemporaryDirectory(prefix="zsad_run_") as tmp:
         folder = Path(tmp)
         dataset = make_dataset(args, settings["image_size"], folder, settings["model"] == common.TINY_MODEL)
