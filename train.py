@@ -227,6 +227,7 @@ def build_trainer(argv: Optional[Sequence[str]] = None) -> Trainer:
 
 
 def _build(args, run: Plan, ctx: distributed.Context) -> Trainer:
+    """This process's trainer: data, save folder (rank 0 writes), model, caches, resume state."""
     distributed.quiet_other_ranks(ctx)
     cli.keep_freed_memory(run.device)
     method, recipe, backbone_cfg = run.method, run.recipe, run.backbone

@@ -17,8 +17,9 @@ is the median over the rounds of the per-round ratio to the zero-shot time):
 * few-shot without the shared pass: ``predict`` and the few-shot scoring one after the other
   (the image tower runs twice), to show what the shared pass saves.
 
-Memory: the peak above the level before each call (CUDA: allocated bytes; CPU on Linux: the
-resident-memory high-water mark), next to the bank's size and the largest similarity block.
+Memory: the peak of each call, weights included (CUDA: allocated bytes; CPU on Linux: the
+resident-memory high-water mark, which on the CPU also holds the memory the process keeps for
+reuse, as test.py does), next to the bank's size and the largest similarity block.
 """
 from __future__ import annotations
 
@@ -96,13 +97,6 @@ def median_ratio(a: Dict[str, object], b: Dict[str, object]) -> float:
     """Median over the rounds of a's time over b's (same round)."""
     ratios = sorted(x / y for x, y in zip(a["times_s"], b["times_s"]))
     return ratios[len(ratios) // 2]
-
-
-def above(record: Dict[str, Optional[float]]) -> Optional[float]:
-    """Peak memory above the level on entry, from a ``common.peak_memory_of`` record."""
-    if record.get("peak_bytes") is None or record.get("base_bytes") is None:
-        return None
-    return max(0.0, record["peak_bytes"] - record["base_bytes"])
 
 
 def run(args: argparse.Namespace) -> Dict[str, object]:
@@ -189,15 +183,15 @@ def report(result: Dict[str, object]) -> str:
     n = s["batch_size"]
     head = (f"few-shot cost: --method {s['method']}, {s['model']} ({s['pretrained']} weights), {s['image_size']} px, "
             f"{s['device']}, precision {s['precision']}, batches of {n}; per K {s['iters']} timed round(s) after "
-            f"{zero['timing']['warmup']} warm-up, ratios: median over rounds; peak memory above the level before "
-            "the call "
+            f"{zero['timing']['warmup']} warm-up, ratios: median over rounds; peak memory of the call, weights "
+            "included "
             f"({'CUDA allocated' if s['device'].type == 'cuda' else 'resident, host'})")
     rows = [["zero-shot", "-", "-", "-", 1000 * zero["timing"]["median_s"] / n, 1.0, "-", "-",
-             common.gib(above(zero["memory"]))]]
+             common.gib(zero["memory"]["peak_bytes"])]]
     for r in result["few_shot"]:
         rows.append([f"K = {r['k']}", "/".join(map(str, r["bank_rows"])), common.gib(r["bank_bytes"]),
                      r["bank_build_s"], 1000 * r["few_shot"]["median_s"] / n, r["ratio"],
-                     r["ratio_comparison_only"], r["ratio_two_passes"], common.gib(above(r["memory"]))])
+                     r["ratio_comparison_only"], r["ratio_two_passes"], common.gib(r["memory"]["peak_bytes"])])
     table = common.format_table(rows, ["run", "bank rows", "bank", "bank build s", "median ms/image", "x zero-shot",
                                        "comparison alone", "x (2 passes)", "peak mem"])
     block = max((r["similarity_block_bytes"] for r in result["few_shot"]), default=0)

@@ -256,9 +256,9 @@ def keep_freed_memory(device: torch.device) -> bool:
 
     By default every block over 32 MB is mapped fresh from the kernel and unmapped when
     freed, so each large activation pays its page faults again on every forward pass. At 518
-    px most of ViT-L's activations of one image stay under 32 MB, but those of a batch of 4 do
-    not: measured, 0.79 million page faults and 1.5 s of kernel time per image at batch 4 against
-    0.15 million and 0.3 s at batch 1 (benchmarks/RESULTS.md, "CPU batch size"). Serving them
+    px on ViT-L that is 0.41 million page faults and 1.0 s of kernel time per image at batch 1
+    and 0.61 million and 1.3 s at batch 4 (benchmarks/RESULTS.md, "CPU batch size"; an earlier
+    run on a busier machine: 0.79 million and 1.5 s at batch 4). Serving them
     from the heap and not trimming it takes that to about zero; the price is that the process
     keeps its peak memory until it ends. Returns whether it was applied (glibc on Linux only).
     """
