@@ -20,12 +20,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE.parents[1]]
 
-import torch  # noqa: E402
-
 import official_stubs  # noqa: E402
 from golden_checkpoints import ANOMALYCLIP_SEED  # noqa: E402
-from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, pillow_masks,  # noqa: E402
-                            restrict_classes, seeded, seeded_learner_checkpoint)
+from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, official_modules,  # noqa: E402
+                            seeded, seeded_learner_checkpoint)
 from recorder import Recorder, patched  # noqa: E402
 
 DEPTH, N_CTX, T_N_CTX = 3, 12, 4
@@ -38,20 +36,10 @@ def main() -> None:
     official_stubs.rewind_before_torch_load()
     rec = Recorder()
     out: dict = {}
-    with official_stubs.working_directory(str(official)):
-        import AnomalyCLIP_lib
-        import dataset as dataset_module
-        import prompt_ensemble as ensemble
-        from AnomalyCLIP_lib import AnomalyCLIP as clip_module
-
-        test_module = official_stubs.load_module("official_anomalyclip_test", str(official / "test.py"))
-        train_module = official_stubs.load_module("official_anomalyclip_train", str(official / "train.py"))
-    pillow_masks(dataset_module)
-    present = list(json.loads((Path(args.data) / "meta.json").read_text())["test"])
-    restrict_classes(dataset_module, present)
+    m = official_modules(official, "anomalyclip", args.data, "prompt_ensemble")
     design = {"Prompt_length": N_CTX, "learnabel_text_embedding_depth": DEPTH,
               "learnabel_text_embedding_length": T_N_CTX}
-    original_load = AnomalyCLIP_lib.load
+    original_load = m.lib.load
 
     def clip_path_load(name, *a, **k):
         return original_load(args.clip, *a, **k)
@@ -59,38 +47,38 @@ def main() -> None:
     # --- the seeded official checkpoint ------------------------------------------------------
     checkpoint = work / "anomalyclip_official.pth"
     values, tiny_manifest, recorded = seeded_learner_checkpoint(
-        original_load, ensemble.AnomalyCLIP_PromptLearner, design, args.clip, "anomalyclip", ANOMALYCLIP_SEED,
+        original_load, m.prompt_ensemble.AnomalyCLIP_PromptLearner, design, args.clip, "anomalyclip", ANOMALYCLIP_SEED,
         checkpoint)
     out.update(recorded)
 
-    SeededLearner = seeded(ensemble.AnomalyCLIP_PromptLearner, values)
+    SeededLearner = seeded(m.prompt_ensemble.AnomalyCLIP_PromptLearner, values)
 
     # --- the official test -------------------------------------------------------------------
     test_args = argparse.Namespace(data_path=args.data, save_path=str(work / "anomalyclip_test"),
                                    checkpoint_path=str(checkpoint), dataset="mvtec", features_list=FEATURES,
                                    image_size=args.image_size, depth=DEPTH, n_ctx=N_CTX, t_n_ctx=T_N_CTX,
                                    feature_map_layer=[0, 1, 2], metrics="image-pixel-level", seed=111, sigma=4)
-    wrapped = {name: rec.wrap(name, getattr(AnomalyCLIP_lib, name)) for name in ("compute_similarity",
+    wrapped = {name: rec.wrap(name, getattr(m.lib, name)) for name in ("compute_similarity",
                                                                                   "get_similarity_map")}
-    with patched(AnomalyCLIP_lib, "load", clip_path_load), \
-            patched(test_module, "AnomalyCLIP_PromptLearner", SeededLearner), \
-            patched(AnomalyCLIP_lib, "compute_similarity", wrapped["compute_similarity"]), \
-            patched(AnomalyCLIP_lib, "get_similarity_map", wrapped["get_similarity_map"]), \
-            patched(clip_module.AnomalyCLIP, "encode_image", rec.wrap("encode_image", clip_module.AnomalyCLIP.encode_image)), \
-            patched(clip_module.AnomalyCLIP, "encode_text_learn",
-                    rec.wrap("encode_text_learn", clip_module.AnomalyCLIP.encode_text_learn)), \
-            patched(test_module, "gaussian_filter", rec.wrap("gaussian_filter", test_module.gaussian_filter)), \
-            patched(test_module, "image_level_metrics",
-                    rec.wrap("image_level_metrics", test_module.image_level_metrics, keep_args=True)), \
-            patched(test_module, "pixel_level_metrics", rec.wrap("pixel_level_metrics", test_module.pixel_level_metrics)):
-        test_module.setup_seed(111)
-        test_module.test(test_args)
-    collect_test(rec, out, [c for c in dataset_module.generate_class_info("mvtec")[0]])
+    with patched(m.lib, "load", clip_path_load), \
+            patched(m.test, "AnomalyCLIP_PromptLearner", SeededLearner), \
+            patched(m.lib, "compute_similarity", wrapped["compute_similarity"]), \
+            patched(m.lib, "get_similarity_map", wrapped["get_similarity_map"]), \
+            patched(m.clip.AnomalyCLIP, "encode_image", rec.wrap("encode_image", m.clip.AnomalyCLIP.encode_image)), \
+            patched(m.clip.AnomalyCLIP, "encode_text_learn",
+                    rec.wrap("encode_text_learn", m.clip.AnomalyCLIP.encode_text_learn)), \
+            patched(m.test, "gaussian_filter", rec.wrap("gaussian_filter", m.test.gaussian_filter)), \
+            patched(m.test, "image_level_metrics",
+                    rec.wrap("image_level_metrics", m.test.image_level_metrics, keep_args=True)), \
+            patched(m.test, "pixel_level_metrics", rec.wrap("pixel_level_metrics", m.test.pixel_level_metrics)):
+        m.test.setup_seed(111)
+        m.test.test(test_args)
+    collect_test(rec, out, [c for c in m.dataset.generate_class_info("mvtec")[0]])
     rec.calls.clear()
 
     # --- one official training step ------------------------------------------------------------
-    out.update(train_step(train_module, SeededLearner, clip_path_load, args, work))
-    out["full_manifest"] = np.array(json.dumps(full_size_learner_manifest(ensemble.AnomalyCLIP_PromptLearner)))
+    out.update(train_step(m.train, SeededLearner, clip_path_load, args, work))
+    out["full_manifest"] = np.array(json.dumps(full_size_learner_manifest(m.prompt_ensemble.AnomalyCLIP_PromptLearner)))
     out["tiny_manifest"] = np.array(json.dumps(tiny_manifest))
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({len(out)} arrays)")
@@ -144,15 +132,11 @@ def train_step(train_module, learner_class, clip_path_load, args, work: Path) ->
                                     feature_map_layer=[0, 1, 2], features_list=FEATURES, epoch=1, learning_rate=0.001,
                                     batch_size=8, image_size=args.image_size, print_freq=1, save_freq=1, seed=111)
     Path(train_args.save_path).mkdir(parents=True, exist_ok=True)
+    losses = {"FocalLoss": (loss_module.FocalLoss, "focal"), "BinaryDiceLoss": (loss_module.BinaryDiceLoss, "dice")}
     with official_stubs.cuda_to_cpu(), \
             patched(AnomalyCLIP_lib, "load", clip_path_load), \
             patched(train_module, "AnomalyCLIP_PromptLearner", learner_class), \
-            patched(train_module, "FocalLoss", step.loss(loss_module.FocalLoss, "focal")), \
-            patched(train_module, "BinaryDiceLoss", step.loss(loss_module.BinaryDiceLoss, "dice")), \
-            patched(train_module, "F", step.functional()), \
-            patched(torch.optim, "Adam", step.adam()), \
-            patched(torch.utils.data, "DataLoader", step.loader()), \
-            patched(torch.Tensor, "backward", step.backward()):
+            step.recording_loop(train_module, losses):
         train_module.setup_seed(111)
         train_module.train(train_args)
     return step.arrays(args.data)

@@ -1,18 +1,23 @@
-"""What the official-code harnesses share: module manifests, the Pillow fix for their datasets,
-the class-list restriction, and the recorders of one official training step."""
+"""What the official-code harnesses share: importing an official checkout, module manifests,
+the Pillow fix for their datasets, the class-list restriction, and the recorders of one
+official training step."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import json
 import sys
 import types
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
 
+import official_stubs
 from golden_checkpoints import checksum, seeded_parameters
-from recorder import gradient_summary
+from recorder import gradient_summary, patched
 
 
 def harness_args(*extra: str) -> Tuple[argparse.Namespace, Path, Path]:
@@ -76,6 +81,27 @@ def manifest(module: torch.nn.Module) -> dict:
     params = {name for name, _ in module.named_parameters()}
     return {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", ""),
                 "kind": "parameter" if k in params else "buffer"} for k, v in module.state_dict().items()}
+
+
+def official_modules(official: Path, name: str, data: str, *extra: str) -> types.SimpleNamespace:
+    """The modules of an official checkout that shares AnomalyCLIP's layout (FAPrompt,
+    AnomalyCLIP), imported from inside it (they open files by relative path): ``lib`` (its CLIP
+    package), ``clip`` (the model module), ``dataset``, ``test`` and ``train`` (its scripts,
+    loaded as ``official_<name>_test`` / ``_train``), the ``extra`` modules by name, and
+    ``classes``, the categories of the dataset at ``data``, to which the dataset's class lists
+    are cut (:func:`restrict_classes`; its masks get :func:`pillow_masks`)."""
+    with official_stubs.working_directory(str(official)):
+        lib = importlib.import_module("AnomalyCLIP_lib")
+        modules = types.SimpleNamespace(
+            lib=lib, clip=importlib.import_module("AnomalyCLIP_lib.AnomalyCLIP"),
+            dataset=importlib.import_module("dataset"),
+            **{module: importlib.import_module(module) for module in extra})
+        modules.test = official_stubs.load_module(f"official_{name}_test", str(official / "test.py"))
+        modules.train = official_stubs.load_module(f"official_{name}_train", str(official / "train.py"))
+    modules.classes = list(json.loads((Path(data) / "meta.json").read_text())["test"])
+    pillow_masks(modules.dataset)
+    restrict_classes(modules.dataset, modules.classes)
+    return modules
 
 
 def pillow_masks(module) -> None:
@@ -177,6 +203,21 @@ class TrainingStep:
                     yield items
 
         return RecordingLoader
+
+    @contextlib.contextmanager
+    def recording_loop(self, train_module, losses: Dict[str, Tuple[type, str]]) -> Iterator[None]:
+        """For the block, a ``train.py`` of AnomalyCLIP's layout (FAPrompt, AnomalyCLIP) records
+        the step: its loss classes (``losses``: name in ``train_module`` → (class, key)), its
+        ``F.cross_entropy``, the batch order, the total and the gradients."""
+        with contextlib.ExitStack() as stack:
+            for name, (cls, key) in losses.items():
+                stack.enter_context(patched(train_module, name, self.loss(cls, key)))
+            for target, attribute, replacement in ((train_module, "F", self.functional()),
+                                                   (torch.optim, "Adam", self.adam()),
+                                                   (torch.utils.data, "DataLoader", self.loader()),
+                                                   (torch.Tensor, "backward", self.backward())):
+                stack.enter_context(patched(target, attribute, replacement))
+            yield
 
     def arrays(self, data_root) -> Dict[str, np.ndarray]:
         from pathlib import Path

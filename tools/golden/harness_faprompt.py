@@ -21,8 +21,8 @@ import torch  # noqa: E402
 
 import official_stubs  # noqa: E402
 from golden_checkpoints import FAPROMPT_SEED  # noqa: E402
-from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, pillow_masks,  # noqa: E402
-                            restrict_classes, seeded, seeded_learner_checkpoint)
+from harness_common import (TrainingStep, full_size_learner_manifest, harness_args, official_modules,  # noqa: E402
+                            seeded, seeded_learner_checkpoint)
 from recorder import Recorder, patched  # noqa: E402
 
 DEPTH, T_N_CTX = 3, 4  # deep prompts at text layers 2..3 of the 4-layer tiny text tower
@@ -33,27 +33,16 @@ def main() -> None:
     official_stubs.install_common()
     rec = Recorder()
     out: dict = {}
-    with official_stubs.working_directory(str(official)):
-        import AnomalyCLIP_lib
-        import dataset as dataset_module
-        import FAPrompt as fap_module
-        from AnomalyCLIP_lib import AnomalyCLIP as clip_module
-
-        test_module = official_stubs.load_module("official_faprompt_test", str(official / "test.py"))
-        train_module = official_stubs.load_module("official_faprompt_train", str(official / "train.py"))
-
-    pillow_masks(dataset_module)
-    present = list(json.loads((Path(args.data) / "meta.json").read_text())["test"])
-    restrict_classes(dataset_module, present)
+    m = official_modules(official, "faprompt", args.data, "FAPrompt")
     design = {"Prompt_length": 12, "learnabel_text_embedding_depth": DEPTH, "learnabel_text_embedding_length": T_N_CTX}
 
     # --- the seeded official checkpoint ------------------------------------------------------
     checkpoint = work / "faprompt_official.pth"
-    values, tiny_manifest, recorded = seeded_learner_checkpoint(AnomalyCLIP_lib.load, fap_module.FAPrompt, design,
+    values, tiny_manifest, recorded = seeded_learner_checkpoint(m.lib.load, m.FAPrompt.FAPrompt, design,
                                                                 args.clip, "faprompt", FAPROMPT_SEED, checkpoint)
     out.update(recorded)
 
-    class SeededFAPrompt(seeded(fap_module.FAPrompt, values)):
+    class SeededFAPrompt(seeded(m.FAPrompt.FAPrompt, values)):
         """The official prompt learner with the seeded parameters, its calls recorded."""
 
         def forward(self, selected_tokens=None):
@@ -67,8 +56,8 @@ def main() -> None:
     def clip_path_load(name, *a, **k):
         return original_load(args.clip, *a, **k)
 
-    original_load = AnomalyCLIP_lib.load
-    wrapped = {name: rec.wrap(name, getattr(AnomalyCLIP_lib, name))
+    original_load = m.lib.load
+    wrapped = {name: rec.wrap(name, getattr(m.lib, name))
                for name in ("compute_similarity_ori", "compute_similarity", "get_similarity_map")}
 
     # --- the official test -------------------------------------------------------------------
@@ -76,27 +65,27 @@ def main() -> None:
                                    save_path=str(work / "faprompt_test"), dataset="mvtecad",
                                    checkpoint_path=str(checkpoint), depth=DEPTH, n_ctx=12, t_n_ctx=T_N_CTX,
                                    metrics="image-pixel-level", seed=111, sigma=10)
-    with patched(AnomalyCLIP_lib, "load", clip_path_load), \
-            patched(test_module, "FAPrompt", SeededFAPrompt), \
-            patched(clip_module.AnomalyCLIP, "encode_image", rec.wrap("encode_image", clip_module.AnomalyCLIP.encode_image)), \
-            patched(clip_module.AnomalyCLIP, "encode_text_learn",
-                    rec.wrap("encode_text_learn", clip_module.AnomalyCLIP.encode_text_learn)), \
-            patched(test_module, "gaussian_filter", rec.wrap("gaussian_filter", test_module.gaussian_filter)), \
-            patched(test_module, "image_level_metrics",
-                    rec.wrap("image_level_metrics", test_module.image_level_metrics, keep_args=True)), \
-            patched(test_module, "pixel_level_metrics", rec.wrap("pixel_level_metrics", test_module.pixel_level_metrics)):
+    with patched(m.lib, "load", clip_path_load), \
+            patched(m.test, "FAPrompt", SeededFAPrompt), \
+            patched(m.clip.AnomalyCLIP, "encode_image", rec.wrap("encode_image", m.clip.AnomalyCLIP.encode_image)), \
+            patched(m.clip.AnomalyCLIP, "encode_text_learn",
+                    rec.wrap("encode_text_learn", m.clip.AnomalyCLIP.encode_text_learn)), \
+            patched(m.test, "gaussian_filter", rec.wrap("gaussian_filter", m.test.gaussian_filter)), \
+            patched(m.test, "image_level_metrics",
+                    rec.wrap("image_level_metrics", m.test.image_level_metrics, keep_args=True)), \
+            patched(m.test, "pixel_level_metrics", rec.wrap("pixel_level_metrics", m.test.pixel_level_metrics)):
         for name, fn in wrapped.items():
-            setattr(AnomalyCLIP_lib, name, fn)
-        test_module.setup_seed(111)
-        test_module.test(test_args)
+            setattr(m.lib, name, fn)
+        m.test.setup_seed(111)
+        m.test.test(test_args)
         for name in wrapped:
-            setattr(AnomalyCLIP_lib, name, getattr(AnomalyCLIP_lib.model_load, name))
-    collect_test(rec, out, present)
+            setattr(m.lib, name, getattr(m.lib.model_load, name))
+    collect_test(rec, out, m.classes)
     rec.calls.clear()
 
     # --- one official training step ------------------------------------------------------------
-    out.update(train_step(train_module, SeededFAPrompt, clip_path_load, original_load, args, work, rec))
-    out["full_manifest"] = np.array(json.dumps(full_size_learner_manifest(fap_module.FAPrompt)))
+    out.update(train_step(m.train, SeededFAPrompt, clip_path_load, original_load, args, work, rec))
+    out["full_manifest"] = np.array(json.dumps(full_size_learner_manifest(m.FAPrompt.FAPrompt)))
     out["tiny_manifest"] = np.array(json.dumps(tiny_manifest))
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({len(out)} arrays)")
@@ -167,16 +156,12 @@ def train_step(train_module, learner_class, clip_path_load, original_load, args,
                                     features_list=[6, 12, 18, 24], epoch=1, learning_rate=0.001, batch_size=8,
                                     image_size=args.image_size, print_freq=1, save_freq=1, seed=111)
     Path(train_args.save_path).mkdir(parents=True, exist_ok=True)
+    losses = {"FocalLoss": (loss_module.FocalLoss, "focal"), "BinaryDiceLoss": (loss_module.BinaryDiceLoss, "dice"),
+              "BinaryFocalLoss": (loss_module.BinaryFocalLoss, "binary_focal")}
     with patched(AnomalyCLIP_lib, "load", clip_path_load), \
             patched(train_module, "FAPrompt", learner_class), \
-            patched(train_module, "FocalLoss", step.loss(loss_module.FocalLoss, "focal")), \
-            patched(train_module, "BinaryDiceLoss", step.loss(loss_module.BinaryDiceLoss, "dice")), \
-            patched(train_module, "BinaryFocalLoss", step.loss(loss_module.BinaryFocalLoss, "binary_focal")), \
             patched(torch.nn, "MSELoss", step.loss(torch.nn.MSELoss, "mse")), \
-            patched(train_module, "F", step.functional()), \
-            patched(torch.optim, "Adam", step.adam()), \
-            patched(torch.utils.data, "DataLoader", step.loader()), \
-            patched(torch.Tensor, "backward", step.backward()):
+            step.recording_loop(train_module, losses):
         train_module.setup_seed(111)
         train_module.train(train_args)
     return step.arrays(args.data)
