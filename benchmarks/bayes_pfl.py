@@ -49,20 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(backbone, device, sample_num: int = 10, prompt_num: int = 3, seed: int = 0):
-    """Bayes-PFL with the official layer choice scaled to the depth, random weights, eval mode."""
-    from models.backbone import layers_or_default
-    from models.config import preset
-    from models.model import ZSADModel
-
-    config = preset("bayes_pfl", prompt_num=prompt_num, sample_num=sample_num,
-                    features_list=tuple(layers_or_default(None, backbone.num_layers)))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ZSADModel(backbone, config, "bayes_pfl")
-    return model.to(device).eval()
-
-
 def predict_batched(model, images: torch.Tensor, names: Sequence[str], sigma: float):
     """(a): one ``predict`` call; returns (blurred maps, Prediction)."""
     from utils.filters import gaussian_blur
@@ -171,7 +157,8 @@ def run(args: argparse.Namespace, backbone=None) -> Dict[str, object]:
         backbone = common.make_backbone(settings["model"], args.pretrained, settings["image_size"], device,
                                         args.precision, pos_interpolation="bicubic", seed=args.seed)
     backbone.precision = args.precision
-    model = build_model(backbone, device, args.sample_num, args.prompt_num, args.seed)
+    model = common.build_method("bayes_pfl", backbone, device, args.seed, sample_num=args.sample_num,
+                                prompt_num=args.prompt_num)
     images = common.random_images(args.batch_size, backbone.image_size, device, args.seed)
     names = [args.class_name] * args.batch_size
 

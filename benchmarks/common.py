@@ -193,16 +193,28 @@ def random_masks(n: int, size: int, device: torch.device | str, seed: int = 0) -
 POS_INTERPOLATION = {"faprompt": "bilinear", "bayes_pfl": "bicubic"}  # each method's position grid
 
 
-def build_method(method: str, backbone, device: torch.device | str, seed: int = 0, sample_num: int = 10):
-    """FAPrompt or Bayes-PFL at the official sizes (capped for small test models), random
-    weights, eval mode (``benchmarks/faprompt.py``, ``benchmarks/bayes_pfl.py``)."""
-    from benchmarks import bayes_pfl, faprompt
+def build_method(method: str, backbone, device: torch.device | str, seed: int = 0, **sizes):
+    """``method``'s model at its preset sizes with ``sizes`` (configuration fields) on top,
+    random weights seeded with ``seed``, eval mode on ``device``. Where the method reads them:
+    the deep-prompt depth and DAP's k are capped by small test models, and ``features_list``,
+    unless given, is four evenly spaced layers of the backbone (the official 6 12 18 24 of
+    ViT-L; scaled to a test model's depth)."""
+    from models.backbone import layers_or_default
+    from models.factory import build_model, make_config
 
-    if method == "faprompt":
-        return faprompt.build_model(backbone, device, seed)
-    if method == "bayes_pfl":
-        return bayes_pfl.build_model(backbone, device, sample_num=sample_num, seed=seed)
-    raise ValueError(f"no benchmark model for method {method!r}")
+    config = make_config(method, sizes)
+    if method != "clip":
+        relevant = config.relevant_fields()
+        if "depth" in relevant:
+            config.depth = min(config.depth, backbone.text_layers)
+        if "dap_k" in relevant:
+            config.dap_k = min(config.dap_k, backbone.grid_size ** 2)
+        if "features_list" in relevant and "features_list" not in sizes:
+            config.features_list = tuple(layers_or_default(None, backbone.num_layers))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(method, config, backbone)
+    return model.to(device).eval()
 
 
 def train_steps(method: str, backbone, device: torch.device | str, batch: int, seed: int = 0,

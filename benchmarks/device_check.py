@@ -371,11 +371,9 @@ def part_correctness(rec: Recorder, args: argparse.Namespace, device: torch.devi
     precisions = [p for p in ("fp32", "bf16") if p in args.precisions or p == "fp32"]
 
     def faprompt_check():
-        from benchmarks import faprompt
-
         backbone = common.make_backbone(model_name, args.pretrained, image_size, device, "fp32",
                                         pos_interpolation="bilinear", seed=args.seed)
-        model = faprompt.build_model(backbone, device, args.seed)
+        model = common.build_method("faprompt", backbone, device, args.seed)
         names = ["bottle"] * args.check_images
         sigma = model.config.sigma
         out, batched = {}, {}
@@ -395,7 +393,7 @@ def part_correctness(rec: Recorder, args: argparse.Namespace, device: torch.devi
 
         backbone = common.make_backbone(model_name, args.pretrained, image_size, device, "fp32",
                                         pos_interpolation="bicubic", seed=args.seed)
-        model = bayes_pfl.build_model(backbone, device, seed=args.seed)
+        model = common.build_method("bayes_pfl", backbone, device, args.seed)
         names = ["bottle"] * args.check_images
         sigma, seed = model.config.sigma, 111
         out, batched = {}, {}
@@ -488,7 +486,7 @@ def _measure_memory(device: torch.device, fn: Callable[[], Dict[str, object]]) -
 def _test_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
     from benchmarks import faprompt
 
-    model = faprompt.build_model(backbone, device, seed)
+    model = common.build_method("faprompt", backbone, device, seed)
     images = common.random_images(batch, image_size, device, seed)
     faprompt.predict_batched(model, images, ["bottle"] * batch, model.config.sigma)
     return {"batch": batch}
@@ -497,7 +495,7 @@ def _test_faprompt(backbone, device, batch: int, image_size: int, seed: int) -> 
 def _test_bayes(backbone, device, batch: int, image_size: int, seed: int) -> Dict[str, object]:
     from benchmarks import bayes_pfl
 
-    model = bayes_pfl.build_model(backbone, device, seed=seed)
+    model = common.build_method("bayes_pfl", backbone, device, seed)
     model.start_evaluation(111)
     images = common.random_images(batch, image_size, device, seed)
     bayes_pfl.predict_batched(model, images, ["bottle"] * batch, model.config.sigma)

@@ -41,21 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(backbone, device, seed: int = 0):
-    """FAPrompt with the official prompt sizes, random prompt weights, eval mode (the deep-prompt
-    depth is capped by the text depth of small test models)."""
-    from models.config import preset
-    from models.model import ZSADModel
-
-    config = preset("faprompt")
-    config.depth = min(config.depth, backbone.text_layers)
-    config.dap_k = min(config.dap_k, backbone.grid_size ** 2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ZSADModel(backbone, config, "faprompt")
-    return model.to(device).eval()
-
-
 def predict_batched(model, images: torch.Tensor, names: Sequence[str], sigma: float):
     """(a): one call for the whole batch; returns (blurred maps, image scores)."""
     from utils.filters import gaussian_blur
@@ -108,7 +93,7 @@ def run(args: argparse.Namespace, backbone=None) -> Dict[str, object]:
         backbone = common.make_backbone(settings["model"], args.pretrained, settings["image_size"], device,
                                         args.precision, pos_interpolation="bilinear", seed=args.seed)
     backbone.precision = args.precision
-    model = build_model(backbone, device, args.seed)
+    model = common.build_method("faprompt", backbone, device, args.seed)
     images = common.random_images(args.batch_size, backbone.image_size, device, args.seed)
     names = [args.class_name] * args.batch_size
 

@@ -51,20 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_model(method: str, backbone, device, seed: int = 0):
-    """The method with its default sizes (capped for small test models), random weights."""
-    from models.backbone import layers_or_default
-    from models.factory import build_model as build, config_class, make_config
-
-    names = {f for f in config_class(method).__dataclass_fields__}
-    fields = {"depth": min(9, backbone.text_layers), "dap_k": min(10, backbone.grid_size ** 2),
-              "features_list": tuple(layers_or_default(None, backbone.num_layers)), "sample_num": 10}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build(method, make_config(method, {k: v for k, v in fields.items() if k in names}), backbone)
-    return model.to(device).eval()
-
-
 def write_references(folder: Path, k: int, size: int, seed: int) -> List[Path]:
     """K random RGB PNG files of ``size`` px (what a reference folder holds)."""
     from PIL import Image
@@ -108,7 +94,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
     device = settings["device"]
     backbone = common.make_backbone(settings["model"], args.pretrained, settings["image_size"], device,
                                     args.precision, seed=args.seed, **method_backbone_defaults(args.method))
-    model = build_model(args.method, backbone, device, args.seed)
+    model = common.build_method(args.method, backbone, device, args.seed)
     images = common.random_images(args.batch_size, backbone.image_size, device, args.seed)
     names = [args.class_name] * args.batch_size
 

@@ -202,7 +202,7 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
     device, size = settings["device"], settings["image_size"]
     backbone = common.make_backbone(settings["model"], args.pretrained, size, device, args.precision,
                                     pos_interpolation=common.POS_INTERPOLATION[method], seed=args.seed)
-    model = common.build_method(method, backbone, device, args.seed, args.sample_num)
+    model = common.build_method(method, backbone, device, args.seed, sample_num=args.sample_num)
     batch = args.batch_size or cli.default_test_batch(device)
     workers = cli.default_workers(device) if args.num_workers is None else args.num_workers
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])

@@ -64,7 +64,7 @@ def test_bayes_pfl_benchmark(tiny_model, capsys):
 
 def test_official_loop_matches_predict_on_every_image(tiny_model):
     backbone = common.make_backbone(tiny_model, "none", 32, "cpu", "fp32", pos_interpolation="bicubic")
-    model = bayes_bench.build_model(backbone, "cpu", sample_num=3, prompt_num=2)
+    model = common.build_method("bayes_pfl", backbone, "cpu", sample_num=3, prompt_num=2)
     images = common.random_images(3, 32, "cpu", seed=5)
     names = ["screw", "bottle", "pcb1"]
     model.start_evaluation(4)
