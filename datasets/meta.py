@@ -1,4 +1,4 @@
-"""A torch Dataset over an AnomalyCLIP-style ``meta.json`` (SPEC section 2).
+"""A torch Dataset over an AnomalyCLIP-style ``meta.json`` (docs/data.md).
 
 ``meta.json`` = ``{"train": {cls: [RECORD, ...]}, "test": {...}}`` with
 ``RECORD = {"img_path", "mask_path", "cls_name", "specie_name", "anomaly"}`` and paths relative
@@ -209,6 +209,10 @@ class MetaDataset(Dataset):
                             "replace the file or remove it from meta.json")
 
     # ---- items -----------------------------------------------------------------------------
+    def item_classes(self) -> List[str]:
+        """The class name of every item, in order."""
+        return [str(r["cls_name"]) for r in self.records]
+
     def __len__(self) -> int:
         return len(self.records)
 
@@ -279,6 +283,10 @@ class ImageList(Dataset):
         self.class_name, self.image_size = class_name, int(image_size)
         for p in self.paths:
             load_image(p).close()
+
+    def item_classes(self) -> List[str]:
+        """The class name of every item (one for all of them)."""
+        return [str(self.class_name)] * len(self)
 
     def __len__(self) -> int:
         return len(self.paths)

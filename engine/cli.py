@@ -1,9 +1,9 @@
 """Command-line plumbing shared by ``train.py`` and ``test.py``.
 
-Method flags are generated from the configuration dataclasses (``models.config.ModelConfig``
-and the baseline's), so a flag exists once, keeps the official repositories' name where there
-is one, and maps onto a field of the same name. Their default is "unset": the method's preset
-applies unless the flag is given (``engine.configure`` checks that it applies at all).
+Method flags are generated from the configuration dataclasses of the registered methods
+(``models.config.ModelConfig`` and the baseline's), so a flag exists once, keeps the official
+repositories' name where there is one, and maps onto a field of the same name. Their default
+is "unset": the method's preset applies unless the flag is given (``engine.configure`` checks that it applies at all).
 
 Every value is checked where it is parsed (:class:`Parser` turns argparse's errors into one
 :class:`UserError` line), and :func:`check_geometry` checks what depends on the backbone
@@ -169,7 +169,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=None, help="random seed")
     group.add_argument("--num_workers", type=nonnegative_int, default=None, help="data loader workers")
     group.add_argument("--compat", default="auto", choices=("auto", "ours", "official"),
-                       help="official: every official-code behaviour of the method (SPEC §8); "
+                       help="official: every official-code behaviour of the method (docs/faithfulness.md); "
                             "auto: official for official checkpoints, else ours")
     group.add_argument("--cache_dir", default=None, help="open_clip download cache")
 
@@ -201,17 +201,18 @@ def check_geometry(backbone: BackboneConfig, config, given: Dict[str, Any]) -> N
         raise UserError(f"--image_size {size} is not a multiple of the patch size {patch} of {backbone.model}; "
                         f"use e.g. {max(patch, size // patch * patch)} or {(size // patch + 1) * patch}")
     patches = (size // patch) ** 2
-    dap_k = getattr(config, "dap_k", None)
-    if dap_k is not None and getattr(config, "dap", True) and dap_k > patches:
+    relevant = config.relevant_fields()  # what the method's switches read
+    dap_k = config.dap_k if "dap_k" in relevant else None
+    if dap_k is not None and dap_k > patches:
         if "dap_k" in given:
             raise UserError(f"--dap_k {dap_k} exceeds the {patches} patches of the {size // patch}x{size // patch} "
                             f"grid at --image_size {size}; use at most --dap_k {patches}")
         needed = math.ceil(math.sqrt(dap_k)) * patch
         raise UserError(f"--image_size {size} gives a {size // patch}x{size // patch} patch grid, fewer patches than "
                         f"the {dap_k} that DAP selects (this model's dap_k); use --image_size {needed} or larger")
-    layer_list = getattr(config, "features_list", None)
-    if hasattr(config, "relevant_fields") and "features_list" not in config.relevant_fields():
-        layer_list = None  # accepted and unused (FAPrompt reads the final V-V tokens only)
+    # features_list is accepted and unused where the switches do not read it (FAPrompt reads the
+    # final V-V tokens only)
+    layer_list = config.features_list if "features_list" in relevant else None
     if layer_list and max(layer_list) > layers:
         raise UserError(f"--features_list {' '.join(map(str, layer_list))}: {backbone.model} has {layers} layers; "
                         f"name layers 1..{layers}")

@@ -1,28 +1,35 @@
-"""From flags (and a checkpoint) to a method, its configuration and the backbone's.
+"""From flags (and a checkpoint) to a method, its configuration, the backbone's and the plan.
 
-One policy for both scripts:
+One policy for both scripts, reading each method's registry entry (``models/methods/``):
 
 * method flags are the fields of the method's configuration; a flag for a part the method does
   not have (``--prompt_num`` for FAPrompt's CAP prompts) is an error naming why, and the design
-  card's switches belong to ``--method fapfl`` alone;
+  card's switches belong to the method whose entry allows them (``fapfl``);
 * at test time the configuration comes from the checkpoint, and flags may change only what
   leaves the trained weights valid (:data:`SAFE_OVERRIDES`);
 * ``--compat auto`` switches on the official code's behaviours for an official checkpoint;
-* one seed rule (``engine.recipes.run_seed``).
+* one seed rule (``engine.recipes.run_seed``);
+* :func:`configure_train` turns train.py's flags into a checked :class:`TrainPlan` (the recipe
+  with the flags on top) before anything is read or built.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from engine import cli
+import torch
+
+from engine import cli, distributed, validation
+from engine.official import OFFICIAL_FLAGS, apply_official_flags
 from engine.recipes import run_seed
-from models.clip_baseline import ClipBaselineConfig
-from models.config import STRUCTURE_SWITCHES, ModelConfig
-from models.factory import apply_compat, make_config, method_backbone_defaults, read_checkpoint
+from models import methods
+from models.backbone import BackboneConfig
+from models.config import STRUCTURE_SWITCHES
+from models.factory import apply_compat, make_config, method_entry, read_checkpoint
 from utils.errors import UserError
 
 log = logging.getLogger("zsad.configure")
@@ -30,12 +37,20 @@ log = logging.getLogger("zsad.configure")
 # Settings that may differ from training without invalidating the weights.
 SAFE_OVERRIDES = frozenset({"sigma", "sample_num", "seed", "dap_select", "official_noise", "official_state_kl",
                             "deep_prompt_fp16", "fused_focal_logits", "vv_aliased"})
-CONFIG_FIELDS = frozenset(f.name for cls in (ModelConfig, ClipBaselineConfig) for f in dataclasses.fields(cls))
+GROUP_RATE_FLAGS = {"prompt": "learning_rate_prompt", "flow": "learning_rate_PFL", "linear": "learning_rate_linear",
+                    "temperature": "learning_rate_temperature"}
+
+
+def config_fields() -> frozenset:
+    """Every field of every registered method's configuration (the method flags)."""
+    classes = {m.config_class for m in methods.registry().values()}
+    return frozenset(f.name for cls in classes for f in dataclasses.fields(cls))
 
 
 def given_fields(args: argparse.Namespace) -> Dict[str, Any]:
     """The method-configuration flags given on the command line (``--seed`` is the run's)."""
-    values = {k: v for k, v in vars(args).items() if k in CONFIG_FIELDS and k != "seed" and v is not None}
+    names = config_fields()
+    values = {k: v for k, v in vars(args).items() if k in names and k != "seed" and v is not None}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
@@ -47,14 +62,17 @@ def _not_applicable(method: str, names, why: str) -> UserError:
 
 def check_applicable(method: str, config, given: Dict[str, Any]) -> None:
     """Every given flag must change something of ``method`` under ``config``'s switches."""
-    if method == "clip":
-        stray = set(given) - {f.name for f in dataclasses.fields(ClipBaselineConfig)}
-        if stray:
-            raise _not_applicable(method, stray, "the training-free baseline has no learned parts")
-        return
+    entry = method_entry(method)
+    stray = set(given) - {f.name for f in dataclasses.fields(entry.config_class)}
+    if stray:
+        why = "it has no learned parts" if not entry.trainable else "it has no such setting"
+        raise _not_applicable(method, stray, why)
     switches = set(given) & STRUCTURE_SWITCHES
-    if switches and method != "fapfl":
-        raise _not_applicable(method, switches, "the design card's switches are --method fapfl's")
+    if switches and not entry.switches:
+        owners = ", ".join(f"--method {m.name}" for m in methods.registry().values() if m.switches)
+        raise _not_applicable(method, switches, f"the design card's switches are {owners}'s")
+    if not entry.trainable:
+        return
     stray = set(given) - config.relevant_fields() - STRUCTURE_SWITCHES - {"features_list"}
     if stray:
         parts = f"prompt structure {config.prompt_structure}, DAP {'on' if config.dap else 'off'}, " \
@@ -83,15 +101,30 @@ def infer_method(given: Dict[str, Any], candidates: Tuple[str, ...]) -> str:
     return candidates[0]
 
 
-def official_context_length(method: str, args: argparse.Namespace, fields: Dict[str, Any]) -> List[str]:
-    """AnomalyCLIP's ``--n_ctx`` is the length of both its contexts (FAPrompt's has no effect);
-    returns the notes to log."""
-    n_ctx = getattr(args, "n_ctx", None)
-    if method != "anomalyclip" or n_ctx is None:
-        return []
-    fields.setdefault("normal_ctx", n_ctx)
-    fields.setdefault("abnormal_ctx", n_ctx)
-    return [f"--n_ctx {n_ctx}: AnomalyCLIP's normal and abnormal context lengths"]
+def official_aliases(method: str, flags: Dict[str, Any], fields: Dict[str, Any]) -> List[str]:
+    """The configuration fields the method's own official flags imply (AnomalyCLIP's ``--n_ctx``
+    is the length of both its contexts), set in ``fields`` unless given themselves; returns the
+    notes to log. ``flags``: the official script flags given, by name (:func:`official_values`)."""
+    entry, notes = method_entry(method), []
+    for flag, handler in entry.official_flags.items():
+        value = flags.get(flag)
+        if value is None:
+            continue
+        try:
+            note = handler(value, fields)
+        except ValueError as err:
+            raise UserError(f"--{flag} {_shown(value)}: {err}") from None
+        notes.append(f"--{flag} {_shown(value)}: {note}")
+    return notes
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def official_values(args: argparse.Namespace) -> Dict[str, Any]:
+    """The official script flags given (``engine.official``), by name."""
+    return {flag.name: vars(args).get(flag.name) for flag in OFFICIAL_FLAGS if vars(args).get(flag.name) is not None}
 
 
 # ---------------------------------------------------------------------- test.py
@@ -100,10 +133,11 @@ def configure_test(args: argparse.Namespace):
     flags; ``args.seed`` is set by the seed rule."""
     checkpoint = read_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
     if checkpoint is None:
-        method = args.method or "clip"
-        if method != "clip":
-            raise UserError(f"--method {method} needs --checkpoint_path (only 'clip' is training-free)")
-        stored, backbone_cfg = {}, cli.backbone_config(args, **method_backbone_defaults("clip"))
+        free = methods.names(trainable=False)
+        method = args.method or free[0]
+        if method_entry(method).trainable:
+            raise UserError(f"--method {method} needs --checkpoint_path (training-free: {', '.join(free)})")
+        stored, backbone_cfg = {}, cli.backbone_config(args, **method_entry(method).backbone)
     else:
         method = checkpoint.method
         if args.method not in (None, method):
@@ -117,7 +151,7 @@ def configure_test(args: argparse.Namespace):
                             f"{checkpoint.backbone.model}, not --model {args.model}; drop --model")
         stored, backbone_cfg = dict(checkpoint.config), cli.backbone_config(args, checkpoint.backbone)
     given = given_fields(args)
-    official_context_length(method, args, given)
+    official_aliases(method, official_values(args), given)
     args.seed, seed_source = run_seed(args.seed, checkpoint, method)
     base = make_config(method, stored)
     check_applicable(method, base, given)
@@ -134,9 +168,9 @@ def configure_test(args: argparse.Namespace):
     compat = args.compat
     if compat == "auto":
         compat = "official" if checkpoint is not None and checkpoint.official else "ours"
-    if compat == "official" and method in ("faprompt", "bayes_pfl", "anomalyclip"):
+    if compat == "official" and method_entry(method).official is not None:
         config, backbone_cfg = apply_compat(method, config, backbone_cfg, "official")
-        log.info("official-code compatibility on (SPEC section 8)")
+        log.info("official-code compatibility on (docs/faithfulness.md)")
     cli.check_geometry(backbone_cfg, config, given)
     return method, config, backbone_cfg, checkpoint, seed_source
 
@@ -155,7 +189,143 @@ def training_summary(checkpoint) -> Optional[dict]:
     """The checkpoint's run summary for results.json: the stage its weights end in, and more."""
     if checkpoint is None:
         return None
-    if checkpoint.official:  # released Bayes-PFL checkpoints are stage-2 models
-        return {"stage": 2 if checkpoint.method == "bayes_pfl" else 1, "source": checkpoint.source}
+    if checkpoint.official:  # the stage the released files end in (Bayes-PFL's: 2)
+        return {"stage": method_entry(checkpoint.method).checkpoint.stage, "source": checkpoint.source}
     return dict(checkpoint.info) or None
 
+
+
+# ---------------------------------------------------------------------- train.py
+@dataclass
+class TrainPlan:
+    """What train.py's flags (and a resumed checkpoint) ask for, checked; nothing is read or
+    built yet. ``recipe`` is the method's, ``epochs``/``batch_size``/``lr`` with the flags on top."""
+
+    method: str
+    recipe: methods.Recipe
+    config: Any
+    backbone: BackboneConfig
+    device: torch.device
+    protocol: str  # validation protocol
+    epochs: int
+    batch_size: int
+    lr: Dict[str, float]
+    fields: Dict[str, Any]  # the method flags given
+    augment: bool = False
+    resume: Any = None  # the Checkpoint to resume, or None
+    notes: List[str] = field(default_factory=list)  # warnings for the log
+
+    def mosaic_prob(self, flag: Optional[float], dataset: str) -> float:
+        """``--mosaic_prob``, else the recipe's for the auxiliary ``dataset`` (0 without augmentation)."""
+        if flag is not None:
+            return flag
+        return self.recipe.mosaic_prob.get(dataset, 0.0) if self.augment else 0.0
+
+
+def save_path(args: argparse.Namespace) -> Path:
+    """``--save_path``, else ``checkpoints/<dataset>_<method>``."""
+    name = args.dataset or Path(args.train_data_path).name
+    return Path(args.save_path or f"checkpoints/{name}_{args.method}")
+
+
+def _learning_rates(args: argparse.Namespace, method: str, recipe: methods.Recipe,
+                    notes: List[str]) -> Dict[str, float]:
+    """The rates per parameter group. ``--learning_rate`` sets a one-group recipe's rate; a
+    recipe of parameter groups ignores it, as the official Bayes-PFL code does."""
+    lr = dict(recipe.lr)
+    if recipe.single_rate:
+        if args.learning_rate is not None:
+            lr["all"] = args.learning_rate
+        return lr
+    if args.learning_rate is not None:
+        flags = ", ".join(f"--{GROUP_RATE_FLAGS[group]}" for group in lr)
+        notes.append(f"--learning_rate {args.learning_rate:g} has no effect on {method} (as in the official "
+                     f"Bayes-PFL code): its parameter groups have their own rates, set by {flags}")
+    for group, flag in GROUP_RATE_FLAGS.items():
+        if getattr(args, flag) is not None and group in lr:
+            lr[group] = getattr(args, flag)
+    return lr
+
+
+def _resume_checkpoint(args: argparse.Namespace):
+    """The checkpoint named by --resume (``auto``: the latest epoch in the save path), or None."""
+    if not args.resume:
+        return None
+    path = args.resume
+    if path == "auto":
+        found = sorted(save_path(args).glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        if not found:
+            raise UserError(f"--resume auto: no epoch_*.pth in {save_path(args)}")
+        path = str(found[-1])
+    checkpoint = read_checkpoint(path, flag="--resume")
+    if not checkpoint.training:
+        raise UserError(f"--resume {path}: not a resumable checkpoint of train.py (final.pth holds no "
+                        "training state; pass an epoch_N.pth)")
+    return checkpoint
+
+
+def configure_train(parser: argparse.ArgumentParser,
+                    argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, TrainPlan]:
+    """Parse ``argv`` with train.py's ``parser`` and resolve every setting; bad input raises
+    :class:`UserError`."""
+    args = parser.parse_args(argv)
+    explicit_method = args.method
+    trainable = methods.names(trainable=True)
+    args.method = args.method or infer_method(given_fields(args), trainable)
+    resume = _resume_checkpoint(args)
+    if resume is not None:  # the interrupted run's flags, unless given again
+        stored = resume.training.get("run", {}).get("args", {})
+        skip = {"resume", "interrupt_after_epoch"} | {flag.name for flag in OFFICIAL_FLAGS}  # already applied
+        parser.set_defaults(**{k: v for k, v in stored.items() if k not in skip})
+        args = parser.parse_args(argv)
+        if explicit_method not in (None, resume.method):
+            raise UserError(f"--resume {args.resume}: a {resume.method} checkpoint, not --method {explicit_method}")
+        args.method = resume.method
+    notes = apply_official_flags(args, "train")
+    method = args.method
+    entry = method_entry(method)
+    if explicit_method is None and method != trainable[0] and resume is None:
+        notes.append(f"--method {method}: inferred from its flags (pass --method to choose)")
+    recipe = entry.recipe
+    args.seed = recipe.seed if args.seed is None else args.seed
+    device = cli.resolve_device(args.device)
+    compat = "ours" if args.compat == "auto" else args.compat
+
+    fields = given_fields(args)
+    notes += official_aliases(method, official_values(args), fields)
+    if resume is not None:
+        config = make_config(method, resume.config)
+        backbone_cfg = cli.backbone_config(args, resume.backbone)
+    else:
+        config = method_config(method, fields)
+        backbone_cfg = cli.backbone_config(args, **entry.backbone)
+        config, backbone_cfg = apply_compat(method, config, backbone_cfg, compat)
+    cli.check_geometry(backbone_cfg, config, fields)
+    epochs = recipe.epochs if args.epochs is None else args.epochs
+    if args.stage2_epochs and not config.two_stage:
+        raise UserError(f"--stage2_epochs does not apply to --method {method} (it trains in one stage)")
+    if args.stage2_epochs >= epochs:
+        raise UserError(f"--stage2_epochs {args.stage2_epochs} leaves stage 1 no epoch of --epochs {epochs}; "
+                        f"use at most {epochs - 1}")
+    official_protocol = recipe.official_validation if compat == "official" else None
+    protocol = validation.protocol(args.val_protocol, recipe.validation, official_protocol)
+    if args.val_data_path is not None and protocol != "target":
+        notes.append(f"--val_data_path is read only with --val_protocol target (the official Bayes-PFL protocol, "
+                     f"validating on target categories; also --compat official); validation here: {protocol}")
+    if args.stage2_epochs and protocol == "none":
+        raise UserError("--stage2_epochs needs validation (stage 2 stops on validation image AP); "
+                        "drop --val_protocol none")
+    batch_size = recipe.batch_size if args.batch_size is None else args.batch_size
+    processes = distributed.launched_processes()
+    if batch_size % processes:
+        raise UserError(f"--batch_size {batch_size} is the global batch and cannot be split evenly over the "
+                        f"{processes} processes torchrun started; choose a multiple of {processes}")
+    if processes > 1 and args.feature_cache in ("memory", "disk"):
+        raise UserError(f"--feature_cache {args.feature_cache} runs in one process (each torchrun process would "
+                        "see other images every epoch); drop it, or train without torchrun")
+    if processes > 1 and args.feature_cache == "auto":
+        args.feature_cache = "off"  # as above; auto only asks for the cache where it applies
+    lr = _learning_rates(args, method, recipe, notes)
+    augment = recipe.augment if args.augment == "auto" else args.augment == "on"
+    return args, TrainPlan(method, recipe, config, backbone_cfg, device, protocol, epochs, batch_size, lr, fields,
+                           augment, resume, notes)

@@ -1,4 +1,4 @@
-"""Evaluation: batched inference over a dataset, per-category metrics, tables and files.
+"""Evaluation: batched inference over a dataset and the gathering of each category's outputs.
 
 A dataset is processed in its meta.json order (category by category): each category's
 smoothed maps are kept, in one preallocated buffer, only until its metrics are computed.
@@ -6,45 +6,31 @@ Batches never straddle two categories. Under torchrun every process scores its c
 of each category and rank 0 receives the other parts straight into that buffer
 (:mod:`engine.distributed`), so N processes give exactly the single-process results; the
 flow noise of Bayes-PFL follows the images' dataset positions, not the batches or processes.
-Image scores are fused per category (``models.scoring``); metrics are macro-averaged over
-categories (SPEC section 7). Each category's metrics, curves and F1-optimal thresholds come
-from one sort per level (:mod:`utils.metrics`), on the GPU when the model runs there; the
-curves feed the HTML report (:mod:`engine.report`).
+Image scores are fused per category by the model's score rule (``models.scoring``). The
+metrics, tables and files of the results are :mod:`engine.results`; a whole test run is
+:mod:`engine.testing`.
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from tabulate import tabulate
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datasets.meta import MetaDataset, collate
 from engine import distributed
 from engine.fewshot import FewShotScorer
-from models.scoring import fuse_image_scores
+from models.scoring import ScoreRule, fuse_image_scores
 from utils.errors import UserError
 from utils.filters import gaussian_blur
-from utils.io import atomic_open, write_json, write_text
-from utils.metrics import Evaluation, evaluate_images, evaluate_pixels, image_metrics, macro_mean, pixel_metrics
-from utils.visualize import heat, load_rgb, write_png
+from utils.metrics import image_metrics, pixel_metrics
 
 log = logging.getLogger("zsad.evaluation")
 
-IMAGE_KEYS = ("auroc", "ap", "f1_max")
-PIXEL_KEYS = ("auroc", "ap", "f1_max", "aupro", "pro_legacy")
-COLUMN_NAMES = {"image_auroc": "I-AUROC", "image_ap": "I-AP", "image_f1_max": "I-F1max",
-                "pixel_auroc": "P-AUROC", "pixel_ap": "P-AP", "pixel_f1_max": "P-F1max",
-                "pixel_aupro": "P-AUPRO", "pixel_pro_legacy": "P-PRO(legacy)"}
-METRIC_CHOICES = {"image": ("image",), "pixel": ("pixel",), "image-pixel": ("image", "pixel"),
-                  "image-level": ("image",), "pixel-level": ("pixel",), "image-pixel-level": ("image", "pixel")}
 
 
 class CategoryOutputs:
@@ -138,10 +124,7 @@ class CategoryPlan:
 def category_plan(dataset, ctx: distributed.Context, batch_size: int = 1) -> List[CategoryPlan]:
     """The dataset's runs of equal category, in order, each split over the processes in whole
     batches (a category's batches start at its first image)."""
-    if hasattr(dataset, "records"):
-        names = [str(r["cls_name"]) for r in dataset.records]
-    else:  # an ImageList: one class name for every image
-        names = [str(dataset.class_name)] * len(dataset)
+    names = dataset.item_classes()
     plans, start = [], 0
     for end in range(1, len(names) + 1):
         if end == len(names) or names[end] != names[start]:
@@ -202,23 +185,15 @@ def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float, ca
     return maps, pred, shot
 
 
-def skip_noise(model, images: int) -> None:
-    """Advance the model's seeded test-time noise past ``images`` images another process
-    scores, so every image gets the noise of its dataset position."""
-    noise = getattr(model, "noise", None)
-    if noise is not None and images > 0:
-        noise.draw(images, "cpu")
-
-
 def iterate_categories(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
                        desc: str = "test", ctx: Optional[distributed.Context] = None, cache=None,
-                       fewshot: Optional[FewShotScorer] = None):
+                       fewshot: Optional[FewShotScorer] = None, sample_num: Optional[int] = None):
     """Yield one :class:`CategoryOutputs` per category, in dataset order, on rank 0 (the other
     processes score their parts and yield nothing); ``cache`` and ``fewshot`` (references: the
-    categories then carry few-shot scores) as in :func:`predict`."""
+    categories then carry few-shot scores) as in :func:`predict`; ``sample_num`` replaces the
+    model's number of test-time flow samples for this pass."""
     ctx = ctx or distributed.current()
-    if hasattr(model, "start_evaluation"):
-        model.start_evaluation()
+    model.start_evaluation(sample_num=sample_num)
     plans = category_plan(dataset, ctx, batch_size)
     batches = [list(p.local[i:i + batch_size]) for p in plans for i in range(0, len(p.local), batch_size)]
     stream = iter(loader(dataset if cache is None else cache.loader_dataset(), batches, num_workers, device))
@@ -227,10 +202,10 @@ def iterate_categories(model, dataset, device: torch.device, batch_size: int, nu
     label = desc if not ctx.enabled else f"{desc} (rank 0 of {ctx.world_size})"
     with tqdm(total=total, desc=label, unit="img", dynamic_ncols=True, disable=not ctx.is_main) as bar:
         for plan in plans:
-            size = getattr(dataset, "image_size", None)
+            size = dataset.image_size
             cat = CategoryOutputs(plan.name, len(plan.indices) if ctx.is_main else len(plan.local), size)
             for start in range(0, len(plan.local), batch_size):
-                skip_noise(model, plan.local.start + start - drawn)
+                model.skip_noise(plan.local.start + start - drawn)
                 batch = next(stream)
                 maps, pred, shot = predict(model, batch, device, sigma, cache, fewshot)
                 drawn = plan.local.start + start + len(maps)
@@ -260,16 +235,14 @@ def gather_category(cat: CategoryOutputs, plan: CategoryPlan, ctx: distributed.C
 
 
 
-def category_scores(cat: CategoryOutputs, fusion: str, shot_weight: float = 0.0) -> torch.Tensor:
-    """Fused image scores of one category. Bayes-PFL's min-max fusion uses the class
-    probability alone where the category has no masks (classification-only data), and a lone
-    image, which min-max cannot scale, is scored by its class probability. A few-shot run adds
-    ``shot_weight`` times the few-shot score."""
+def category_scores(cat: CategoryOutputs, rule: ScoreRule, shot_weight: float = 0.0) -> torch.Tensor:
+    """Fused image scores of one category by the model's score ``rule``: its fusion, or its
+    fusion without masks where the category's anomalous images have none (classification-only
+    data; Bayes-PFL then uses the class probability alone), and a lone image, which min-max
+    cannot scale, scored by its class probability. A few-shot run adds ``shot_weight`` times the
+    few-shot score."""
     anomalous_masks = [h for h, label in zip(cat.has_mask, cat.labels) if label == 1]
-    if fusion == "minmax" and anomalous_masks and not any(anomalous_masks):
-        fusion = "class"
-    if fusion in ("minmax", "class") and len(cat.paths) < 2:
-        fusion = "prob"
+    fusion = rule.fusion_for(len(cat.paths), masked=not anomalous_masks or any(anomalous_masks))
     scores = fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
                                torch.tensor(cat.map_score, dtype=torch.float64), fusion)
     if cat.fewshot_score:
@@ -277,26 +250,6 @@ def category_scores(cat: CategoryOutputs, fusion: str, shot_weight: float = 0.0)
     return scores
 
 
-Thresholds = Dict[str, Optional[Dict[str, float]]]
-
-
-@dataclass
-class CategoryResult:
-    """One category's metrics (``image_*``/``pixel_*``, None where undefined) and the
-    evaluations they came from (None for a level not requested or without data)."""
-
-    metrics: Dict[str, Optional[float]]
-    image: Optional[Evaluation] = None
-    pixel: Optional[Evaluation] = None
-
-    def thresholds(self) -> Thresholds:
-        """``{"image": ..., "pixel": ...}``: the F1-optimal threshold with its precision,
-        recall and F1, or None where F1-max is undefined."""
-        out: Thresholds = {}
-        for level, evaluation in (("image", self.image), ("pixel", self.pixel)):
-            point = evaluation.best_f1() if evaluation is not None else None
-            out[level] = asdict(point) if point is not None else None
-        return out
 
 
 def metrics_device(device: Optional[torch.device], cat: CategoryOutputs) -> torch.device:
@@ -308,7 +261,7 @@ def metrics_device(device: Optional[torch.device], cat: CategoryOutputs) -> torc
     return device if 21 * cat.maps.numel() < 0.8 * free else torch.device("cpu")
 
 
-def _pixel_inputs(cat: CategoryOutputs, device: Optional[torch.device]):
+def pixel_inputs(cat: CategoryOutputs, device: Optional[torch.device]):
     """(masks, maps) of the images with ground truth, on the metrics device; None without an
     anomalous one among them. The buffers are used as they are when every image has a mask."""
     keep = [i for i, h in enumerate(cat.has_mask) if h]
@@ -322,153 +275,24 @@ def _pixel_inputs(cat: CategoryOutputs, device: Optional[torch.device]):
     return masks.to(target), maps.to(target)
 
 
-def evaluate_category(cat: CategoryOutputs, scores: torch.Tensor, kinds: Sequence[str],
-                      device: Optional[torch.device] = None) -> CategoryResult:
-    """Image and pixel metrics of one category with their curves (pixel metrics on
-    :func:`metrics_device`)."""
-    result = CategoryResult({})
-    if "image" in kinds:
-        result.image = evaluate_images(np.array(cat.labels), scores.numpy())
-        result.metrics.update({f"image_{k}": v for k, v in result.image.metrics.items()})
-    if "pixel" in kinds:
-        inputs = _pixel_inputs(cat, device)
-        if inputs is not None:
-            result.pixel = evaluate_pixels(*inputs)
-            values = result.pixel.metrics
-        else:
-            values = dict.fromkeys(PIXEL_KEYS)
-        result.metrics.update({f"pixel_{k}": v for k, v in values.items()})
-    return result
-
-
-def columns(kinds: Sequence[str]) -> List[str]:
-    cols = []
-    if "image" in kinds:
-        cols += [f"image_{k}" for k in IMAGE_KEYS]
-    if "pixel" in kinds:
-        cols += [f"pixel_{k}" for k in PIXEL_KEYS]
-    return cols
-
-
-def percent(value: Optional[float]) -> str:
-    """A metric as the tables print it: percent with one decimal, "n/a" where undefined."""
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def results_table(per_category: Dict[str, Dict[str, Optional[float]]], mean: Dict[str, Optional[float]],
-                  kinds: Sequence[str], fmt: str = "pipe") -> str:
-    """Per-category table in percent (one decimal), "n/a" where undefined, macro mean last."""
-    cols = columns(kinds)
-    rows = [[name] + [percent(m.get(c)) for c in cols] for name, m in per_category.items()]
-    rows.append(["mean"] + [percent(mean.get(c)) for c in cols])
-    return tabulate(rows, headers=["category"] + [COLUMN_NAMES[c] for c in cols], tablefmt=fmt,
-                    disable_numparse=True)
-
-
-def write_results(save_path: Path, per_category: Dict[str, Dict[str, Optional[float]]], kinds: Sequence[str],
-                  info: Dict[str, Any], thresholds: Optional[Dict[str, Thresholds]] = None) -> Dict[str, Optional[float]]:
-    """Write results.md, results.json (with each category's F1-optimal ``thresholds``) and
-    results.csv atomically; return the macro mean."""
-    mean = macro_mean(per_category)
-    table = results_table(per_category, mean, kinds)
-    header = "\n".join(f"- {k}: {v}" for k, v in info.items() if not isinstance(v, dict))
-    write_text(save_path / "results.md",
-               f"# Results\n\n{header}\n\nMetrics in percent, macro mean over categories. "
-               "P-AUPRO is the MVTec AD AUPRO (FPR ≤ 0.3); P-PRO(legacy) is the 200-threshold PRO "
-               "of the FAPrompt/AnomalyCLIP tables. n/a: undefined for that category.\n\n" + table + "\n")
-    write_json(save_path / "results.json", {**info, "per_category": per_category, "mean": mean,
-                                            "metrics": columns(kinds), "thresholds": thresholds or {}})
-    cols = columns(kinds)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["category"] + cols)
-    for name, m in list(per_category.items()) + [("mean", mean)]:
-        writer.writerow([name] + ["" if m.get(c) is None else f"{m[c]:.6f}" for c in cols])
-    write_text(save_path / "results.csv", buffer.getvalue())
-    return mean
-
-
-def decision(score: float, threshold: Optional[float]) -> str:
-    """The decision column: 1 (anomalous) when score >= threshold, 0, or "" without one."""
-    return "" if threshold is None else str(int(float(score) >= threshold))
-
-
-class ScoreWriter:
-    """``scores.csv``: every image's path, category, label, image score, class probability,
-    map score and map file, and its decision at the category's F1-optimal image threshold;
-    few-shot runs add the few-shot score (the maximum of the few-shot map) last."""
-
-    HEADER = ["img_path", "category", "label", "image_score", "class_prob", "map_score", "map_file", "decision"]
-
-    def __init__(self, path: Path, fewshot: bool = False):
-        self.path = path
-        self.header = self.HEADER + ["fewshot_score"] * fewshot
-        self.rows: List[List[Any]] = []
-
-    def add(self, cat: CategoryOutputs, scores: torch.Tensor, map_files: Sequence[str],
-            threshold: Optional[float] = None) -> None:
-        for i, p in enumerate(cat.paths):
-            self.rows.append([p, cat.name, cat.labels[i] if cat.labels[i] >= 0 else "",
-                              f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}",
-                              f"{cat.map_score[i]:.6f}", map_files[i] if map_files else "",
-                              decision(float(scores[i]), threshold)] + fewshot_cells(cat, i))
-
-    def write(self) -> None:
-        with atomic_open(self.path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(self.header)
-            writer.writerows(self.rows)
-
-
-def fewshot_cells(cat: CategoryOutputs, i: int) -> List[str]:
-    """Image i's ``fewshot_score`` cell of scores.csv (none in a zero-shot run)."""
-    return [f"{v:.6f}" for v in cat.fewshot_score[i:i + 1]]
-
-
-def map_file_name(root: Path, dataset_root: Path, img_path: str) -> Path:
-    """maps/<path relative to the dataset root>.npy (unique per image)."""
-    try:
-        rel = Path(img_path).resolve().relative_to(dataset_root.resolve())
-    except ValueError:
-        rel = Path(Path(img_path).name)
-    return root / rel.with_suffix(".npy")
-
-
-def save_maps(cat: CategoryOutputs, root: Path, dataset_root: Path) -> List[str]:
-    """Write each image's smoothed float32 map; return the relative file names."""
-    names = []
-    for i, path in enumerate(cat.paths):
-        target = map_file_name(root, dataset_root, path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(target, "wb") as handle:
-            np.save(handle, cat.maps[i].numpy().astype(np.float32))
-        names.append(str(target.relative_to(root.parent)))
-    return names
-
-
 # ---------------------------------------------------------------------- validation
 def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_size: int,
                       num_workers: int, sample_num: Optional[int] = None, cache=None) -> Dict[str, Optional[float]]:
     """Macro pixel AP (unsmoothed maps) and image AP (class probability), as Bayes-PFL's
-    early stopping reads them; ``sample_num`` temporarily replaces the model's R; ``cache`` is
+    early stopping reads them; ``sample_num`` replaces the model's R for this pass; ``cache`` is
     the validation set's feature cache."""
     was_training = model.training
-    saved = getattr(model.config, "sample_num", None)
-    if sample_num is not None and saved is not None:
-        model.config.sample_num = sample_num
     model.eval()
     pixel, image = [], []
     try:
         for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate",
-                                      cache=cache):
+                                      cache=cache, sample_num=sample_num):
             labels = np.array(cat.labels)
             image.append(image_metrics(labels, np.array(cat.class_prob))["ap"])
-            inputs = _pixel_inputs(cat, device)
+            inputs = pixel_inputs(cat, device)
             if inputs is not None:
                 pixel.append(pixel_metrics(*inputs)["ap"])
     finally:
-        if saved is not None:
-            model.config.sample_num = saved
         model.train(was_training)
 
     def mean(values):
@@ -479,83 +303,3 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
     return distributed.broadcast_object({"pixel_ap": mean(pixel), "image_ap": mean(image)}, distributed.current())
 
 
-def run_images(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
-               save_path: Path, thresholds, fewshot: Optional[FewShotScorer] = None) -> None:
-    """Score images without ground truth (a ``datasets.meta.ImageList``) through the same
-    prediction, smoothing and fusion as a dataset, and write ``maps/*.npy``, overlays on one
-    colour scale in ``vis/``, and ``scores.csv``; with ``thresholds`` (an
-    ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image;
-    with few-shot references, their map and score added and a ``fewshot_score`` column."""
-    cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score",
-                                   fewshot=fewshot))
-    if not cats:  # a process other than rank 0: it scored its part
-        return
-    cat = cats[0]  # one class name for every image
-    scores = category_scores(cat, model.score_fusion, fewshot.weight if fewshot is not None else 0.0)
-    maps = cat.maps
-    low, high = float(maps.min()), float(maps.max())
-    header = ["img_path", "image_score", "class_prob", "map_score", "map_file"]
-    header += ["fewshot_score"] * (fewshot is not None)
-    header += ["decision"] * (thresholds.image is not None) + ["mask_file"] * (thresholds.pixel is not None)
-    rows = []
-    for i, path in enumerate(cat.paths):
-        stem = f"{i:04d}_{Path(path).stem}"
-        with atomic_open(save_path / "maps" / f"{stem}.npy", "wb") as handle:
-            np.save(handle, maps[i].numpy().astype(np.float32))
-        write_png(save_path / "vis" / f"{stem}.png", heat(load_rgb(path, dataset.image_size), maps[i].numpy(), low, high))
-        row = [path, f"{float(scores[i]):.6f}", f"{cat.class_prob[i]:.6f}", f"{cat.map_score[i]:.6f}",
-               f"maps/{stem}.npy"] + fewshot_cells(cat, i)
-        verdict = ""
-        if thresholds.image is not None:
-            row.append(decision(float(scores[i]), thresholds.image))
-            verdict = " -> anomalous" if row[-1] == "1" else " -> normal"
-        if thresholds.pixel is not None:  # compared in float64, as the metrics' thresholds are
-            mask = maps[i].numpy() >= np.float64(thresholds.pixel)
-            write_png(save_path / "vis" / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
-            row.append(f"vis/{stem}_mask.png")
-        rows.append(row)
-        log.info("%s: image score %.4f (p_cls %.4f)%s", path, float(scores[i]), cat.class_prob[i], verdict)
-    with atomic_open(save_path / "scores.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
-    if model.score_fusion == "minmax" and len(cat.paths) > 1:
-        log.info("image scores are min-max fused over these %d images (Bayes-PFL's rule)", len(cat.paths))
-
-
-def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
-             sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
-             save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None,
-             fewshot: Optional[FewShotScorer] = None):
-    """Evaluate ``model`` on ``dataset`` (with few-shot references when ``fewshot`` is given);
-    write results (and maps, visualisations and the :class:`engine.report.Report` when
-    given); return the tables (on rank 0; None, None on the other processes of a torchrun
-    launch, which only score their parts)."""
-    per_category: Dict[str, Dict[str, Optional[float]]] = {}
-    thresholds: Dict[str, Thresholds] = {}
-    if not distributed.current().is_main:  # score this process's parts; rank 0 evaluates and writes
-        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
-            pass
-        return None, None
-    scores_out = ScoreWriter(save_path / "scores.csv", fewshot is not None) if save_maps_flag else None
-    shot_weight = fewshot.weight if fewshot is not None else 0.0
-    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
-        scores = category_scores(cat, model.score_fusion, shot_weight)
-        result = evaluate_category(cat, scores, kinds, device)
-        per_category[cat.name], thresholds[cat.name] = result.metrics, result.thresholds()
-        files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []
-        if scores_out is not None:
-            image_point = thresholds[cat.name]["image"]
-            scores_out.add(cat, scores, files, image_point["threshold"] if image_point else None)
-        if visualiser is not None:
-            visualiser(cat, scores)
-        if report is not None:
-            report.add(cat, scores, result)
-        log.info("%s: %s", cat.name, ", ".join(
-            f"{COLUMN_NAMES[k]} {'n/a' if v is None else f'{100 * v:.1f}'}" for k, v in per_category[cat.name].items()))
-    if scores_out is not None:
-        scores_out.write()
-    mean = write_results(save_path, per_category, kinds, info, thresholds)
-    if report is not None:
-        report.write(per_category, mean, kinds, info, thresholds)
-    return per_category, mean

@@ -419,7 +419,7 @@ def open_caches(request: CacheRequest, model, backbone_config,
             "image_size": backbone.image_size, "pos_interpolation": backbone.pos_interpolation,
             "activation": backbone.activation, "precision": _precision(backbone),
             "fields": {name: list(shape) for name, shape in layout.items()},
-            "vv_start": getattr(model, "vv_start", None) if "vv_proj" in layout else None,
+            "vv_start": model.vv_start if "vv_proj" in layout else None,
             "dtype": request.dtype, "shard": [request.rank, request.world_size],
             "first_image_features": _features_digest(probe)}
     held = {role: shard_indices(len(ds), request.rank, request.world_size) for role, ds in datasets.items()}

@@ -40,10 +40,11 @@ OFFICIAL_FLAGS = (
     OfficialFlag("print_freq", ("train",),
                  "no effect: losses are logged every epoch and shown live in the progress bar", {"type": int}),
     OfficialFlag("n_ctx", ("train", "test"),
-                 "FAPrompt: passed but unused by its code (prompt lengths are --normal_ctx and "
-                 "--abnormal_ctx); no effect", {"type": int}),
-    OfficialFlag("feature_map_layer", ("train", "test"), "FAPrompt: parsed but unused by its code; no effect",
-                 {"type": int, "nargs": "+"}),
+                 "FAPrompt: passed but unused by its code (prompt lengths are --normal_ctx and --abnormal_ctx); "
+                 "no effect, except for --method anomalyclip (its contexts' length)", {"type": int}),
+    OfficialFlag("feature_map_layer", ("train", "test"),
+                 "FAPrompt: parsed but unused by its code; no effect, except for --method anomalyclip (the "
+                 "listed layers from that position on give maps)", {"type": int, "nargs": "+"}),
 )
 
 

@@ -32,7 +32,8 @@ import cv2
 import numpy as np
 import torch
 
-from engine.evaluation import COLUMN_NAMES, CategoryOutputs, CategoryResult, Thresholds, columns, percent
+from engine.evaluation import CategoryOutputs
+from engine.results import COLUMN_NAMES, CategoryResult, Thresholds, columns, percent
 from utils.io import write_text
 from utils.metrics import PLOT_POINTS, Curve, OperatingPoint
 from utils.plots import category_figure
@@ -164,7 +165,8 @@ class Report:
             ("Highest scores", "the images the model finds most anomalous", list(descending[:k])),
             ("Worst misses: anomalous", "anomalous images with the lowest scores",
              [i for i in descending[::-1] if labels[i] == 1][:k]),
-            ("Worst misses: normal", "normal images with the highest scores", [i for i in descending if labels[i] == 0][:k]),
+            ("Worst misses: normal", "normal images with the highest scores",
+             [i for i in descending if labels[i] == 0][:k]),
         ]
         low = float(min(m.min() for m in cat.maps))
         high = float(max(m.max() for m in cat.maps))

@@ -23,7 +23,7 @@ Under ``torchrun`` (:mod:`engine.distributed`) ``--batch_size`` stays the global
 the N processes trains on its 1/N of every batch (``DistributedSampler`` with the run's seed
 gives the same batches as one process), the flow noise is drawn for the whole batch and each
 process takes its images' rows, losses that pool over a batch pool over all of it
-(``models.losses.split_batch``) and DistributedDataParallel averages the gradients: one step on
+(a ``models.losses.BatchSplit`` passed to the model) and DistributedDataParallel averages the gradients: one step on
 N processes is the single-process step. Validation is scored by all processes and its figures
 come from rank 0, so early stopping and the stage switch decide identically everywhere; rank
 0 logs and writes the checkpoints, which hold every process's RNG state for an exact resume.
@@ -50,7 +50,7 @@ from datasets.meta import collate
 from engine import distributed
 from engine.feature_cache import DatasetCache
 from models.factory import learnable_state_dict, save_checkpoint
-from models.losses import split_batch
+from models.losses import BatchSplit
 from utils.errors import UserError
 
 log = logging.getLogger("zsad.train")
@@ -129,9 +129,9 @@ class LossStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, class_names, masks: torch.Tensor, labels: torch.Tensor,
-                features=None) -> Dict[str, torch.Tensor]:
-        return self.model.loss(self.model(images, class_names, features), masks, labels)
+    def forward(self, images: Optional[torch.Tensor], class_names, masks: torch.Tensor, labels: torch.Tensor,
+                features=None, split: Optional[BatchSplit] = None) -> Dict[str, torch.Tensor]:
+        return self.model.loss(self.model(images, class_names, features, split), masks, labels, split)
 
 
 class ModelStream:
@@ -161,27 +161,6 @@ class ModelStream:
             self.state = self._get()
 
 
-@contextlib.contextmanager
-def whole_batch_noise(model, ctx: distributed.Context):
-    """The flows' training noise drawn for the whole global batch, of which this process takes
-    its images' rows (DistributedSampler deals the batch's images out round-robin)."""
-    flows = getattr(model, "flows", None)
-    if flows is None or not ctx.enabled:
-        yield
-        return
-    draw = flows.training_noise
-
-    def noise(n_images: int, device):
-        context, normal, abnormal = draw(n_images * ctx.world_size, device)
-        return context[ctx.rank::ctx.world_size], normal, abnormal
-
-    flows.training_noise = noise
-    try:
-        yield
-    finally:
-        del flows.training_noise
-
-
 class Trainer:
     """Runs epochs of ``model`` on ``dataset``; ``validate(model)`` returns validation scores.
 
@@ -204,7 +183,7 @@ class Trainer:
         if cache is not None and self.ctx.enabled:  # train.py refuses --feature_cache under torchrun
             raise ValueError("the feature cache runs in one process")
         self.local_batch = settings.batch_size // self.ctx.world_size
-        self.two_stage = bool(getattr(model, "two_stage", False))
+        self.two_stage = model.two_stage
         self.state = TrainState()
         self.steps_per_epoch = math.ceil(len(dataset) / settings.batch_size)
         self.stream = ModelStream(settings.seed, device)
@@ -328,11 +307,12 @@ class Trainer:
                      features=None) -> Dict[str, torch.Tensor]:
         """The loss terms of this process's part of a batch, with the model's random draws from
         the trainer's stream and, under torchrun, the whole batch's noise and pooled totals."""
-        split = contextlib.nullcontext()
+        split = None
         if self.ctx.enabled:
-            split = split_batch(distributed.differentiable_sum, len(class_names) * self.ctx.world_size)
-        with self.stream.active(), whole_batch_noise(self.model, self.ctx), split:
-            return self.step(images, class_names, masks, labels, features)
+            split = BatchSplit(distributed.differentiable_sum, len(class_names) * self.ctx.world_size, self.ctx.rank,
+                               self.ctx.world_size)
+        with self.stream.active():
+            return self.step(images, class_names, masks, labels, features, split)
 
     def _mean_over_processes(self, means: Dict[str, float]) -> Dict[str, float]:
         """The epoch's mean loss terms over every process (the same record on each)."""

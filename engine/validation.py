@@ -6,30 +6,31 @@
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 from datasets.meta import MetaDataset, holdout_split
 from datasets.names import canonical_dataset, known_categories
 from utils.errors import UserError
 
 PROTOCOLS = ("auto", "aux", "target", "none")
-# Bayes-PFL's official validation categories, by auxiliary set: (target dataset, categories).
-TARGET_VALIDATION = {"visa": ("mvtec", ["bottle", "hazelnut", "wood", "zipper", "leather"]),
-                     "mvtec": ("visa", ["chewinggum", "cashew", "pipe_fryum", "capsules", "candle"])}
+Targets = Mapping[str, Tuple[str, Sequence[str]]]  # auxiliary set → (target dataset, categories)
 
 
-def protocol(requested: str, recipe_protocol: str, method: str, official: bool) -> str:
-    """``auto``: the recipe's, except that official compatibility makes Bayes-PFL validate on
-    target categories, as its code does."""
+def protocol(requested: str, recipe_protocol: str, official_protocol: Optional[str] = None) -> str:
+    """``auto``: the recipe's, or under official compatibility the official code's where the
+    recipe names one (Bayes-PFL validates on target categories)."""
     if requested != "auto":
         return requested
-    return "target" if official and method == "bayes_pfl" else recipe_protocol
+    return official_protocol or recipe_protocol
 
 
 def validation_split(chosen: str, train_set: MetaDataset, image_size: int, seed: int, fraction: float,
                      dataset_name: str, val_data_path: Optional[str] = None, val_dataset: Optional[str] = None,
-                     val_classes: Optional[Sequence[str]] = None) -> Tuple[Optional[List[dict]], Optional[MetaDataset]]:
-    """(training records or None for all of them, validation dataset or None) for ``chosen``."""
+                     val_classes: Optional[Sequence[str]] = None,
+                     targets: Optional[Targets] = None) -> Tuple[Optional[List[dict]], Optional[MetaDataset]]:
+    """(training records or None for all of them, validation dataset or None) for ``chosen``;
+    ``targets``: the recipe's default categories of the target protocol."""
+    targets = targets or {}
     if chosen == "none":
         return None, None
     if chosen == "aux":
@@ -47,12 +48,12 @@ def validation_split(chosen: str, train_set: MetaDataset, image_size: int, seed:
         target = canonical_dataset(val_dataset)
         if known_categories(target) is None:
             raise UserError(f"--val_dataset {val_dataset} has no known categories; pass --val_classes")
-        official = {name: cats for name, cats in TARGET_VALIDATION.values()}
+        official = {name: list(cats) for name, cats in targets.values()}
         classes = official.get(target, known_categories(target))
     if classes is None:
-        default = TARGET_VALIDATION.get(canonical_dataset(dataset_name))
+        default = targets.get(canonical_dataset(dataset_name))
         if default is None:
             raise UserError(f"--val_protocol target: no default validation categories for auxiliary set "
                             f"'{dataset_name}'; pass --val_dataset or --val_classes")
-        classes = default[1]
+        classes = list(default[1])
     return None, MetaDataset(val_data_path, "test", classes=classes, image_size=image_size)

@@ -1,4 +1,4 @@
-"""Bayes-PFL's prompt bank (SPEC section 5).
+"""Bayes-PFL's prompt bank (docs/methods/bayes_pfl.md).
 
 B pairs of P context + Q state (normal / abnormal) vectors replace the single token "X" of
 ``"X {word}"``; the context is shared within a pair. The image-specific flow's sample is added

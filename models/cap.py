@@ -1,13 +1,13 @@
 """FAPrompt's compound abnormality prompts (CAP) and data-dependent abnormality prior (DAP).
 
-SPEC section 4. CAP: one normal prompt and K abnormal prompts about one word,
+docs/methods/faprompt.md. CAP: one normal prompt and K abnormal prompts about one word,
 
     normal:     [SOS] N1..Nn {word} . [EOT]
     abnormal k: [SOS] N1..Nn A(k)1..A(k)m damaged {word} . [EOT]
 
 whose learnable vectors replace the placeholder tokens one for one, plus deep text prompts at
 text layers 2..depth. The abnormal feature of a pair is the normalised mean of the K abnormal
-features. AnomalyCLIP's object-agnostic prompts (SPEC 4b) are the unshared variant with K = 1:
+features. AnomalyCLIP's object-agnostic prompts (docs/methods/anomalyclip.md) are the unshared variant with K = 1:
 the abnormal prompt carries its own context, not the normal one ("A1..Am damaged {word}.").
 
 DAP: the k most abnormal grid patches of a first pass, concatenated in order, go through a

@@ -11,17 +11,18 @@ It needs nothing but CLIP weights, so a new user gets real zero-shot numbers at 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from datasets.names import prompt_words
 from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
 from models.heads import similarity_probs, upsample_grid
-from models.scoring import Prediction
+from models.interface import AnomalyModel
+from models.scoring import Prediction, ScoreRule
 
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "intact {}", "{} without defect",
                  "{} without damage", "{} with no flaws")
@@ -41,17 +42,25 @@ class ClipBaselineConfig:
     vv_start: Optional[int] = None
     class_word: str = "name"  # "name" (readable class name) or "object"
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent setting."""
+        if self.class_word not in ("name", "object"):
+            raise ValueError(f"class_word must be 'name' or 'object', got {self.class_word!r}")
 
-class ClipBaseline(nn.Module):
-    """Zero-shot CLIP anomaly detection with a prompt ensemble; nothing to train."""
+    def relevant_fields(self) -> Set[str]:
+        """Every field has an effect (the baseline has no switches)."""
+        return {f.name for f in dataclasses.fields(self)}
 
-    method = "clip"
-    score_fusion = "mean"
-    two_stage = False
 
-    def __init__(self, backbone: ClipBackbone, config: ClipBaselineConfig):
+class ClipBaseline(AnomalyModel):
+    """Zero-shot CLIP anomaly detection with a prompt ensemble; nothing to train. Its image
+    score is the mean of CLIP's probability and the largest grid probability (``score_rule``)."""
+
+    def __init__(self, backbone: ClipBackbone, config: ClipBaselineConfig, method: str, score_rule: ScoreRule):
         super().__init__()
-        self.backbone, self.config = backbone, config
+        if score_rule.map_score != "grid_max":
+            raise ValueError("the baseline's map score is the largest grid probability (grid_max)")
+        self.backbone, self.config, self.method, self.score_rule = backbone, config, method, score_rule
         self.vv_start = config.vv_start or default_vv_start(backbone.num_layers)
         self._text: Dict[str, torch.Tensor] = {}
 

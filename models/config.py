@@ -1,15 +1,14 @@
-"""One configuration for every learned method, and the presets that make each published method.
+"""One configuration for every learned method (docs/methods/fapfl.md, the design card).
 
-SPEC section 6's design card: the switches choose the parts (prompt structure, class word, DAP,
-flows, pixel heads, image head); the sizes configure them. A method is a preset of switches
-and defaults (:data:`PRESETS`); its official code's behaviours where it departs from its paper
-are one more set of switches (:data:`OFFICIAL`, SPEC section 8).
+The switches choose the parts (prompt structure, class word, DAP, flows, pixel heads, image
+head); the sizes configure them. A method is a preset of switches and sizes, and its official
+code's behaviours where it departs from its paper are one more set of switches: both are
+declared by the method's registry entry (``models/methods/``; docs/faithfulness.md).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Optional, Set, Tuple
+from typing import Optional, Set, Tuple
 
 STRUCTURES = ("cap", "bank")
 CLASS_WORDS = ("object", "name")
@@ -29,7 +28,7 @@ STRUCTURE_SWITCHES = frozenset({"prompt_structure", "share_normal_context", "dap
 class ModelConfig:
     """Switches and sizes of the one model; the defaults are FAPrompt's (the first preset)."""
 
-    # --- parts (SPEC section 6)
+    # --- parts (the design card, docs/methods/fapfl.md)
     prompt_structure: str = "cap"  # cap: CAP prompts (FAPrompt, AnomalyCLIP); bank: Bayes-PFL's prompt bank
     share_normal_context: bool = True  # CAP: abnormal prompts start with the normal tokens (FAPrompt)
     class_word: str = "object"  # the word in the prompts: "object" or the readable class "name"
@@ -64,7 +63,7 @@ class ModelConfig:
     # --- test time
     sigma: float = 10.0
     seed: int = 111  # test-time flow noise
-    # --- official-code behaviours (SPEC section 8)
+    # --- official-code behaviours (docs/faithfulness.md)
     fused_focal_logits: bool = False
     deep_prompt_fp16: bool = False
     official_noise: bool = False
@@ -84,13 +83,6 @@ class ModelConfig:
     def two_stage(self) -> bool:
         """Bayes-PFL's image head trains a second stage on the image path alone."""
         return self.image_head == "class_mapping"
-
-    @property
-    def score_fusion(self) -> str:
-        """How a category's image scores are fused (``models.scoring``)."""
-        if self.dap:
-            return "mean"  # FAPrompt's fused score
-        return "minmax" if self.image_head == "class_mapping" else "prob"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent setting."""
@@ -133,40 +125,3 @@ class ModelConfig:
         if self.two_stage:
             fields |= {"features_list"}
         return fields
-
-
-PRESETS: Dict[str, dict] = {
-    # FAPrompt (ICCV 2025), SPEC section 4
-    "faprompt": dict(prompt_structure="cap", class_word="object", dap=True, flows="none", pixel_head="similarity",
-                     image_head="fixed", sigma=10.0),
-    # Bayes-PFL (CVPR 2025), SPEC section 5
-    "bayes_pfl": dict(prompt_structure="bank", class_word="name", dap=False, flows="context+state",
-                      pixel_head="rca", image_head="class_mapping", sigma=8.0),
-    # the combined model, SPEC section 6's design card
-    "fapfl": dict(prompt_structure="cap", class_word="name", dap=True, flows="context+abnormal", pixel_head="both",
-                  image_head="class_mapping", sigma=8.0),
-    # AnomalyCLIP (ICLR 2024), SPEC section 4b: object-agnostic normal and abnormal contexts of 12
-    "anomalyclip": dict(prompt_structure="cap", share_normal_context=False, abnormal_prompts=1, normal_ctx=12,
-                        abnormal_ctx=12, class_word="object", dap=False, flows="none", pixel_head="similarity",
-                        image_head="fixed", similarity_layers="features", layer_reduce="sum", features_list=(24,),
-                        map_loss_weight=4.0, sigma=4.0),
-}
-
-# Every official-code behaviour of a method, switched on by --compat official (SPEC section 8).
-OFFICIAL: Dict[str, dict] = {
-    "faprompt": dict(dap_select="first", fused_focal_logits=True, deep_prompt_fp16=True),
-    "bayes_pfl": dict(official_noise=True, official_state_kl=True),
-    "anomalyclip": dict(deep_prompt_fp16=True),
-}
-
-
-def preset(method: str, **fields) -> ModelConfig:
-    """The method's preset with ``fields`` on top (names that are no field raise ``TypeError``)."""
-    values = {**PRESETS[method], **fields}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return ModelConfig(**values)
-
-
-def official(method: str, config: ModelConfig) -> ModelConfig:
-    """``config`` with every official behaviour of ``method`` switched on."""
-    return dataclasses.replace(config, **OFFICIAL[method])

@@ -1,9 +1,11 @@
 """Build models by method name; save and read checkpoints (ours and the official formats).
 
-A method is a preset of the one model (``models/config.py``), or the training-free ``clip``
-baseline. A checkpoint of ours holds everything ``test.py`` needs: the method, the backbone and
-model configurations, and the learnable weights (the frozen CLIP is never stored). Official
-checkpoints load through the same reader by the name maps of ``models/official.py``.
+Every method is an entry of the registry (``models/methods/``): a preset of the one model, or
+a model of its own such as the training-free ``clip`` baseline. A checkpoint of ours holds
+everything ``test.py`` needs: the method, the backbone and model configurations, and the
+learnable weights (the frozen CLIP is never stored). Official checkpoints load through the same
+reader by the formats their registry entries declare. Errors name the flag to change
+(:class:`utils.errors.UserError`).
 """
 from __future__ import annotations
 
@@ -16,11 +18,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from models import official
+from models import methods
 from models.backbone import BackboneConfig, ClipBackbone
-from models.clip_baseline import ClipBaseline, ClipBaselineConfig
-from models.config import OFFICIAL, PRESETS, ModelConfig, preset
-from models.model import ZSADModel
+from models.methods import Method, UnknownMethod
 from utils.errors import UserError, flags_not_applicable
 from utils.io import UnsafeFileError, torch_load, torch_save
 
@@ -28,8 +28,6 @@ log = logging.getLogger("zsad.factory")
 
 FORMAT = "zsad-checkpoint/2"
 LEGACY_FORMATS = ("zsad-checkpoint/1",)
-METHODS = tuple(PRESETS) + ("clip",)
-LEARNED = tuple(PRESETS)
 COMPAT = ("auto", "ours", "official")
 
 # Format 1 (before the methods were presets of one model) named some parts differently.
@@ -41,22 +39,25 @@ _FORMAT_1_NAMES = (("prior_net.", "dap."), ("context_flow.", "flows.context."),
                    ("fuse.", "image_head.fuse."))
 
 
+def method_entry(method: str) -> Method:
+    """The registry entry of ``--method method``."""
+    try:
+        return methods.get(method)
+    except UnknownMethod:
+        raise UserError(f"--method {method}: choose one of {', '.join(methods.names())}") from None
+
+
 def config_class(method: str):
-    if method not in METHODS:
-        raise UserError(f"--method {method}: choose one of {', '.join(METHODS)}")
-    return ClipBaselineConfig if method == "clip" else ModelConfig
+    return method_entry(method).config_class
 
 
 def make_config(method: str, fields: Dict[str, Any]):
     """The method's configuration: its preset with ``fields`` on top (unknown names are an error)."""
-    cls = config_class(method)
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+    entry = method_entry(method)
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(entry.config_class)})
     if unknown:
         raise flags_not_applicable(unknown, method)
-    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items()}
-    if method == "clip":
-        return ClipBaselineConfig(**values)
-    config = preset(method, **values)
+    config = entry.config(**fields)
     try:
         config.validate()
     except ValueError as err:
@@ -65,8 +66,8 @@ def make_config(method: str, fields: Dict[str, Any]):
 
 
 def method_backbone_defaults(method: str) -> Dict[str, Any]:
-    """Backbone settings that follow the method's official code (SPEC section 8)."""
-    return {"pos_interpolation": "bicubic" if method in ("bayes_pfl", "clip") else "bilinear"}
+    """Backbone settings that follow the method's official code (docs/faithfulness.md)."""
+    return dict(method_entry(method).backbone)
 
 
 def apply_compat(method: str, config, backbone: BackboneConfig, compat: str):
@@ -75,19 +76,16 @@ def apply_compat(method: str, config, backbone: BackboneConfig, compat: str):
         raise ValueError(compat)
     if compat == "ours":
         return config, backbone
-    if method not in OFFICIAL:
+    entry = method_entry(method)
+    if entry.official is None:
         raise UserError(f"--compat official: --method {method} has no official code to be compatible with")
-    if method == "bayes_pfl":  # exact GELU in both towers
-        backbone = dataclasses.replace(backbone, activation="gelu")
-    return dataclasses.replace(config, **OFFICIAL[method]), backbone
+    return entry.official_config(config), dataclasses.replace(backbone, **entry.official_backbone)
 
 
 def build_model(method: str, config, backbone: ClipBackbone) -> nn.Module:
     """An untrained model of ``method`` on ``backbone``."""
     try:
-        if method == "clip":
-            return ClipBaseline(backbone, config)
-        return ZSADModel(backbone, config, method)
+        return method_entry(method).make_model(backbone, config)
     except ValueError as err:  # configuration the backbone cannot host
         raise UserError(f"--method {method}: {err}") from None
 
@@ -183,16 +181,17 @@ def read_checkpoint(path: str, flag: str = "--checkpoint_path") -> Checkpoint:
             state = _format_1_state(state)
         return Checkpoint(payload["method"], backbone, payload["config"], state, "ours",
                           payload.get("training", {}), str(path), payload.get("info", {}))
-    found = official.detect(payload)
+    found = methods.detect_official(payload)
     if found is not None:
-        method, raw = found
-        state, config = official.TO_OURS[method](raw)
-        return Checkpoint(method, BackboneConfig(**method_backbone_defaults(method)), config, state,
-                          f"official-{method}", {}, str(path))
+        entry, raw = found
+        state, config = entry.checkpoint.to_ours(raw)
+        return Checkpoint(entry.name, BackboneConfig(**entry.backbone), config, state, f"official-{entry.name}", {},
+                          str(path))
     if "visual.conv1.weight" in payload or "state_dict" in payload:
         raise UserError(f"{flag} {path} looks like CLIP weights; pass it as --pretrained")
+    official = ", ".join(m.title for m in methods.registry().values() if m.checkpoint is not None)
     raise UserError(f"{flag} {path}: unknown checkpoint format (expected one written by train.py, "
-                    "or an official FAPrompt, AnomalyCLIP or Bayes-PFL checkpoint)")
+                    f"or an official checkpoint of {official})")
 
 
 def model_from_checkpoint(ckpt: Checkpoint, config, backbone: ClipBackbone) -> nn.Module:

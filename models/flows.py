@@ -1,4 +1,4 @@
-"""Planar prompt flows (Bayes-PFL, SPEC section 5).
+"""Planar prompt flows (Bayes-PFL, docs/methods/bayes_pfl.md).
 
 A flow draws ``z₀`` from a diagonal Gaussian given by an encoder and pushes it through K planar
 transforms ``z ← z + u·tanh(wᵀz + b)`` (taken literally: no invertibility correction of u).
@@ -13,7 +13,7 @@ One more official quirk, not in the paper: for the image-agnostic flows the offi
 broadcasts ``log p(z_K)`` of the single sample against a [batch, D] zero log-variance, so
 ``log q − log p`` is summed once per image while the log-det is counted once:
 KL = (N·(log q − log p) − Σ log-det) / N. ``repeat_density=N`` reproduces it; by default the
-terms are summed over the samples drawn (SPEC section 5).
+terms are summed over the samples drawn (docs/methods/bayes_pfl.md).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from models.losses import batch_images
+from models.losses import BatchSplit, batch_images
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
@@ -166,11 +166,14 @@ class PromptFlows(nn.Module):
         super().__init__()
         self.kind, self.width = kind, text_width
         self.context = ContextFlow(embed_dim, hidden, text_width, num_flows)
+        self.states: Dict[str, StateFlow] = {}  # the state flows in use, by name (registered below)
         if kind in ("context+abnormal", "context+state"):
             self.state_encoder = GaussianEncoder(embed_dim, hidden, text_width)
             self.abnormal = StateFlow(self.state_encoder, embed_dim, text_width, num_flows)
+            self.states["abnormal"] = self.abnormal
         if kind == "context+state":
             self.normal = StateFlow(self.state_encoder, embed_dim, text_width, num_flows)
+            self.states = {"normal": self.normal, **self.states}
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=0.02)
@@ -180,31 +183,34 @@ class PromptFlows(nn.Module):
         """The transform parameters (u, w, b and the states): Bayes-PFL's flow learning rate."""
         params = list(self.context.u.parameters()) + list(self.context.w.parameters()) \
             + list(self.context.b.parameters())
-        for name in ("normal", "abnormal"):
-            if hasattr(self, name):
-                flow = getattr(self, name)
-                params += [flow.state, flow.u, flow.w, flow.b]
+        for flow in self.states.values():
+            params += [flow.state, flow.u, flow.w, flow.b]
         return params
 
-    def training_noise(self, n_images: int, device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def training_noise(self, n_images: int, device,
+                       split: Optional[BatchSplit] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One sample per image from the global generator, in the official order: context
-        [N, 1, W], then normal and abnormal state [1, W] (both drawn whatever flows are in use)."""
-        return (torch.randn(n_images, 1, self.width, device=device), torch.randn(1, self.width, device=device),
-                torch.randn(1, self.width, device=device))
+        [N, 1, W], then normal and abnormal state [1, W] (both drawn whatever flows are in use).
+        With ``split`` the whole batch's noise is drawn and this process keeps its images' rows
+        (a distributed sampler deals a batch's images out round-robin), so the batch trains as
+        in one process."""
+        processes, rank = (1, 0) if split is None else (split.world_size, split.rank)
+        context = torch.randn(n_images * processes, 1, self.width, device=device)[rank::processes]
+        return context, torch.randn(1, self.width, device=device), torch.randn(1, self.width, device=device)
 
     def forward(self, feature: torch.Tensor, eps: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                with_kl: bool = False, official_kl: bool = False) -> FlowSamples:
+                with_kl: bool = False, official_kl: bool = False, split: Optional[BatchSplit] = None) -> FlowSamples:
         """Samples for the image features ``feature`` [N, E] and noise (context [N, R, W],
         normal [R, W], abnormal [R, W]); KL terms when ``with_kl``."""
-        n = batch_images(feature.shape[0])  # the state flows' KL is per image of the whole batch
+        n = batch_images(feature.shape[0], split)  # the state flows' KL is per image of the whole batch
         context = self.context(feature, eps[0], with_kl)
         out = FlowSamples(context=context.z)
         kl = {"kl_context": context.kl}
-        for name, noise in (("normal", eps[1]), ("abnormal", eps[2])):
-            if hasattr(self, name):
-                sample = getattr(self, name)(noise, n, with_kl, official_kl)
-                setattr(out, name, sample.z)
-                kl[f"kl_{name}"] = sample.kl
+        noise = {"normal": eps[1], "abnormal": eps[2]}
+        for name, flow in self.states.items():
+            sample = flow(noise[name], n, with_kl, official_kl)
+            setattr(out, name, sample.z)
+            kl[f"kl_{name}"] = sample.kl
         if with_kl:
             out.kl = kl
         return out

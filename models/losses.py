@@ -1,48 +1,46 @@
-"""Training losses shared by the methods (SPEC sections 4 and 5).
+"""Training losses shared by the methods (docs/methods/faprompt.md, docs/methods/bayes_pfl.md).
 
 Two families of segmentation losses exist because the two official methods define them
 differently; each variant below is the exact definition its method trains with.
 
 Some terms pool over the images of a batch (Bayes-PFL's balanced focal and batch dice, the DAP
 prior's sum, the state flows' KL per image). They take their totals through
-:func:`batch_total` and :func:`batch_images`, so that a batch split over several processes
-(:func:`split_batch`, set by the distributed trainer) has the loss, and the gradient, of the
-whole batch.
+:func:`batch_total` and :func:`batch_images`, which a batch split over several processes
+(a :class:`BatchSplit`, passed in by the distributed trainer) turns into the whole batch's, so
+that it has the loss, and the gradient, of the whole batch.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-# (sum over the processes, images of the whole batch) while a split batch trains; else None
-_SPLIT: Optional[tuple[Callable[[torch.Tensor], torch.Tensor], int]] = None
+
+@dataclass(frozen=True)
+class BatchSplit:
+    """A training batch shared by ``world_size`` processes; this one holds part ``rank``.
+
+    total: sums a per-process tensor over the processes (its backward sums the gradients back).
+    images: the number of images of the whole batch.
+    """
+
+    total: Callable[[torch.Tensor], torch.Tensor]
+    images: int
+    rank: int
+    world_size: int
 
 
-@contextlib.contextmanager
-def split_batch(total: Callable[[torch.Tensor], torch.Tensor], images: int) -> Iterator[None]:
-    """Within the block, :func:`batch_total` sums over every process's part of the batch with
-    ``total`` (a sum over the processes whose backward sums the gradients back) and
-    :func:`batch_images` is the whole batch's ``images``."""
-    global _SPLIT
-    saved, _SPLIT = _SPLIT, (total, images)
-    try:
-        yield
-    finally:
-        _SPLIT = saved
-
-
-def batch_total(values: torch.Tensor) -> torch.Tensor:
-    """Σ of ``values`` over the batch (all of its processes inside :func:`split_batch`)."""
+def batch_total(values: torch.Tensor, split: Optional[BatchSplit] = None) -> torch.Tensor:
+    """Σ of ``values`` over the batch (over all of its processes when ``split`` is given)."""
     local = values.sum()
-    return local if _SPLIT is None else _SPLIT[0](local)
+    return local if split is None else split.total(local)
 
 
-def batch_images(local: int) -> int:
-    """The number of images of the batch (all of its processes inside :func:`split_batch`)."""
-    return local if _SPLIT is None else _SPLIT[1]
+def batch_images(local: int, split: Optional[BatchSplit] = None) -> int:
+    """The number of images of the batch (all of its processes when ``split`` is given)."""
+    return local if split is None else split.images
 
 
 def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
@@ -64,7 +62,7 @@ def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
 
 
 def balanced_focal_loss(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0,
-                        eps: float = 1e-8) -> torch.Tensor:
+                        eps: float = 1e-8, split: Optional[BatchSplit] = None) -> torch.Tensor:
     """Class-balanced focal loss (Bayes-PFL's map loss).
 
     ``p_t`` = probability of the true class; per pixel ``−(1 − p_t)^γ · log(p_t + eps)``;
@@ -73,22 +71,24 @@ def balanced_focal_loss(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 
     Args:
         probs: [B, 2, H, W] (normal, abnormal) probabilities.
         mask: [B, H, W] binary ground truth.
+        split: the whole batch's pooling when it is shared by processes.
     """
     fg = mask > 0
     p_t = torch.where(fg, probs[:, 1], probs[:, 0])
     per_pixel = -(1.0 - p_t).pow(gamma) * torch.log(p_t + eps)
     fg_f = fg.to(probs.dtype)
-    fg_loss = batch_total(per_pixel * fg_f) / (batch_total(fg_f) + eps)
-    bg_loss = batch_total(per_pixel * (1.0 - fg_f)) / (batch_total(1.0 - fg_f) + eps)
+    fg_loss = batch_total(per_pixel * fg_f, split) / (batch_total(fg_f, split) + eps)
+    bg_loss = batch_total(per_pixel * (1.0 - fg_f), split) / (batch_total(1.0 - fg_f, split) + eps)
     return fg_loss + bg_loss
 
 
 def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
-              per_sample: bool = True) -> torch.Tensor:
+              per_sample: bool = True, split: Optional[BatchSplit] = None) -> torch.Tensor:
     """Soft dice loss ``1 − (2Σ p·t + s) / (Σ p + Σ t + s)``.
 
     ``per_sample=True`` (FAPrompt, s = 1): dice per image, loss = 1 − mean dice.
-    ``per_sample=False`` (Bayes-PFL, s = 1e-5): one dice over the whole batch.
+    ``per_sample=False`` (Bayes-PFL, s = 1e-5): one dice over the whole batch (``split``: of
+    every process's part).
 
     Args:
         pred, target: [B, H, W].
@@ -97,7 +97,8 @@ def dice_loss(pred: torch.Tensor, target: torch.Tensor, smooth: float = 1.0,
         pred, target = pred.flatten(1), target.flatten(1)
         dice = (2 * (pred * target).sum(1) + smooth) / (pred.sum(1) + target.sum(1) + smooth)
         return 1.0 - dice.mean()
-    dice = (2 * batch_total(pred * target) + smooth) / (batch_total(pred) + batch_total(target) + smooth)
+    dice = (2 * batch_total(pred * target, split) + smooth) / (batch_total(pred, split) + batch_total(target, split)
+                                                             + smooth)
     return 1.0 - dice
 
 

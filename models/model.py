@@ -1,7 +1,7 @@
-"""The one model: a frozen CLIP and the parts its configuration selects (SPEC section 6).
+"""The one model: a frozen CLIP and the parts its configuration selects (docs/methods/fapfl.md).
 
 FAPrompt, Bayes-PFL, AnomalyCLIP and the combined model are presets of :class:`ZSADModel`
-(``models/config.py``); the parts live in their own modules: CAP and DAP in ``cap.py``, the
+(their registry entries in ``models/methods/``); the parts live in their own modules: CAP and DAP in ``cap.py``, the
 prompt bank in ``bank.py``, the prompt flows in ``flows.py``, the similarity, RCA and image heads
 in ``heads.py``, the losses in ``losses.py`` and test-time scoring in ``scoring.py``. This file
 only wires them:
@@ -27,11 +27,12 @@ from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
 from models.bank import PromptBank
 from models.cap import CompoundPrompts, PriorNet
 from models.config import ModelConfig
+from models.interface import AnomalyModel
 from models.flows import FlowNoise, FlowSamples, PromptFlows
 from models.heads import ImageHead, RCAHead, similarity_probs, upsample_grid
-from models.losses import (balanced_focal_loss, bank_orthogonality, batch_total, binary_focal_loss,
+from models.losses import (BatchSplit, balanced_focal_loss, bank_orthogonality, batch_total, binary_focal_loss,
                            cap_orthogonality, dice_loss, focal_loss)
-from models.scoring import Prediction, bayes_map_scores, pair_class_prob
+from models.scoring import Prediction, ScoreRule, pair_class_prob
 
 
 @dataclass
@@ -89,13 +90,18 @@ class ModelOutput:
         return None if self.first is None else 0.5 * (self.class_prob + self.map_score)
 
 
-class ZSADModel(nn.Module):
-    """Frozen CLIP + the parts of ``config``; ``method`` is the preset's name (for checkpoints)."""
+class ZSADModel(AnomalyModel):
+    """Frozen CLIP + the parts of ``config``; ``method`` is the preset's name (for checkpoints),
+    ``score_rule`` its test-time score rule (``models.methods``)."""
 
-    def __init__(self, backbone: ClipBackbone, config: ModelConfig, method: str = "fapfl"):
+    def __init__(self, backbone: ClipBackbone, config: ModelConfig, method: str, score_rule: ScoreRule):
         super().__init__()
         config.validate()
-        cfg, self.method = config, method
+        if score_rule.map_score == "dap_maxima" and not config.dap:
+            raise ValueError("the dap_maxima map score needs the DAP first pass (dap on)")
+        if score_rule.map_score == "grid_max":
+            raise ValueError("the grid_max map score is the baseline's; use dap_maxima or topk")
+        cfg, self.method, self.score_rule = config, method, score_rule
         if cfg.prompt_structure == "cap" and cfg.depth - 1 >= backbone.text_layers:
             raise ValueError(f"--depth {cfg.depth} needs more than {backbone.text_layers} text layers")
         needs_layers = cfg.uses_rca or cfg.two_stage or (cfg.uses_similarity and cfg.similarity_layers == "features")
@@ -127,10 +133,6 @@ class ZSADModel(nn.Module):
     def two_stage(self) -> bool:
         return self.config.two_stage
 
-    @property
-    def score_fusion(self) -> str:
-        return self.config.score_fusion
-
     def _stage(self) -> int:
         return int(self.stage) if self.two_stage else 1
 
@@ -139,11 +141,17 @@ class ZSADModel(nn.Module):
             raise ValueError("only the class_mapping image head has stages 1 and 2")
         self.stage.fill_(stage)
 
-    def start_evaluation(self, seed: Optional[int] = None) -> None:
-        """Reset the seeded test-time flow noise; call once before the first test batch."""
+    def start_evaluation(self, seed: Optional[int] = None, sample_num: Optional[int] = None) -> None:
+        """Reset the seeded test-time flow noise (``seed`` and R = ``sample_num``, else the
+        configuration's); call once before the first test batch."""
         cfg = self.config
         self.noise = None if cfg.flows == "none" else FlowNoise(
-            cfg.seed if seed is None else seed, cfg.sample_num, self.backbone.text_width, cfg.official_noise)
+            cfg.seed if seed is None else seed, cfg.sample_num if sample_num is None else sample_num,
+            self.backbone.text_width, cfg.official_noise)
+
+    def skip_noise(self, images: int) -> None:
+        if self.noise is not None and images > 0:
+            self.noise.draw(images, "cpu")
 
     # ------------------------------------------------------------------ image side
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
@@ -208,7 +216,8 @@ class ZSADModel(nn.Module):
     def words(self, class_names: Sequence[str]) -> List[str]:
         return prompt_words(class_names, self.config.class_word)
 
-    def _flow_samples(self, feats: ImageFeatures, zero_noise: bool) -> Optional[FlowSamples]:
+    def _flow_samples(self, feats: ImageFeatures, zero_noise: bool,
+                      split: Optional[BatchSplit] = None) -> Optional[FlowSamples]:
         if self.config.flows == "none":
             return None
         n, device = feats.cls.shape[0], self.backbone.device
@@ -217,13 +226,13 @@ class ZSADModel(nn.Module):
             eps = (torch.zeros(n, 1, width, device=device), torch.zeros(1, width, device=device),
                    torch.zeros(1, width, device=device))
         elif self.training:
-            eps = self.flows.training_noise(n, device)
+            eps = self.flows.training_noise(n, device, split)
         else:
             if self.noise is None:
                 self.start_evaluation()
             eps = self.noise.draw(n, device)
         with_kl = self.training and not zero_noise
-        return self.flows(feats.cls, eps, with_kl, self.config.official_state_kl)
+        return self.flows(feats.cls, eps, with_kl, self.config.official_state_kl, split)
 
     def _text(self, words: List[str], samples: Optional[FlowSamples], prior: Optional[torch.Tensor]):
         """Text pairs [N, 2, M, D] and, for CAP, the K abnormal features."""
@@ -257,9 +266,10 @@ class ZSADModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: torch.Tensor, class_names: Sequence[str],
-                features: Optional[ImageFeatures] = None) -> ModelOutput:
-        """images [N, 3, S, S] (or precomputed ``features`` of them), N raw class names."""
+    def forward(self, images: Optional[torch.Tensor], class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None, split: Optional[BatchSplit] = None) -> ModelOutput:
+        """images [N, 3, S, S] (or precomputed ``features`` of them), N raw class names; ``split``
+        when the training batch is shared by processes (the flows draw the whole batch's noise)."""
         cfg = self.config
         feats = features if features is not None else self.encode_images(images)
         words = self.words(class_names)
@@ -268,7 +278,7 @@ class ZSADModel(nn.Module):
             pairs, cap_features = self._text(words, self._flow_samples(feats, zero_noise=True), None)
             first = self._score(feats, pairs)
             prior, selected = self.dap(first.grid, self._dap_patches(feats), cfg.dap_select)
-        samples = self._flow_samples(feats, zero_noise=False)
+        samples = self._flow_samples(feats, zero_noise=False, split=split)
         pairs, abnormal_features = self._text(words, samples, prior)
         cap_features = abnormal_features if cap_features is None else cap_features
         pair, scored = None, pairs
@@ -290,31 +300,34 @@ class ZSADModel(nn.Module):
         the image score (FAPrompt's fused maxima with DAP, else Bayes-PFL's top-k mean)."""
         out = self(images, class_names, features)
         maps = out.anomaly_map
-        map_score = out.map_score if out.map_score is not None else bayes_map_scores(maps, class_names)
+        rule = self.score_rule
+        map_score = out.map_score if rule.map_score == "dap_maxima" else rule.topk_scores(maps, class_names)
         return Prediction(maps, out.class_prob, map_score)
 
     # ------------------------------------------------------------------ training
-    def _map_terms(self, out: PassOutput, masks: torch.Tensor) -> torch.Tensor:
+    def _map_terms(self, out: PassOutput, masks: torch.Tensor, split: Optional[BatchSplit]) -> torch.Tensor:
         total = 0
         for probs in out.similarity_maps:  # FAPrompt's and AnomalyCLIP's map loss
             total = total + focal_loss(probs, masks) + dice_loss(probs[:, 1], masks) + dice_loss(probs[:, 0], 1 - masks)
         for diff in out.rca_diffs:  # Bayes-PFL's, on the pair softmax
             probs = torch.sigmoid(torch.cat([-diff, diff], dim=1))
-            total = total + balanced_focal_loss(probs, masks) + dice_loss(probs[:, 1], masks, 1e-5, False)
+            total = total + balanced_focal_loss(probs, masks, split=split) + dice_loss(probs[:, 1], masks, 1e-5, False,
+                                                                                      split)
         return total
 
-    def loss(self, out: ModelOutput, masks: torch.Tensor, labels: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """The active parts' terms (SPEC sections 4-6); ``total`` is their sum. Stage 2 trains
-        the image cross-entropy alone."""
+    def loss(self, out: ModelOutput, masks: torch.Tensor, labels: torch.Tensor,
+             split: Optional[BatchSplit] = None) -> Dict[str, torch.Tensor]:
+        """The active parts' terms (docs/methods/); ``total`` is their sum. Stage 2 trains the
+        image cross-entropy alone. ``split``: the batch is shared by processes (pooled totals)."""
         cfg = self.config
         masks, labels = masks.float(), labels.long()
         stage_one = self._stage() == 1
         terms: Dict[str, torch.Tensor] = {}
         if stage_one and out.first is not None:
-            terms["map_first"] = cfg.map_loss_weight * self._map_terms(out.first, masks)
-            terms["map_final"] = 0.5 * cfg.map_loss_weight * self._map_terms(out.final, masks)
+            terms["map_first"] = cfg.map_loss_weight * self._map_terms(out.first, masks, split)
+            terms["map_final"] = 0.5 * cfg.map_loss_weight * self._map_terms(out.final, masks, split)
         elif stage_one:
-            terms["map"] = cfg.map_loss_weight * self._map_terms(out.final, masks)
+            terms["map"] = cfg.map_loss_weight * self._map_terms(out.final, masks, split)
         terms["image"] = F.cross_entropy(out.class_logits[:, :, 0], labels)
         if stage_one:
             if out.fused_score is not None:
@@ -326,7 +339,7 @@ class ZSADModel(nn.Module):
             elif cfg.abnormal_prompts > 1:
                 terms["orthogonal"] = 0.1 * cap_orthogonality(out.cap_features) / len(out.cap_features)
             if out.prior is not None:
-                terms["prior"] = batch_total(out.prior.pow(2).mean(1) * (labels == 0).float())
+                terms["prior"] = batch_total(out.prior.pow(2).mean(1) * (labels == 0).float(), split)
         terms["total"] = sum(terms.values())
         return terms
 
@@ -346,8 +359,8 @@ class ZSADModel(nn.Module):
         prompt = list((self.prompts if self.config.prompt_structure == "cap" else self.bank).parameters())
         prompt += list(self.dap.parameters()) if self.config.dap else []
         flow = self.flows.free_parameters() if self.config.flows != "none" else []
-        temperature = [m.log_temperature for m in (getattr(self, "rca", None), self.image_head)
-                       if m is not None and hasattr(m, "log_temperature")]
+        temperature = [self.rca.log_temperature] if self.config.uses_rca else []
+        temperature += [self.image_head.log_temperature] if self.config.image_head == "class_mapping" else []
         special = {id(p) for p in prompt + flow + temperature}
         linear = [p for p in self.learnable_parameters() if id(p) not in special]
         groups = [("prompt", prompt, lr["prompt"]), ("temperature", temperature, lr["temperature"]),

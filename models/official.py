@@ -1,29 +1,19 @@
 """Official checkpoints onto our modules, by explicit name maps.
 
 FAPrompt and AnomalyCLIP save ``{"prompt_learner": state_dict}`` (told apart by FAPrompt's
-meta-net), Bayes-PFL ``{"MyModel": state_dict}``. Each map returns our state dict and the
+meta-net), Bayes-PFL ``{"MyModel": state_dict}``; each method's registry entry
+(``models/methods/``) recognises its format and names its map here. Each map returns our state dict and the
 configuration fields its tensor shapes imply; derivable buffers (``token_prefix_*``,
 ``token_suffix_*``, ``tokenized_prompts_*``), FAPrompt's and AnomalyCLIP's unused
 ``compound_prompt_projections``, Bayes-PFL's decoders and ``p_mu`` layers are ignored.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
 State = Dict[str, torch.Tensor]
-
-
-def detect(payload: dict) -> Optional[Tuple[str, State]]:
-    """(method, official state dict) of an official checkpoint, or None."""
-    learner = payload.get("prompt_learner")
-    if isinstance(learner, dict) and "ctx_pos" in learner and "ctx_neg" in learner:
-        return ("faprompt" if "patch_meta_net.linear1.weight" in learner else "anomalyclip"), learner
-    model = payload.get("MyModel")
-    if isinstance(model, dict) and "prompt_context" in model and "PFL_normal.amor_u" in model:
-        return "bayes_pfl", model
-    return None
 
 
 def _deep_prompts(state: State) -> Tuple[State, int, int]:
@@ -109,9 +99,6 @@ def bayes_pfl_to_ours(state: State) -> Tuple[State, dict]:
     config = {"prompt_num": state["prompt_context"].shape[0], "prompt_context_len": state["prompt_context"].shape[1],
               "prompt_state_len": state["prompt_state_normal"].shape[1], "num_flows": num_flows}
     return _float(ours), config
-
-
-TO_OURS = {"faprompt": faprompt_to_ours, "anomalyclip": anomalyclip_to_ours, "bayes_pfl": bayes_pfl_to_ours}
 
 
 def _float(state: State) -> State:

@@ -1,16 +1,67 @@
 """Test-time scoring shared by the methods: what a model predicts per image, and how a
-category's image scores are fused from it (SPEC sections 4 and 5)."""
+category's image scores are fused from it (docs/methods/faprompt.md, docs/methods/bayes_pfl.md).
+
+Which rule a method follows is its :class:`ScoreRule` (declared by its registry entry,
+``models/methods/``); the formulas are the functions below.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import FrozenSet, Sequence
 
 import torch
 
 FUSIONS = ("mean", "minmax", "class", "prob")
+MAP_SCORES = ("dap_maxima", "topk", "grid_max")
 
-# Bayes-PFL averages the 20 (not 2000) highest map values for these small-defect categories.
-SMALL_DEFECT_CLASSES = frozenset({"capsules", "macaroni1", "macaroni2", "pipe_fryum", "screw",
-                                  "cashew", "chewinggum"})
+
+@dataclass(frozen=True)
+class ScoreRule:
+    """How a method turns its outputs into image scores.
+
+    map_score: the map part of the image score per image:
+        ``dap_maxima``: FAPrompt's (2·max of the first pass's grid + max of the final one) / 3;
+        ``topk``: the mean of the ``topk`` highest values of the unblurred map (``small_topk`` for
+        the categories in ``small_classes``: Bayes-PFL's rule for small defects);
+        ``grid_max``: the largest grid probability (the training-free baseline).
+    fusion: how a category's class probabilities and map scores become image scores
+        (:func:`fuse_image_scores`); ``fusion_without_masks``: the fusion for a category whose
+        anomalous images have no masks (classification-only data). A fusion over the category
+        (``minmax``, ``class``) scores a lone image by its class probability (``prob``), as
+        min-max cannot scale one value.
+    """
+
+    fusion: str
+    map_score: str
+    fusion_without_masks: str = ""  # "": the same as ``fusion``
+    topk: int = 2000
+    small_topk: int = 20
+    small_classes: FrozenSet[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for value, allowed in ((self.fusion, FUSIONS), (self.map_score, MAP_SCORES),
+                               (self.fusion_without_masks or self.fusion, FUSIONS)):
+            if value not in allowed:
+                raise ValueError(f"score rule: {value!r} is none of {allowed}")
+
+    def fusion_for(self, images: int, masked: bool) -> str:
+        """The fusion of a category of ``images`` images (``masked``: its anomalous images have masks)."""
+        fusion = self.fusion if masked else (self.fusion_without_masks or self.fusion)
+        return "prob" if fusion in ("minmax", "class") and images < 2 else fusion
+
+    def k(self, class_name: str) -> int:
+        """k of the top-k map score of a category."""
+        return self.small_topk if class_name in self.small_classes else self.topk
+
+    def topk_scores(self, maps: torch.Tensor, class_names: Sequence[str]) -> torch.Tensor:
+        """[N] top-k map scores of unblurred maps [N, S, S], k by each image's category (one
+        top-k per distinct k, not per image)."""
+        ks = [self.k(name) for name in class_names]
+        scores = torch.empty(len(ks), device=maps.device, dtype=maps.dtype)
+        for k in set(ks):
+            index = torch.tensor([i for i, value in enumerate(ks) if value == k], device=maps.device)
+            scores[index] = topk_mean(maps[index], k)
+        return scores
 
 
 @dataclass
@@ -40,22 +91,6 @@ def topk_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
     """Mean of the k largest values of each [S, S] map: [N, S, S] → [N] (k clipped to S·S)."""
     flat = maps.flatten(1)
     return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(1)
-
-
-def bayes_topk(class_name: str) -> int:
-    """Bayes-PFL's k for the top-k map score of a category."""
-    return 20 if class_name in SMALL_DEFECT_CLASSES else 2000
-
-
-def bayes_map_scores(maps: torch.Tensor, class_names) -> torch.Tensor:
-    """[N] Bayes-PFL map scores: the top-k mean of each unblurred map [N, S, S], with k chosen
-    by each image's category (one top-k per distinct k, not per image)."""
-    ks = [bayes_topk(name) for name in class_names]
-    scores = torch.empty(len(ks), device=maps.device, dtype=maps.dtype)
-    for k in set(ks):
-        index = torch.tensor([i for i, value in enumerate(ks) if value == k], device=maps.device)
-        scores[index] = topk_mean(maps[index], k)
-    return scores
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from models.backbone import BackboneConfig, build_backbone
-from models.config import preset
+from models import methods
+from models.methods import preset
 from models.flows import ContextFlow, FlowNoise, GaussianEncoder, StateFlow, planar_transforms
-from models.model import ZSADModel
 from conftest import learning_run
 
 SIZE = 32
@@ -17,7 +17,7 @@ RATES = {"prompt": 1e-3, "temperature": 1e-2, "flow": 1e-3, "linear": 1e-4}
 
 
 def BayesPFL(backbone, config=CONFIG):
-    return ZSADModel(backbone, config, "bayes_pfl")
+    return methods.get("bayes_pfl").make_model(backbone, config)
 
 
 @pytest.fixture()

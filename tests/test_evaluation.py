@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.evaluation import CategoryOutputs, evaluate_category
+from engine.evaluation import CategoryOutputs
+from engine.results import evaluate_category
 from utils.metrics import evaluate_pixels
 
 

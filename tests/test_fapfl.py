@@ -11,8 +11,9 @@ import torch
 
 from models.backbone import BackboneConfig, build_backbone
 from models.clip_baseline import ClipBaseline, ClipBaselineConfig
-from models.config import PRESETS, STRUCTURE_SWITCHES, official, preset
-from models.model import ZSADModel
+from models import methods
+from models.config import STRUCTURE_SWITCHES
+from models.methods import official, preset
 from tools.golden import stages
 
 SIZE = 32
@@ -20,7 +21,7 @@ TINY = dict(depth=3, t_n_ctx=2, dap_k=4, features_list=(2, 4), sample_num=2)
 
 
 def FAPFL(backbone, config):
-    return ZSADModel(backbone, config, "fapfl")
+    return methods.get("fapfl").make_model(backbone, config)
 
 
 @pytest.fixture()
@@ -48,7 +49,8 @@ def golden(tmp_path_factory):
 def test_design_card_column_reproduces_the_official_outputs(method, golden):
     """--method fapfl with a published method's column of switches (and its official ones) on
     that method's official checkpoint gives the official code's maps, scores and features."""
-    column = {k: v for k, v in PRESETS[method].items() if k in STRUCTURE_SWITCHES | {"class_word", "sigma"}}
+    switches = STRUCTURE_SWITCHES | {"class_word", "sigma"}
+    column = {k: v for k, v in methods.get(method).preset.items() if k in switches}
     model = stages.build(golden, method, "official")
     combined = FAPFL(model.backbone, official(method, dataclasses.replace(preset("fapfl", **column), **{
         k: getattr(model.config, k) for k in ("abnormal_prompts", "normal_ctx", "abnormal_ctx", "depth", "t_n_ctx",
@@ -129,7 +131,8 @@ def test_invalid_switches_are_rejected(bad, message):
 
 
 def test_clip_baseline_predicts_without_training(backbone):
-    model = ClipBaseline(backbone, ClipBaselineConfig())
+    model = methods.get("clip").make_model(backbone, ClipBaselineConfig())
+    assert isinstance(model, ClipBaseline)
     assert not list(model.parameters())[0].requires_grad
     with torch.no_grad():
         pred = model.predict(_batch(3)[0], ["bottle", "metal_nut", "bottle"])
@@ -141,7 +144,7 @@ def test_clip_baseline_predicts_without_training(backbone):
 
 def test_similarity_head_averages_each_pairs_softmax():
     """With several text pairs (fapfl's bank through the similarity head), the probability is
-    the mean over pairs of each pair's softmax (SPEC §4), not the softmax of the mean logit:
+    the mean over pairs of each pair's softmax (docs/methods/faprompt.md), not the softmax of the mean logit:
     hand-computed on one patch and two pairs."""
     from models.heads import similarity_probs
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import BackboneConfig, build_backbone
-from models.config import official, preset
-from models.model import ZSADModel
+from models import methods
+from models.methods import official, preset
 from conftest import learning_run
 
 SIZE = 32
@@ -16,7 +16,7 @@ CONFIG = preset("faprompt", depth=3, t_n_ctx=2, dap_k=4)
 
 
 def FAPrompt(backbone, config=CONFIG):
-    return ZSADModel(backbone, config, "faprompt")
+    return methods.get("faprompt").make_model(backbone, config)
 
 
 @pytest.fixture()

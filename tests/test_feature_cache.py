@@ -305,12 +305,12 @@ def test_encode_images_keeps_what_the_switches_read(tiny_model, method, switches
     """Each set of switches reads exactly the fields its encode_images keeps: the forward from
     them equals the plain forward (a missing field would fail, a superfluous one is listed)."""
     from models.backbone import BackboneConfig, build_backbone
-    from models.config import preset
-    from models.model import ZSADModel
+    from models import methods
+    from models.methods import preset
 
     backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=32))
     sizes = dict(features_list=(2, 4), depth=3, t_n_ctx=2, dap_k=4, sample_num=2)
-    model = ZSADModel(backbone, preset(method, **sizes, **switches), method).eval()
+    model = methods.get(method).make_model(backbone, preset(method, **sizes, **switches)).eval()
     images = torch.randn(2, 3, 32, 32)
     kept = feature_cache.flatten(model.encode_images(images))
     assert set(kept) == fields

@@ -1,4 +1,5 @@
-"""The loss definitions of SPEC sections 4-5 on inputs small enough to compute by hand.
+"""The loss definitions of docs/methods/faprompt.md and docs/methods/bayes_pfl.md on inputs
+small enough to compute by hand.
 
 The golden tests pin the losses on features where some details never show (random CLIP text
 features are all positively correlated, so |cos| = cos; every image has pixels of both
@@ -13,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from models.backbone import BackboneConfig, build_backbone
-from models.config import preset
+from models import methods
+from models.methods import preset
 from models.losses import (balanced_focal_loss, bank_orthogonality, binary_focal_loss, cap_orthogonality,
                            dice_loss, focal_loss)
-from models.model import ZSADModel
 
 
 def test_cap_orthogonality_sums_absolute_cosines_of_distinct_pairs():
@@ -81,11 +82,11 @@ def test_binary_focal_loss_on_probabilities_and_on_logits():
 
 
 def test_cap_abnormal_prompt_is_the_normalised_mean_of_the_raw_features(tiny_model):
-    """SPEC §4: the K abnormal text features are averaged *before* normalising, so a longer
+    """docs/methods/faprompt.md: the K abnormal text features are averaged *before* normalising, so a longer
     feature weighs more; averaging unit vectors would be a different prompt."""
     backbone = build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=32))
     torch.manual_seed(5)
-    model = ZSADModel(backbone, preset("faprompt", depth=3, t_n_ctx=2, dap_k=4), "faprompt").eval()
+    model = methods.get("faprompt").make_model(backbone, preset("faprompt", depth=3, t_n_ctx=2, dap_k=4)).eval()
     with torch.no_grad():
         for p in model.prompts.parameters():  # spread the K features' norms apart
             p.mul_(3.0)

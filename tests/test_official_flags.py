@@ -16,8 +16,8 @@ import torch
 
 from engine import configure
 from engine.official import apply_official_flags
-from engine.recipes import RECIPES
 from models.backbone import BackboneConfig
+from models import methods
 from models.factory import Checkpoint, method_backbone_defaults, read_checkpoint
 from scripts import test_script, train_script
 from utils.errors import run_cli
@@ -81,7 +81,7 @@ def test_official_bayes_pfl_train_command(name, tmp_path, data, weights):
         return
     args, run = train_script.plan(argv)
     assert run.method == "bayes_pfl"  # inferred from the Bayes-PFL flags, as the official script is Bayes-PFL
-    assert run.lr == RECIPES["bayes_pfl"]["lr"]  # --learning_rate 0.0001 is unused, as officially
+    assert run.lr == dict(methods.get("bayes_pfl").recipe.lr)  # --learning_rate 0.0001 is unused, as officially
     assert run.epochs == 30 and run.batch_size == 32 and args.seed == 333
     assert args.val_sample_num == 5 and run.config.sample_num == 10  # --sample_num: validation; test R untouched
     assert (run.config.prompt_num, run.config.prompt_context_len, run.config.prompt_state_len) == (3, 5, 5)

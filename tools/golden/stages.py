@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from datasets.meta import MetaDataset, collate
-from models import official
+from models import methods
 from models.backbone import build_backbone
 from models.factory import apply_compat, make_config, model_from_checkpoint, read_checkpoint
-from models.scoring import bayes_map_scores, fuse_image_scores
+from models.scoring import fuse_image_scores
 from tools.golden.golden_checkpoints import (ANOMALYCLIP_SEED, BAYES_PFL_SEED, FAPROMPT_SEED, checksum,
                                              seeded_parameters)
 from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
@@ -135,7 +135,7 @@ def official_names(method: str) -> Dict[str, str]:
     keys = list(entries)
     probe = {k: torch.full(e["shape"], float(i)) if e["dtype"].startswith("float")
              else torch.zeros(e["shape"], dtype=torch.long) for i, (k, e) in enumerate(entries.items())}
-    ours, _ = official.TO_OURS[method](probe)
+    ours, _ = methods.get(method).checkpoint.to_ours(probe)
     return {keys[int(v.flatten()[0])]: k for k, v in ours.items() if v.is_floating_point() and v.numel()}
 
 
@@ -248,7 +248,7 @@ def bayes_pfl_stages(model, golden: Golden, noise: Optional[FixedNoise]) -> Arra
         n, _, k, e = out.text.shape
         text = out.text.reshape(n, 2 * k, e)
         maps = out.anomaly_map
-        map_score = bayes_map_scores(maps, golden.classes)
+        map_score = methods.get("bayes_pfl").score.topk_scores(maps, golden.classes)
         image_score = torch.empty(n, dtype=torch.float64)
         for cls in dict.fromkeys(golden.classes):
             index = torch.tensor([i for i, c in enumerate(golden.classes) if c == cls])
