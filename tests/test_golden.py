@@ -392,4 +392,7 @@ def test_bayes_pfl_our_defaults(golden, bpfl_ref):
     values = stages.bayes_pfl_stages(model, golden, None)
     values.update(stages.bayes_pfl_train(model, golden, bpfl_ref["train/order"], 333, bpfl_ref))
     for key in frozen:
-        close(values[key], frozen[key], f"ours-frozen {key}")
+        # as in test_bayes_pfl_gradients: a sum of 10^4-10^6 gradient entries adds up their float32
+        # rounding, which depends on the CPU's kernels (this sum moved by 1.3e-5 of its size on
+        # another CPU); every entry, sample and norm stays at 1e-5
+        close(values[key], frozen[key], f"ours-frozen {key}", 1e-4 if key.endswith("/sum") else TOL)
