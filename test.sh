@@ -11,7 +11,7 @@
 #                   mvtec2visa  a model trained on MVTec-AD, tested on VisA
 #                   others      a VisA-trained model on every dataset in DATASETS
 #   CHECKPOINT    train.py's final.pth, or an official FAPrompt / Bayes-PFL checkpoint
-#   METHOD        clip for the training-free baseline (other methods come from CHECKPOINT)
+#   METHOD        a training-free method (clip) without CHECKPOINT (other methods come from CHECKPOINT)
 #   DATA_ROOT     folder holding one sub-folder per dataset (each with meta.json) [./data]
 #   DATA_PATH     the target dataset root (overrides DATA_ROOT/<dataset>)
 #   DATASETS      datasets of the 'others' preset      [btad mpdd dtd sdd aitex dagm elpv ...]
@@ -49,11 +49,17 @@ fi
 model=()
 if [[ -n "$CHECKPOINT" ]]; then
   model=(--checkpoint_path "$CHECKPOINT")
-elif [[ "$PRESET" != demo && "${METHOD:-}" != clip ]]; then
-  echo "test.sh: PRESET=$PRESET needs CHECKPOINT=<train.py final.pth or an official checkpoint> (or METHOD=clip)" >&2
-  exit 2
 else
-  model=(--method clip)
+  free=$("$PYTHON" -c 'from models import methods; print(" ".join(methods.names(trainable=False)))') || {
+    echo "test.sh: could not read the method registry with $PYTHON (is the environment installed?)" >&2; exit 2; }
+  METHOD=${METHOD:-}
+  if [[ -z "$METHOD" && "$PRESET" == demo ]]; then METHOD=${free%% *}; fi
+  if [[ " $free " != *" $METHOD "* ]]; then
+    echo "test.sh: PRESET=$PRESET needs CHECKPOINT=<train.py final.pth or an official checkpoint>, or a" \
+         "training-free METHOD (one of: $free)" >&2
+    exit 2
+  fi
+  model=(--method "$METHOD")
 fi
 
 # The official test settings come from the checkpoint (518 px, layers 6 12 18 24, Bayes-PFL
