@@ -1,6 +1,6 @@
 """Class names: readable names for text prompts and the categories of the standard datasets.
 
-The readable-name mapping is Bayes-PFL's (SPEC section 2); FAPrompt uses the single word
+The readable-name mapping is Bayes-PFL's (docs/data.md); FAPrompt uses the single word
 "object" for every class, which the prompt learners decide, not this module.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Write an AnomalyCLIP-style ``meta.json`` for a dataset root (SPEC section 2).
+"""Write an AnomalyCLIP-style ``meta.json`` for a dataset root (docs/data.md).
 
 Layouts (one generator each, sharing the folder scan and mask matching below):
 

@@ -1,4 +1,4 @@
-"""Image and mask preprocessing shared by both methods (SPEC section 2).
+"""Image and mask preprocessing shared by both methods (docs/data.md).
 
 Images: PIL bicubic resize to ``size`` x ``size`` (torchvision ``Resize`` on a PIL image, which
 antialiases), convert to RGB, ``ToTensor``, normalise with the OpenAI CLIP mean/std; no crop.

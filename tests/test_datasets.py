@@ -80,7 +80,7 @@ def test_item_shapes_and_values(root: Path):
     assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
     assert item["label"] == 1 and item["has_mask"] is True and item["cls_name"] == "bottle"
     assert item["img_path"] == str(root.resolve() / "bottle/test/bad/0.png")
-    # preprocessing is exactly torchvision's PIL pipeline from SPEC section 2
+    # preprocessing is exactly torchvision's PIL pipeline of docs/data.md
     ref = T.Compose([T.Resize((S, S), interpolation=T.InterpolationMode.BICUBIC),
                      lambda im: im.convert("RGB"), T.ToTensor(),
                      T.Normalize(OPENAI_MEAN, OPENAI_STD)])

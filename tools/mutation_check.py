@@ -1,10 +1,10 @@
-"""Mutation check: does the test suite notice one-line misreadings of SPEC?
+"""Mutation check: does the test suite notice one-line misreadings of the methods (docs/methods/)?
 
-Each mutation below replaces one exact piece of code with a plausible misreading of SPEC
-sections 3-7. For each, the repository is copied to a temporary folder, the mutation applied,
-and the suite run (the golden and loss-definition tests first, then the rest, stopping at the
-first failure). A mutation that leaves
-the suite green "survives": the formula it touches is not pinned by any test.
+Each mutation below replaces one exact piece of code with a plausible misreading of the
+backbone, method and metric descriptions in docs/ (its last column says what they say). For
+each, the repository is copied to a temporary folder, the mutation applied, and the suite run
+(the golden and loss-definition tests first, then the rest, stopping at the first failure). A
+mutation that leaves the suite green "survives": the formula it touches is not pinned by any test.
 
     python tools/mutation_check.py              # all mutations
     python tools/mutation_check.py -k rca       # those whose name contains "rca"
@@ -37,156 +37,159 @@ class Mutation:
     path: str
     old: str
     new: str
-    spec: str  # what SPEC says, briefly
+    spec: str  # what the method docs say, briefly
 
 
 MUTATIONS: List[Mutation] = [
     # -- the four misreadings that went unnoticed before the golden tests
     Mutation("flow noise scale exp(lv/2)", "models/flows.py", "z0 = mean + eps * torch.exp(0.25 * log_var)",
-             "z0 = mean + eps * torch.exp(0.5 * log_var)", "§5: z0 = mu + eps * exp(lv/4)"),
+             "z0 = mean + eps * torch.exp(0.5 * log_var)", "Bayes-PFL: z0 = mu + eps * exp(lv/4)"),
     Mutation("rca scale from the head width", "models/heads.py",
              "self.scale = embed_dim ** -0.5  # over the full width, not the head width",
-             "self.scale = (embed_dim // heads) ** -0.5", "§5: scale 768^-0.5, not 192^-0.5"),
+             "self.scale = (embed_dim // heads) ** -0.5", "Bayes-PFL: scale 768^-0.5, not 192^-0.5"),
     Mutation("faprompt grid upsampling align_corners", "models/model.py",
              "out.similarity_maps.append(upsample_grid(probs, size, align_corners=False))",
              "out.similarity_maps.append(upsample_grid(probs, size, align_corners=True))",
-             "§4: bilinear, align_corners=False"),
+             "FAPrompt: bilinear, align_corners=False"),
     Mutation("cap orthogonality without abs", "models/losses.py", "return cosine.abs()[..., upper].sum()",
-             "return cosine[..., upper].sum()", "§4: sum of |cos|"),
+             "return cosine[..., upper].sum()", "FAPrompt: sum of |cos|"),
     # -- CAP
     Mutation("cap abnormal mean after normalising", "models/cap.py", "        mean = abnormal.mean(1)",
              "        mean = F.normalize(abnormal, dim=-1).mean(1)",
-             "§4: mean taken before normalisation"),
+             "FAPrompt: mean taken before normalisation"),
     Mutation("cap fixed temperature 0.01", "models/config.py", "    temperature: float = 0.07",
-             "    temperature: float = 0.01", "§4: the fixed 0.07, not CLIP's logit scale"),
+             "    temperature: float = 0.01", "FAPrompt: the fixed 0.07, not CLIP's logit scale"),
     Mutation("cap image feature with ln_post", "models/heads.py", "image = F.normalize(feats.cls_raw, dim=-1)",
-             "image = F.normalize(feats.cls, dim=-1)", "§4/§8: CLS @ proj without ln_post"),
+             "image = F.normalize(feats.cls, dim=-1)", "FAPrompt: CLS @ proj without ln_post"),
     Mutation("deep prompts at positions 0..n-1", "models/backbone.py",
              "x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + length:]], dim=1)",
-             "x = torch.cat([prompt.to(x.dtype), x[:, length:]], dim=1)", "§3: positions 1..n after SOS"),
+             "x = torch.cat([prompt.to(x.dtype), x[:, length:]], dim=1)", "backbone: positions 1..n after SOS"),
     Mutation("deep prompts not rounded per sequence", "models/backbone.py",
              "                        prompt = prompt.to(deep_prompt_dtype)",
-             "                        prompt = prompt.to(torch.bfloat16)", "§8: official rounds through fp16"),
+             "                        prompt = prompt.to(torch.bfloat16)", "official code: rounds through fp16"),
     # -- DAP
     Mutation("dap top-k ascending", "models/cap.py",
              "return abnormal_prob.topk(k, dim=1, largest=True, sorted=True).indices",
              "return abnormal_prob.topk(k, dim=1, largest=False, sorted=True).indices",
-             "§4: the k most abnormal patches"),
+             "FAPrompt: the k most abnormal patches"),
     Mutation("dap unnormalised patch features", "models/model.py",
              """            return F.normalize(feats.vv_proj, dim=-1)
         return F.normalize(feats.patch_proj""",
              """            return feats.vv_proj
         return F.normalize(feats.patch_proj""",
-             "§4: normalised patch features"),
+             "FAPrompt: normalised patch features"),
     Mutation("dap prior mse summed over dims", "models/model.py",
-             'terms["prior"] = batch_total(out.prior.pow(2).mean(1) * (labels == 0).float())',
-             'terms["prior"] = batch_total(out.prior.pow(2).sum(1) * (labels == 0).float())', "§4: MSE(beta, 0)"),
+             'terms["prior"] = batch_total(out.prior.pow(2).mean(1) * (labels == 0).float(), split)',
+             'terms["prior"] = batch_total(out.prior.pow(2).sum(1) * (labels == 0).float(), split)',
+             "FAPrompt: MSE(beta, 0)"),
     Mutation("fused score weights swapped", "models/model.py",
              "return (2 * self.first.grid.amax(1) + self.final.grid.amax(1)) / 3",
-             "return (self.first.grid.amax(1) + 2 * self.final.grid.amax(1)) / 3", "§4: (2 max a1 + max a2)/3"),
+             "return (self.first.grid.amax(1) + 2 * self.final.grid.amax(1)) / 3", "FAPrompt: (2 max a1 + max a2)/3"),
     # -- the V-V path
     Mutation("v-v attention with keys", "models/backbone.py",
              "out = F.scaled_dot_product_attention(torch.cat([q, v]), torch.cat([k, v]), torch.cat([v, v]))",
              "out = F.scaled_dot_product_attention(torch.cat([q, v]), torch.cat([k, k]), torch.cat([v, v]))",
-             "§3: queries and keys both replaced by the values"),
+             "backbone: queries and keys both replaced by the values"),
     Mutation("v-v start one block late", "models/backbone.py", "return max(1, round(num_layers * 5 / 24) + 1)",
-             "return max(1, round(num_layers * 5 / 24) + 2)", "§3: blocks 6..24 of 24"),
+             "return max(1, round(num_layers * 5 / 24) + 2)", "backbone: blocks 6..24 of 24"),
     Mutation("position grid bilinear with align_corners", "models/backbone.py",
              """            grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bilinear",
                                  align_corners=False)""",
              """            grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bilinear",
-                                 align_corners=True)""", "§8: FAPrompt bilinear, align_corners=False"),
+                                 align_corners=True)""", "official code: FAPrompt bilinear, align_corners=False"),
     # -- prompt bank
     Mutation("bank eot one position late", "models/bank.py", "eot = int(tokens[0].argmax()) + p + q - 1",
-             "eot = int(tokens[0].argmax()) + p + q", "§5: EOT index + P + Q - 1"),
+             "eot = int(tokens[0].argmax()) + p + q", "Bayes-PFL: EOT index + P + Q - 1"),
     Mutation("bank normal state gets the abnormal sample", "models/bank.py",
              "states = torch.stack([self.normal_state[None] + normal_z[:, None, None, :],",
              "states = torch.stack([self.normal_state[None] + abnormal_z[:, None, None, :],",
-             "§5: a sample goes to the matching state"),
+             "Bayes-PFL: a sample goes to the matching state"),
     Mutation("bank context sample dropped", "models/bank.py",
              "context = self.context[None, None] + context_z[:, :, None, None, :]  # [N, R, B, P, W]",
              "context = self.context[None, None] + 0 * context_z[:, :, None, None, :]  # [N, R, B, P, W]",
-             "§5: z of the image-specific flow goes to the P context vectors"),
+             "Bayes-PFL: z of the image-specific flow goes to the P context vectors"),
     # -- flows and KL
     Mutation("planar log-det without the 1", "models/flows.py",
              "log_det = log_det + torch.log(((1 - h.pow(2)) * (w_k * u_k).sum(-1) + 1).abs() + 1e-5)",
              "log_det = log_det + torch.log(((1 - h.pow(2)) * (w_k * u_k).sum(-1)).abs() + 1e-5)",
-             "§5: log|1 + (1 - tanh^2) w.u|"),
+             "Bayes-PFL: log|1 + (1 - tanh^2) w.u|"),
     Mutation("planar derivative 1 - h", "models/flows.py",
              "log_det = log_det + torch.log(((1 - h.pow(2)) * (w_k * u_k).sum(-1) + 1).abs() + 1e-5)",
              "log_det = log_det + torch.log(((1 - h) * (w_k * u_k).sum(-1) + 1).abs() + 1e-5)",
-             "§5: tanh' = 1 - tanh^2"),
+             "Bayes-PFL: tanh' = 1 - tanh^2"),
     Mutation("kl q density with the encoder's lv", "models/flows.py",
              "log_q = _log_normal(z0, mean, 0.5 * log_var) + 1e-8", "log_q = _log_normal(z0, mean, log_var) + 1e-8",
-             "§5: q(z0) = N(mu, diag exp(lv/2))"),
+             "Bayes-PFL: q(z0) = N(mu, diag exp(lv/2))"),
     Mutation("kl not divided by the batch", "models/flows.py",
              "kl = (repeat_density * (log_q - log_p).sum() - log_det.sum()) / batch_images",
-             "kl = (repeat_density * (log_q - log_p).sum() - log_det.sum())", "§5: divided by the batch size"),
+             "kl = (repeat_density * (log_q - log_p).sum() - log_det.sum())", "Bayes-PFL: divided by the batch size"),
     Mutation("gaussian log-density without the half", "models/flows.py",
              "return (-0.5 * (log_var + (x - mean).pow(2) * torch.exp(-log_var))).sum(-1)",
-             "return (-(log_var + (x - mean).pow(2) * torch.exp(-log_var))).sum(-1)", "§5: log N without 2 pi"),
+             "return (-(log_var + (x - mean).pow(2) * torch.exp(-log_var))).sum(-1)", "Bayes-PFL: log N without 2 pi"),
     # -- RCA and the image head
     Mutation("rca without the residual", "models/heads.py",
              "return F.normalize(text + out.transpose(1, 2).reshape(n, t, e), dim=-1)",
-             "return F.normalize(out.transpose(1, 2).reshape(n, t, e), dim=-1)", "§5: T' = normalise(T + attn)"),
+             "return F.normalize(out.transpose(1, 2).reshape(n, t, e), dim=-1)", "Bayes-PFL: T' = normalise(T + attn)"),
     Mutation("rca dense features not normalised", "models/heads.py",
              "return F.normalize(self.proj[layer](tokens), dim=-1)", "return self.proj[layer](tokens)",
-             "§5: F = normalise(Linear(raw tokens))"),
+             "Bayes-PFL: F = normalise(Linear(raw tokens))"),
     Mutation("rca upsampling align_corners False", "models/model.py",
              """out.rca_diffs = [F.interpolate(d.reshape(n, m, side, side), size=(size, size), mode="bilinear",
                                            align_corners=True) for d in diffs]""",
              """out.rca_diffs = [F.interpolate(d.reshape(n, m, side, side), size=(size, size), mode="bilinear",
                                            align_corners=False) for d in diffs]""",
-             "§5: bilinear, align_corners=True"),
+             "Bayes-PFL: bilinear, align_corners=True"),
     Mutation("rca pixel temperature fixed at 1/0.07", "models/heads.py",
              "logits = self.log_temperature.exp() * dense @ self.attend(text, dense).transpose(1, 2)  # [N, P, 2M]",
              "logits = (1 / 0.07) * dense @ self.attend(text, dense).transpose(1, 2)  # [N, P, 2M]",
-             "§5: the learned tau_pix"),
+             "Bayes-PFL: the learned tau_pix"),
     Mutation("stage-2 image feature normalised before fuse", "models/heads.py",
              "image = self.image_mapping(feats.cls + self.fuse([feats.patch_raw[layer] for layer in layers]))",
-             "image = self.image_mapping(F.normalize(feats.cls, dim=-1) + self.fuse([feats.patch_raw[layer] for layer in layers]))",
-             "§5: image_mapping(f + fuse), f unnormalised"),
+             "image = self.image_mapping(F.normalize(feats.cls, dim=-1) "
+             "+ self.fuse([feats.patch_raw[layer] for layer in layers]))",
+             "Bayes-PFL: image_mapping(f + fuse), f unnormalised"),
     Mutation("fuse softmax over channels", "models/heads.py", "weights = self.score(x).softmax(dim=1)",
-             "weights = self.score(x).softmax(dim=-1)", "§5: softmax weights over the patches"),
+             "weights = self.score(x).softmax(dim=-1)", "Bayes-PFL: softmax weights over the patches"),
     # -- scoring
-    Mutation("bayes top-k 200 for small defects", "models/scoring.py",
-             "return 20 if class_name in SMALL_DEFECT_CLASSES else 2000",
-             "return 200 if class_name in SMALL_DEFECT_CLASSES else 2000", "§5: k = 20 for capsules, screw, ..."),
+    Mutation("bayes top-k 200 for small defects", "models/methods/bayes_pfl.py",
+             "topk=2000, small_topk=20,", "topk=2000, small_topk=200,", "Bayes-PFL: k = 20 for capsules, screw, ..."),
     Mutation("bayes fusion weights 0.6 / 0.4", "models/scoring.py",
              "return 0.5 * minmax(class_prob) + 0.5 * minmax(map_score)",
-             "return 0.6 * minmax(class_prob) + 0.4 * minmax(map_score)", "§5: 0.5 / 0.5"),
+             "return 0.6 * minmax(class_prob) + 0.4 * minmax(map_score)", "Bayes-PFL: 0.5 / 0.5"),
     Mutation("bayes class probability from the mean logit", "models/scoring.py",
              "return logits.softmax(dim=1)[:, 1].mean(1)", "return logits.mean(2).softmax(dim=1)[:, 1]",
-             "§5: mean over pairs of each pair's softmax"),
+             "Bayes-PFL: mean over pairs of each pair's softmax"),
     # -- losses
     Mutation("bayes dice smoothing 1", "models/model.py",
-             "+ dice_loss(probs[:, 1], masks, 1e-5, False)",
-             "+ dice_loss(probs[:, 1], masks, 1.0, False)", "Bayes-PFL dice, smooth 1e-5"),
+             "+ dice_loss(probs[:, 1], masks, 1e-5, False,",
+             "+ dice_loss(probs[:, 1], masks, 1.0, False,", "Bayes-PFL dice, smooth 1e-5"),
     Mutation("balanced focal without the background mean", "models/losses.py", "return fg_loss + bg_loss",
-             "return fg_loss + 0 * bg_loss", "§5: mean over foreground + mean over background"),
+             "return fg_loss + 0 * bg_loss", "Bayes-PFL: mean over foreground + mean over background"),
     Mutation("bank orthogonality with |cos|", "models/losses.py",
              "cosine_sq = (unit @ unit.transpose(-1, -2)).pow(2)", "cosine_sq = (unit @ unit.transpose(-1, -2)).abs()",
-             "§5: mean squared off-diagonal cosine"),
+             "Bayes-PFL: mean squared off-diagonal cosine"),
     Mutation("focal label smoothing off", "models/losses.py",
              "one_hot = one_hot.clamp(smooth / (classes - 1), 1.0 - smooth)", "one_hot = one_hot.clamp(0.0, 1.0)",
              "FAPrompt focal with label smoothing"),
     # -- AnomalyCLIP (the current official code)
     Mutation("similarity softmax of the mean logit", "models/heads.py", "return logits.softmax(-1).mean(1)",
-             "return logits.mean(1).softmax(-1)", "§4: mean over prompts of each prompt's softmax"),
-    Mutation("anomalyclip layer maps averaged", "models/config.py",
+             "return logits.mean(1).softmax(-1)", "FAPrompt: mean over prompts of each prompt's softmax"),
+    Mutation("anomalyclip layer maps averaged", "models/methods/anomalyclip.py",
              'layer_reduce="sum", features_list=(24,)', 'layer_reduce="mean", features_list=(24,)',
              "AnomalyCLIP sums the layer maps"),
-    Mutation("anomalyclip map loss weight 1", "models/config.py", "map_loss_weight=4.0, sigma=4.0),",
-             "map_loss_weight=1.0, sigma=4.0),", "AnomalyCLIP since April 2025: lambda = 4"),
+    Mutation("anomalyclip map loss weight 1", "models/methods/anomalyclip.py", "map_loss_weight=4.0, sigma=4.0))",
+             "map_loss_weight=1.0, sigma=4.0))", "AnomalyCLIP since April 2025: lambda = 4"),
     Mutation("anomalyclip layers aliased to the last v-v layer", "models/model.py", "        if cfg.vv_aliased:",
              "        if not cfg.vv_aliased:", "the current code clones each listed layer's tokens"),
     # -- metrics and smoothing
     Mutation("aupro 4-connected regions", "utils/metrics.py", "mask.astype(np.uint8), connectivity=8,",
-             "mask.astype(np.uint8), connectivity=4,", "§7: 8-connectivity"),
+             "mask.astype(np.uint8), connectivity=4,", "metrics: 8-connectivity"),
     Mutation("aupro integration limit 0.35", "utils/metrics.py", "MAX_FPR = 0.3", "MAX_FPR = 0.35",
-             "§7: FPR in [0, 0.3]"),
-    Mutation("gaussian truncate 3", "utils/filters.py", "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 4.0",
-             "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 3.0", "§4/§5: truncate 4"),
+             "metrics: FPR in [0, 0.3]"),
+    Mutation("gaussian truncate 3", "utils/filters.py",
+             "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 4.0",
+             "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 3.0",
+             "FAPrompt and Bayes-PFL blur: truncate 4"),
 ]
 
 
@@ -233,7 +236,7 @@ def main() -> int:
 
     chosen = [m for m in MUTATIONS if args.k.lower() in m.name.lower()]
     if args.list:
-        print(tabulate([(m.name, m.path, m.spec) for m in chosen], headers=["mutation", "file", "SPEC"]))
+        print(tabulate([(m.name, m.path, m.spec) for m in chosen], headers=["mutation", "file", "the docs say"]))
         return 0
     files = tracked_files()
     rows = []

@@ -1,4 +1,4 @@
-"""Exact image- and pixel-level anomaly-detection metrics (SPEC section 7).
+"""Exact image- and pixel-level anomaly-detection metrics (docs/metrics.md).
 
 Every metric of a call comes from one sort of the scores. A distinct score is one
 threshold and a sample is predicted anomalous when its score is >= the threshold, exactly as
