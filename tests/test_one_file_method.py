@@ -24,7 +24,7 @@ METHOD = Method(
     name="cap_rca",
     title="CAP + RCA",
     paper=None,
-    docs="docs/methods/cap_rca.md",
+    docs="docs/adding_a_method.md",  # the example of that page
     order=50,
     preset=frozen(dict(prompt_structure="cap", class_word="object", dap=False, flows="none", pixel_head="rca",
                        image_head="fixed", sigma=4.0)),
