@@ -7,9 +7,10 @@ image score. docs/methods/anomalyclip.md explains it.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Tuple
 
 from models import official
+from models.official import State
 from models.methods import bayes_pfl
 from models.methods.base import Method, OfficialCheckpoint, Paper, Recipe, frozen
 from models.scoring import ScoreRule
@@ -47,6 +48,12 @@ def feature_map_layer(value: Sequence[int], fields: Dict[str, Any]) -> str:
            f"{' '.join(map(str, layers[first:]))}"
 
 
+def to_ours(state: State) -> Tuple[State, dict]:
+    """AnomalyCLIP: one normal and one abnormal context (``ctx_neg`` [1, 1, m, W]) and deep prompts."""
+    ours, config = official.prompt_learner(state)
+    return official.as_float(ours), config
+
+
 def detect(payload):
     """AnomalyCLIP saves ``{"prompt_learner": state_dict}`` like FAPrompt, without its meta-net."""
     learner = payload.get("prompt_learner")
@@ -71,6 +78,6 @@ METHOD = Method(
                   target_validation=bayes_pfl.TARGET_VALIDATION, mosaic_prob=bayes_pfl.MOSAIC_PROB),
     score=SCORE,
     test_seed=111,
-    checkpoint=OfficialCheckpoint(detect, official.anomalyclip_to_ours),
+    checkpoint=OfficialCheckpoint(detect, to_ours),
     official_flags=frozen({"n_ctx": n_ctx, "feature_map_layer": feature_map_layer}),
 )

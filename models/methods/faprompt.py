@@ -8,12 +8,25 @@ the parts are ``models/cap.py`` and ``models/heads.py``.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 from models import official
+from models.official import State
 from models.methods import bayes_pfl
 from models.methods.base import Method, OfficialCheckpoint, Paper, Recipe, frozen
 from models.scoring import ScoreRule
 
 SCORE = ScoreRule(fusion="mean", map_score="dap_maxima")
+
+
+def to_ours(state: State) -> Tuple[State, dict]:
+    """FAPrompt: CAP, deep prompts and the DAP meta-net ``patch_meta_net``."""
+    ours, config = official.prompt_learner(state)
+    for layer in ("linear1", "linear2"):
+        for kind in ("weight", "bias"):
+            ours[f"dap.net.{layer}.{kind}"] = state[f"patch_meta_net.{layer}.{kind}"]
+    config["dap_k"] = state["patch_meta_net.linear1.weight"].shape[1] // state["ctx_pos"].shape[-1]
+    return official.as_float(ours), config
 
 
 def detect(payload):
@@ -41,5 +54,5 @@ METHOD = Method(
                   target_validation=bayes_pfl.TARGET_VALIDATION, mosaic_prob=bayes_pfl.MOSAIC_PROB),
     score=SCORE,
     test_seed=111,
-    checkpoint=OfficialCheckpoint(detect, official.faprompt_to_ours),
+    checkpoint=OfficialCheckpoint(detect, to_ours),
 )
