@@ -3,7 +3,7 @@
 Each mutation below replaces one exact piece of code with a plausible misreading of the
 backbone, method and metric descriptions in docs/ (its last column says what they say). For
 each, the repository is copied to a temporary folder, the mutation applied, and the suite run
-(the golden and loss-definition tests first, then the rest, stopping at the first failure). A
+(the golden, loss-definition and registry tests first, then the rest, stopping at the first failure). A
 mutation that leaves the suite green "survives": the formula it touches is not pinned by any test.
 
     python tools/mutation_check.py              # all mutations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST = ["tests/test_golden.py", "tests/test_losses.py"]
+FIRST = ["tests/test_golden.py", "tests/test_losses.py", "tests/test_registry.py"]
 PHASES = [FIRST, ["tests"] + [f"--ignore={path}" for path in FIRST]]
 
 
@@ -181,6 +181,14 @@ MUTATIONS: List[Mutation] = [
              "map_loss_weight=1.0, sigma=4.0))", "AnomalyCLIP since April 2025: lambda = 4"),
     Mutation("anomalyclip layers aliased to the last v-v layer", "models/model.py", "        if cfg.vv_aliased:",
              "        if not cfg.vv_aliased:", "the current code clones each listed layer's tokens"),
+    # -- registry entries (pinned to the official code by tests/test_registry.py)
+    Mutation("bayes recipe batch 16", "models/methods/bayes_pfl.py", "recipe=Recipe(epochs=30, batch_size=32,",
+             "recipe=Recipe(epochs=30, batch_size=16,", "Bayes-PFL: batch 32 (its train.sh)"),
+    Mutation("mosaic with visa as auxiliary set", "models/methods/bayes_pfl.py", 'MOSAIC_PROB = frozen({"mvtec": 0.4})',
+             'MOSAIC_PROB = frozen({"visa": 0.4})', "Bayes-PFL: mosaics only when MVTec-AD is the auxiliary set"),
+    Mutation("anomalyclip n_ctx sets one context", "models/methods/anomalyclip.py",
+             '    fields.setdefault("abnormal_ctx", value)\n', "",
+             "AnomalyCLIP: --n_ctx is both context lengths"),
     # -- metrics and smoothing
     Mutation("aupro 4-connected regions", "utils/metrics.py", "mask.astype(np.uint8), connectivity=8,",
              "mask.astype(np.uint8), connectivity=4,", "metrics: 8-connectivity"),
