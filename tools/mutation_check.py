@@ -3,8 +3,9 @@
 Each mutation below replaces one exact piece of code with a plausible misreading of the
 backbone, method and metric descriptions in docs/ (its last column says what they say). For
 each, the repository is copied to a temporary folder, the mutation applied, and the suite run
-(the golden, loss-definition and registry tests first, then the rest, stopping at the first failure). A
-mutation that leaves the suite green "survives": the formula it touches is not pinned by any test.
+(the golden, loss-definition and registry tests first, then the rest, stopping at the first
+failure). A mutation that leaves the suite green "survives": the formula it touches is not
+pinned by any test.
 
     python tools/mutation_check.py              # all mutations
     python tools/mutation_check.py -k rca       # those whose name contains "rca"
