@@ -249,7 +249,8 @@ def _unwrapped(cause: Exception):
 
 
 @pytest.mark.parametrize("create_model, expected", [
-    (_wrapped(ConnectionError("connection refused")), r"could not download .*pass --pretrained /path/to/ViT-L-14-336px.pt"),
+    (_wrapped(ConnectionError("connection refused")),
+     r"could not download .*pass --pretrained /path/to/ViT-L-14-336px.pt"),
     (_wrapped(OSError(errno.ENOSPC, "No space left on device")), r"no space left on the disk .*--cache_dir"),
     (_unwrapped(RuntimeError("Model has been downloaded but the SHA256 checksum does not not match")),
      r"failed their integrity check .*delete the download from /tmp/cache"),

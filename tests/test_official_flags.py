@@ -45,7 +45,8 @@ FAPROMPT_TRAIN = ["--dataset", "mvtecad", "--train_data_path", "{data}", "--save
                   "{tmp}/checkpoints/trained_on_mvtecad/", "--features_list", "6", "12", "18", "24",
                   "--image_size", "518", "--batch_size", "8", "--print_freq", "1", "--epoch", "15",
                   "--save_freq", "1", "--depth", "9", "--n_ctx", "12", "--t_n_ctx", "4"]
-FAPROMPT_TEST = ["--dataset", "SDD", "--data_path", "{data}", "--save_path", "{tmp}/results/trained_on_mvtecad/zero_shot",
+FAPROMPT_TEST = ["--dataset", "SDD", "--data_path", "{data}",
+                 "--save_path", "{tmp}/results/trained_on_mvtecad/zero_shot",
                  "--checkpoint_path", "{checkpoint}", "--features_list", "6", "12", "18", "24", "--image_size", "518",
                  "--seed", "111", "--depth", "9", "--n_ctx", "12", "--t_n_ctx", "4", "--metrics", "image-pixel-level"]
 OFFICIAL_CONFIG = {  # what read_checkpoint derives from the released files' tensor shapes

@@ -47,7 +47,8 @@ def category_figure(path: Path, title: str, curves: Dict[str, Optional[Curve]], 
         curve = curves.get(f"{level}_pr")
         if curve is not None:
             # AP weighs each recall step by the precision at its lower threshold: a step plot
-            pr.step(np.append(curve.x, 0.0), np.append(curve.y, curve.y[-1]), where="post", label=_label(level, "AP", metrics.get(f"{level}_ap")), **style)
+            pr.step(np.append(curve.x, 0.0), np.append(curve.y, curve.y[-1]), where="post",
+                    label=_label(level, "AP", metrics.get(f"{level}_ap")), **style)
             point = points.get(level)
             if point is not None:
                 pr.plot([point.recall], [point.precision], "o", color=style["color"], ms=7,

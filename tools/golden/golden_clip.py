@@ -57,7 +57,8 @@ def _block(out: Dict[str, np.ndarray], seed: int, prefix: str, width: int, layer
         p = f"{prefix}.resblocks.{i}."
         out[p + "attn.in_proj_weight"] = _normal(seed, p + "attn.in_proj_weight", (3 * width, width), width ** -0.5)
         out[p + "attn.in_proj_bias"] = _normal(seed, p + "attn.in_proj_bias", (3 * width,), 0.1)
-        out[p + "attn.out_proj.weight"] = _normal(seed, p + "attn.out_proj.weight", (width, width), width ** -0.5 * branch)
+        out[p + "attn.out_proj.weight"] = _normal(seed, p + "attn.out_proj.weight", (width, width),
+                                                  width ** -0.5 * branch)
         out[p + "attn.out_proj.bias"] = _normal(seed, p + "attn.out_proj.bias", (width,), 0.02)
         for ln in ("ln_1", "ln_2"):
             out[p + ln + ".weight"] = _normal(seed, p + ln + ".weight", (width,), 0.1, 1.0)

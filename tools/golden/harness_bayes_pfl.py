@@ -89,11 +89,13 @@ def main() -> None:
             patched(vpb.Context_Prompting, "forward", rec.wrap("heads", vpb.Context_Prompting.forward)), \
             patched(vpb.Zero_Parameter, "forward", rec.wrap("rca", vpb.Zero_Parameter.forward)), \
             patched(pfl_module.PlanarPFL, "forward", rec.wrap("context_flow", pfl_module.PlanarPFL.forward)), \
-            patched(pfl_module.PlanarPFL_state, "forward", rec.wrap("state_flow", pfl_module.PlanarPFL_state.forward)), \
+            patched(pfl_module.PlanarPFL_state, "forward",
+                    rec.wrap("state_flow", pfl_module.PlanarPFL_state.forward)), \
             patched(test_module, "calcuate_metric_pixel",
                     rec.wrap("metric_pixel", test_module.calcuate_metric_pixel, keep_args=True)), \
             patched(metric_module, "gaussian_filter", rec.wrap("gaussian_filter", metric_module.gaussian_filter)), \
-            patched(metric_module, "roc_auc_score", rec.wrap("roc_auc_score", metric_module.roc_auc_score, keep_args=True)), \
+            patched(metric_module, "roc_auc_score",
+                    rec.wrap("roc_auc_score", metric_module.roc_auc_score, keep_args=True)), \
             patched(metric_module, "average_precision_score",
                     rec.wrap("average_precision_score", metric_module.average_precision_score, keep_args=True)):
         test_module.test(test_args)

@@ -151,7 +151,8 @@ def train_step(train_module, learner_class, clip_path_load, original_load, args,
     import loss as loss_module
 
     step = TrainingStep(lambda: dict(learner_class.instance.named_parameters()))
-    train_args = argparse.Namespace(train_data_path=args.data, save_path=str(work / "faprompt_train"), dataset="mvtecad",
+    train_args = argparse.Namespace(train_data_path=args.data, save_path=str(work / "faprompt_train"),
+                                    dataset="mvtecad",
                                     depth=DEPTH, n_ctx=12, t_n_ctx=T_N_CTX, feature_map_layer=[0, 1, 2, 3],
                                     features_list=[6, 12, 18, 24], epoch=1, learning_rate=0.001, batch_size=8,
                                     image_size=args.image_size, print_freq=1, save_freq=1, seed=111)

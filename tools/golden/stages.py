@@ -294,8 +294,8 @@ def bayes_pfl_train(model, golden: Golden, order: Sequence[str], seed: int, refe
     official_kl = model.config.official_state_kl
     with torch.no_grad():
         feats = model.encode_images(images)
-        samples = {"context": model.flows.context(feats.cls, torch.from_numpy(reference["train/noise/context"])[:, None],
-                                                  with_kl=True)}
+        context_noise = torch.from_numpy(reference["train/noise/context"])[:, None]
+        samples = {"context": model.flows.context(feats.cls, context_noise, with_kl=True)}
         for name, flow in (("normal", model.flows.normal), ("abnormal", model.flows.abnormal)):
             samples[name] = flow(torch.from_numpy(reference[f"train/noise/{name}"]), n, with_kl=True,
                                  official_kl=official_kl)
