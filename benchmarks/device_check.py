@@ -210,28 +210,6 @@ def part_env(rec: Recorder, device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------- part 2: kernels
-def synthetic_category(images: int, size: int, seed: int = 0):
-    """Masks (N, S, S) bool, elliptic blobs in every other image, and float32 maps: smooth noise
-    plus a blurred copy of the mask (CPU tensors)."""
-    import torch.nn.functional as F
-
-    from utils.filters import gaussian_blur
-
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
-    masks = torch.zeros(images, size, size, dtype=torch.bool)
-    for i in range(0, images, 2):
-        for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
-            cy, cx = (torch.rand(2, generator=g) * 0.8 + 0.1) * size
-            ry, rx = torch.rand(2, generator=g) * size / 12 + size / 60 + 1
-            masks[i] |= ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
-    noise = torch.rand(images, 1, size // 24 + 2, size // 24 + 2, generator=g)
-    smooth = F.interpolate(noise, size=(size, size), mode="bicubic", align_corners=False)[:, 0]
-    maps = smooth + 0.6 * gaussian_blur(masks.float(), size / 100)
-    return masks, maps.float().contiguous()
-
-
 def _metric_diff(a: Dict[str, Optional[float]], b: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
     out: Dict[str, Optional[float]] = {}
     for key in a:
@@ -249,6 +227,7 @@ def part_kernels(rec: Recorder, args: argparse.Namespace, device: torch.device) 
 
     def metrics_check():
         from utils.metrics import image_metrics, pixel_metrics
+        from utils.synthetic_maps import synthetic_category
 
         masks, maps = synthetic_category(args.metric_images, args.metric_size, args.seed)
         pixel_metrics(masks[:2, :32, :32], maps[:2, :32, :32])  # library warm-up

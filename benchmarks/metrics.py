@@ -2,9 +2,9 @@
 
 Run from anywhere: ``python benchmarks/metrics.py [--images 100] [--size 518]``.
 
-One synthetic category (smooth float32 maps, a few blobs in about half of the masks) is
-scored by (a) ``pixel_metrics`` (AUROC, AP, F1-max, AUPRO, legacy PRO from one sort) and
-(b) the usual baseline: scikit-learn's ``roc_auc_score``, ``average_precision_score`` and
+One synthetic category (``utils.synthetic_maps``: smooth float32 maps, a few blobs in every
+other mask) is scored by (a) ``pixel_metrics`` (AUROC, AP, F1-max, AUPRO, legacy PRO from one
+sort) and (b) the usual baseline: scikit-learn's ``roc_auc_score``, ``average_precision_score`` and
 ``precision_recall_curve`` plus the 200-threshold ``regionprops`` PRO loop. Both times,
 their ratio and the agreement of the shared metrics are printed.
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from skimage import measure  # noqa: E402
 from sklearn.metrics import (  # noqa: E402
@@ -29,27 +28,7 @@ from sklearn.metrics import (  # noqa: E402
 )
 
 from utils.metrics import pixel_metrics  # noqa: E402
-
-
-def make_category(images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (N, S, S) bool with 1-4 elliptic blobs in every other image, and maps
-    (N, S, S) float32: upsampled noise plus a blurred copy of the mask."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((images, size, size), dtype=bool)
-    maps = np.empty((images, size, size), dtype=np.float32)
-    for i in range(images):
-        if i % 2 == 0:
-            canvas = np.zeros((size, size), dtype=np.uint8)
-            for _ in range(rng.integers(1, 5)):
-                center = tuple(int(c) for c in rng.integers(size // 10, size - size // 10, 2))
-                axes = tuple(int(a) for a in rng.integers(size // 60 + 1, size // 12 + 2, 2))
-                cv2.ellipse(canvas, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-            masks[i] = canvas > 0
-        noise = rng.random((size // 24 + 2, size // 24 + 2), dtype=np.float32)
-        smooth = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
-        signal = cv2.GaussianBlur(masks[i].astype(np.float32), (0, 0), size / 100)
-        maps[i] = smooth + 0.6 * signal
-    return masks, maps
+from utils.synthetic_maps import synthetic_category  # noqa: E402
 
 
 def baseline(masks: np.ndarray, maps: np.ndarray, steps: int = 200) -> tuple[dict, float, float]:
@@ -99,7 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of pixel_metrics")
     args = parser.parse_args()
 
-    masks, maps = make_category(args.images, args.size, args.seed)
+    masks, maps = (t.numpy() for t in synthetic_category(args.images, args.size, args.seed))
     print(f"category: {args.images} images of {args.size}x{args.size} = {maps.size:,} pixels, "
           f"{int(masks.sum()):,} anomalous")
     pixel_metrics(masks[:2, :32, :32], maps[:2, :32, :32])  # one-time library warm-up
