@@ -19,54 +19,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from skimage import measure  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    auc,
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
 
 from utils.metrics import pixel_metrics  # noqa: E402
+from utils.metrics_reference import legacy_pro, sklearn_f1_max  # noqa: E402
 from utils.synthetic_maps import synthetic_category  # noqa: E402
 
 
-def baseline(masks: np.ndarray, maps: np.ndarray, steps: int = 200) -> tuple[dict, float, float]:
-    """scikit-learn curves plus the classic per-threshold regionprops PRO loop.
-
-    Returns the metrics, the scikit-learn seconds and the PRO-loop seconds.
-    """
+def baseline(masks: np.ndarray, maps: np.ndarray) -> tuple[dict, float, float]:
+    """scikit-learn curves plus the classic per-threshold regionprops PRO loop
+    (``utils.metrics_reference``). Returns the metrics, the scikit-learn seconds and the
+    PRO-loop seconds."""
     start = time.perf_counter()
     labels, scores = masks.ravel(), maps.ravel()
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
     out = {
         "auroc": roc_auc_score(labels, scores),
         "ap": average_precision_score(labels, scores),
-        "f1_max": float(f1.max()),
+        "f1_max": sklearn_f1_max(labels, scores),
     }
     sklearn_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    low, high = np.float64(maps.min()), np.float64(maps.max())
-    delta = (high - low) / steps
-    normal = ~masks
-    on = np.zeros_like(masks)
-    pros, fprs = [], []
-    for i in range(steps):
-        np.greater(maps, low + i * delta, out=on)
-        overlaps = []
-        for image_on, mask in zip(on, masks):
-            for region in measure.regionprops(measure.label(mask)):
-                rows, cols = region.coords[:, 0], region.coords[:, 1]
-                overlaps.append(image_on[rows, cols].sum() / region.area)
-        pros.append(np.mean(overlaps))
-        fprs.append(np.logical_and(normal, on).sum() / normal.sum())
-    pros, fprs = np.array(pros), np.array(fprs)
-    keep = fprs < 0.3
-    kept = fprs[keep]
-    out["pro_legacy"] = auc((kept - kept.min()) / (kept.max() - kept.min()), pros[keep])
+    out["pro_legacy"] = legacy_pro(masks, maps)
     return out, sklearn_seconds, time.perf_counter() - start
 
 
