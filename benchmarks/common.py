@@ -4,7 +4,7 @@
   (device, effective precision, image size);
 * a backbone with random (or local) weights for an open_clip model name, the CLIP module
   cached so that several benchmarks in one process build it once (``make_backbone``);
-* the tiny open_clip config of the tests (``--model tiny``) for quick CPU runs;
+* ``--model tiny``: the tests' tiny open_clip model (``utils.tiny_clip``) for quick CPU runs;
 * timing with warm-up and CUDA synchronisation (``measure``), peak CUDA memory
   (``peak_memory``), a plain-text table and a JSON writer.
 
@@ -18,10 +18,8 @@ import contextlib
 import json
 import logging
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
@@ -32,13 +30,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-TINY_MODEL = "zsad-tiny-vit"
-# the same config as tests/conftest.py: 4+4 layers, width 48/32, patch 8, 32 px
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 4, "width": 48, "head_width": 12, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 4},
-}
+from utils.tiny_clip import TINY_MODEL, register_tiny_model  # noqa: E402
+
 TINY_ALIASES = ("tiny", TINY_MODEL)
 DEFAULT_MODEL = "ViT-L-14-336"
 DEFAULT_IMAGE_SIZE = 518
@@ -46,7 +39,6 @@ TINY_IMAGE_SIZE = 32
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 _CLIP_CACHE: Dict[tuple, tuple] = {}
-_TINY_REGISTERED: Optional[str] = None
 
 
 # ---------------------------------------------------------------------- arguments
@@ -122,21 +114,6 @@ def setup(args: argparse.Namespace) -> Dict[str, object]:
         "device": device,
         "precision": effective_precision(args.precision, device),
     }
-
-
-def register_tiny_model(directory: Optional[os.PathLike] = None) -> str:
-    """Write the tiny config as an open_clip model config (once per process) and register it."""
-    global _TINY_REGISTERED
-    import open_clip
-
-    if _TINY_REGISTERED is not None and directory is None:
-        return _TINY_REGISTERED
-    folder = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="zsad_bench_"))
-    path = folder / f"{TINY_MODEL}.json"
-    path.write_text(json.dumps(TINY_CONFIG))
-    open_clip.add_model_config(path)
-    _TINY_REGISTERED = TINY_MODEL
-    return TINY_MODEL
 
 
 # ---------------------------------------------------------------------- models

@@ -2,9 +2,9 @@
 
 Run from anywhere: ``python benchmarks/metrics.py [--images 100] [--size 518]``.
 
-One synthetic category (smooth float32 maps, a few blobs in about half of the masks) is
-scored by (a) ``pixel_metrics`` (AUROC, AP, F1-max, AUPRO, legacy PRO from one sort) and
-(b) the usual baseline: scikit-learn's ``roc_auc_score``, ``average_precision_score`` and
+One synthetic category (``utils.synthetic_maps``: smooth float32 maps, a few blobs in every
+other mask) is scored by (a) ``pixel_metrics`` (AUROC, AP, F1-max, AUPRO, legacy PRO from one
+sort) and (b) the usual baseline: scikit-learn's ``roc_auc_score``, ``average_precision_score`` and
 ``precision_recall_curve`` plus the 200-threshold ``regionprops`` PRO loop. Both times,
 their ratio and the agreement of the shared metrics are printed.
 """
@@ -18,76 +18,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from skimage import measure  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
-    auc,
-    average_precision_score,
-    precision_recall_curve,
-    roc_auc_score,
-)
+from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
 
 from utils.metrics import pixel_metrics  # noqa: E402
+from utils.metrics_reference import legacy_pro, sklearn_f1_max  # noqa: E402
+from utils.synthetic_maps import synthetic_category  # noqa: E402
 
 
-def make_category(images: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (N, S, S) bool with 1-4 elliptic blobs in every other image, and maps
-    (N, S, S) float32: upsampled noise plus a blurred copy of the mask."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((images, size, size), dtype=bool)
-    maps = np.empty((images, size, size), dtype=np.float32)
-    for i in range(images):
-        if i % 2 == 0:
-            canvas = np.zeros((size, size), dtype=np.uint8)
-            for _ in range(rng.integers(1, 5)):
-                center = tuple(int(c) for c in rng.integers(size // 10, size - size // 10, 2))
-                axes = tuple(int(a) for a in rng.integers(size // 60 + 1, size // 12 + 2, 2))
-                cv2.ellipse(canvas, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-            masks[i] = canvas > 0
-        noise = rng.random((size // 24 + 2, size // 24 + 2), dtype=np.float32)
-        smooth = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
-        signal = cv2.GaussianBlur(masks[i].astype(np.float32), (0, 0), size / 100)
-        maps[i] = smooth + 0.6 * signal
-    return masks, maps
-
-
-def baseline(masks: np.ndarray, maps: np.ndarray, steps: int = 200) -> tuple[dict, float, float]:
-    """scikit-learn curves plus the classic per-threshold regionprops PRO loop.
-
-    Returns the metrics, the scikit-learn seconds and the PRO-loop seconds.
-    """
+def baseline(masks: np.ndarray, maps: np.ndarray) -> tuple[dict, float, float]:
+    """scikit-learn curves plus the classic per-threshold regionprops PRO loop
+    (``utils.metrics_reference``). Returns the metrics, the scikit-learn seconds and the
+    PRO-loop seconds."""
     start = time.perf_counter()
     labels, scores = masks.ravel(), maps.ravel()
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
     out = {
         "auroc": roc_auc_score(labels, scores),
         "ap": average_precision_score(labels, scores),
-        "f1_max": float(f1.max()),
+        "f1_max": sklearn_f1_max(labels, scores),
     }
     sklearn_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    low, high = np.float64(maps.min()), np.float64(maps.max())
-    delta = (high - low) / steps
-    normal = ~masks
-    on = np.zeros_like(masks)
-    pros, fprs = [], []
-    for i in range(steps):
-        np.greater(maps, low + i * delta, out=on)
-        overlaps = []
-        for image_on, mask in zip(on, masks):
-            for region in measure.regionprops(measure.label(mask)):
-                rows, cols = region.coords[:, 0], region.coords[:, 1]
-                overlaps.append(image_on[rows, cols].sum() / region.area)
-        pros.append(np.mean(overlaps))
-        fprs.append(np.logical_and(normal, on).sum() / normal.sum())
-    pros, fprs = np.array(pros), np.array(fprs)
-    keep = fprs < 0.3
-    kept = fprs[keep]
-    out["pro_legacy"] = auc((kept - kept.min()) / (kept.max() - kept.min()), pros[keep])
+    out["pro_legacy"] = legacy_pro(masks, maps)
     return out, sklearn_seconds, time.perf_counter() - start
 
 
@@ -99,7 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of pixel_metrics")
     args = parser.parse_args()
 
-    masks, maps = make_category(args.images, args.size, args.seed)
+    masks, maps = (t.numpy() for t in synthetic_category(args.images, args.size, args.seed))
     print(f"category: {args.images} images of {args.size}x{args.size} = {maps.size:,} pixels, "
           f"{int(masks.sum()):,} anomalous")
     pixel_metrics(masks[:2, :32, :32], maps[:2, :32, :32])  # one-time library warm-up

@@ -249,8 +249,8 @@ def _default_train_batch(method: str, device: torch.device, model: str) -> int:
 def category_memory(images: int, size: int, seed: int, batch: int = 8) -> Dict[str, object]:
     """Peak host memory of one category of ``images`` synthetic maps and masks at ``size`` px,
     added batch by batch and evaluated (image and pixel metrics) as the test does."""
-    from benchmarks.device_check import synthetic_category
     from engine.evaluation import CategoryOutputs, evaluate_category
+    from utils.synthetic_maps import synthetic_category
 
     start = time.perf_counter()
     with common.peak_rss() as memory:

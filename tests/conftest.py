@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import register_tiny_model  # noqa: E402  (the one tiny config)
+from utils.tiny_clip import register_tiny_model  # noqa: E402  (the one tiny config)
 
 
 def defect_batch(n: int, size: int, seed: int):

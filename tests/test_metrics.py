@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 import torch
 from skimage import measure
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from utils import metrics
 from utils.metrics import image_metrics, label_regions, macro_mean, pixel_metrics
-
-
-def sklearn_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = 2 * precision * recall / (precision + recall)
-    return float(np.nan_to_num(f1).max())
+from utils.metrics_reference import legacy_pro, sklearn_f1_max
 
 
 def brute_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3) -> float:
@@ -46,31 +40,6 @@ def _regions(mask: np.ndarray) -> list[np.ndarray]:
 
 def _image_regions(masks: np.ndarray) -> list[tuple[int, np.ndarray]]:
     return [(i, region) for i, mask in enumerate(masks) for region in _regions(mask)]
-
-
-def legacy_pro(masks: np.ndarray, maps: np.ndarray, steps: int = 200) -> float | None:
-    """The classic 200-threshold loop with regionprops, written out directly."""
-    low, high = np.float64(maps.min()), np.float64(maps.max())
-    delta = (high - low) / steps
-    normal = ~masks
-    pros, fprs = [], []
-    for i in range(steps):
-        t = low + i * delta
-        on = maps > t
-        overlaps = []
-        for image_on, mask in zip(on, masks):
-            for region in measure.regionprops(measure.label(mask, connectivity=2)):
-                rows, cols = region.coords[:, 0], region.coords[:, 1]
-                overlaps.append(image_on[rows, cols].sum() / region.area)
-        pros.append(np.mean(overlaps))
-        fprs.append(np.logical_and(normal, on).sum() / normal.sum())
-    pros, fprs = np.array(pros), np.array(fprs)
-    keep = fprs < 0.3
-    if keep.sum() < 2:
-        return None
-    fprs = fprs[keep]
-    fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
-    return auc(fprs, pros[keep])
 
 
 def make_category(seed: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:

@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import register_tiny_model  # noqa: E402
 from tools.golden.golden_clip import register_golden_model  # noqa: E402
+from utils.tiny_clip import register_tiny_model  # noqa: E402
 
 
 def run_script(argv):
