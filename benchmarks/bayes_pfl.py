@@ -69,7 +69,8 @@ def official_predict_one(model, image: torch.Tensor, name: str):
 
     Returns a ``Prediction`` (unblurred map [1, S, S], class probability [1], map score [1]).
     """
-    from models.scoring import Prediction, bayes_topk, topk_mean
+    from models import methods
+    from models.scoring import Prediction, topk_mean
 
     backbone, cfg = model.backbone, model.config
     if model.noise is None:
@@ -110,7 +111,7 @@ def official_predict_one(model, image: torch.Tensor, name: str):
                 pair = torch.stack([logits[:, i], logits[:, i + k]], dim=1).softmax(dim=1)
                 maps.append(pair[:, 1])
         anomaly_map = torch.stack(maps).mean(0)  # [1, S, S]
-        map_score = topk_mean(anomaly_map, bayes_topk(name))
+        map_score = topk_mean(anomaly_map, methods.get("bayes_pfl").score.k(name))
     return Prediction(anomaly_map, class_prob, map_score)
 
 

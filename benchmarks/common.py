@@ -180,14 +180,13 @@ def build_method(method: str, backbone, device: torch.device | str, seed: int = 
     from models.factory import build_model, make_config
 
     config = make_config(method, sizes)
-    if method != "clip":
-        relevant = config.relevant_fields()
-        if "depth" in relevant:
-            config.depth = min(config.depth, backbone.text_layers)
-        if "dap_k" in relevant:
-            config.dap_k = min(config.dap_k, backbone.grid_size ** 2)
-        if "features_list" in relevant and "features_list" not in sizes:
-            config.features_list = tuple(layers_or_default(None, backbone.num_layers))
+    relevant = config.relevant_fields()
+    if "depth" in relevant:
+        config.depth = min(config.depth, backbone.text_layers)
+    if "dap_k" in relevant:
+        config.dap_k = min(config.dap_k, backbone.grid_size ** 2)
+    if "features_list" in relevant and "features_list" not in sizes:
+        config.features_list = tuple(layers_or_default(None, backbone.num_layers))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(method, config, backbone)
@@ -198,12 +197,12 @@ def train_steps(method: str, backbone, device: torch.device | str, batch: int, s
                 stage: int = 1, steps: int = 2) -> Dict[str, object]:
     """``steps`` training steps (forward, loss, backward, Adam at the recipe's rates) of a fresh
     ``method`` model on random images and masks; the first also allocates Adam's state."""
-    from engine.recipes import RECIPES
+    from models import methods
 
     model = build_method(method, backbone, device, seed).train()
     if stage != 1:
         model.set_stage(stage)
-    groups = model.param_groups(dict(RECIPES[method]["lr"]))
+    groups = model.param_groups(dict(methods.get(method).recipe.lr))
     optimizer = torch.optim.Adam(groups, betas=(0.5, 0.999))
     size = backbone.image_size
     images, masks = random_images(batch, size, device, seed), random_masks(batch, size, device, seed)
@@ -433,7 +432,8 @@ def write_json(path: Optional[str], data: object) -> None:
     tmp.replace(target)
 
 
-def run_main(build_parser: Callable, run: Callable, report: Callable, argv: Optional[Sequence[str]]) -> Dict[str, object]:
+def run_main(build_parser: Callable, run: Callable, report: Callable,
+             argv: Optional[Sequence[str]]) -> Dict[str, object]:
     """Parse flags, measure, print the report and write the JSON: every benchmark's ``main``."""
     args = build_parser().parse_args(argv)
     result = run(args)

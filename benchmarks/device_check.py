@@ -142,7 +142,8 @@ def summary(data: Dict[str, object]) -> str:
         for key, out in timing.items():
             if out["benchmark"] == "backbone":
                 rows.append([key, f"{out['image']['images_per_s']:.1f} img/s",
-                             f"{out['text']['prompts_per_s']:.0f} prompts/s", "-", common.gib(out["image"]["memory"]["peak_bytes"])])
+                             f"{out['text']['prompts_per_s']:.0f} prompts/s", "-",
+                             common.gib(out["image"]["memory"]["peak_bytes"])])
             else:
                 rows.append([key, f"{out['batched']['images_per_s']:.2f} img/s (a)",
                              f"{out['per_image']['images_per_s']:.2f} img/s (b)", f"{out['ratio']:.2f}x",
@@ -162,7 +163,8 @@ def summary(data: Dict[str, object]) -> str:
     dist = data.get("distributed")
     if dist:
         lines.append("distributed: " + (dist["skipped"] if "skipped" in dist else
-                                        f"{dist['processes']} processes, speed-up {dist.get('speedup', float('nan')):.2f}x, "
+                                        f"{dist['processes']} processes, "
+                                        f"speed-up {dist.get('speedup', float('nan')):.2f}x, "
                                         f"metrics equal {dist.get('metrics_equal')}, "
                                         f"max map difference {dist.get('max_map_difference', float('nan')):.1e}"))
     errors = data.get("errors", {})

@@ -36,14 +36,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-
-METHODS = ("clip", "faprompt", "bayes_pfl", "fapfl", "anomalyclip")
+from models import methods  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, iters=3, warmup=1)
-    parser.add_argument("--method", choices=METHODS, default="clip", help="model whose hook fills the bank")
+    parser.add_argument("--method", choices=methods.names(), default="clip", help="model whose hook fills the bank")
     parser.add_argument("--batch_size", type=int, default=8, help="test images per call")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16], help="K values")
     parser.add_argument("--class_name", default="bottle")
@@ -100,8 +99,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
 
     def timed(fn: Callable[[], object]) -> Callable[[], float]:
         def step() -> float:
-            if hasattr(model, "start_evaluation"):  # Bayes-PFL's test noise starts afresh, as per run
-                model.start_evaluation()
+            model.start_evaluation()  # Bayes-PFL's test noise starts afresh, as per run
             common.synchronize(device)
             start = time.perf_counter()
             fn()

@@ -6,7 +6,7 @@ size, ``python benchmarks/run.py --pretrained ViT-L-14-336px.pt --images 4``. Pe
 
 (1) backbone: ``model.encode_images`` on the images already decoded in memory, at
     ``--batch_size``; no test job can be faster than this;
-(2) ours: the test job as ``test.py`` runs it (``engine.evaluation.run_test``): loading in
+(2) ours: the test job as ``test.py`` runs it (``engine.testing.run_test``): loading in
     DataLoader workers (pinned memory on a GPU), backbone, prompts, heads, maps upsampled and
     blurred on the device, metrics, results files and report.html, at ``--batch_size``;
 (3) per-image style: the same job at batch 1 doing the official code's work per image
@@ -133,57 +133,40 @@ def per_image_style(method: str, model):
         model.backbone.truncate_text = truncate
 
 
-# the parts of the job timed separately: (module, function) -> name
-STAGES = {("engine.evaluation", "predict"): "model", ("engine.evaluation", "evaluate_category"): "metrics",
-          ("engine.report", "Report.add"): "report", ("engine.report", "Report.write"): "report"}
+class StageClock:
+    """Seconds spent in each stage of a test run ("model", "metrics", "report"), through the
+    ``timer`` hook of ``engine.testing.run_test``; the device is synchronised at the end of each
+    stage, so a stage holds its own GPU work."""
 
+    def __init__(self, device):
+        self.device = device
+        self.spent: Dict[str, float] = {"model": 0.0, "metrics": 0.0, "report": 0.0}
 
-@contextlib.contextmanager
-def stage_clock(device) -> Dict[str, float]:
-    """Seconds spent in each of STAGES while the block runs (the device synchronised at the end
-    of each call, so a stage holds its own GPU work)."""
-    import importlib
-
-    spent: Dict[str, float] = {name: 0.0 for name in STAGES.values()}
-    saved = []
-    for (module_name, qualname), name in STAGES.items():
-        owner = importlib.import_module(module_name)
-        *outer, attribute = qualname.split(".")
-        for part in outer:
-            owner = getattr(owner, part)
-        original = getattr(owner, attribute)
-
-        def timed(*args, _original=original, _name=name, **kwargs):
-            start = time.perf_counter()
-            try:
-                return _original(*args, **kwargs)
-            finally:
-                common.synchronize(device)
-                spent[_name] += time.perf_counter() - start
-
-        setattr(owner, attribute, timed)
-        saved.append((owner, attribute, original))
-    try:
-        yield spent
-    finally:
-        for owner, attribute, original in saved:
-            setattr(owner, attribute, original)
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            common.synchronize(self.device)
+            self.spent[stage] += time.perf_counter() - start
 
 
 def test_job(model, dataset, device, batch_size: int, num_workers: int, folder: Path, report: bool):
     """``run_test`` as test.py calls it; (seconds, mean metrics, seconds per stage)."""
-    from engine.evaluation import run_test
     from engine.report import Report
+    from engine.testing import run_test
 
     folder.mkdir(parents=True, exist_ok=True)
     common.synchronize(device)
-    with stage_clock(device) as spent:
-        start = time.perf_counter()
-        _, mean = run_test(model, dataset, device, batch_size, num_workers, model.config.sigma, ("image", "pixel"),
-                           folder, {"benchmark": "run"}, report=Report(folder, dataset.root) if report else None)
-        common.synchronize(device)
-        seconds = time.perf_counter() - start
-    return seconds, mean, {**spent, "rest": seconds - sum(spent.values())}
+    clock = StageClock(device)
+    start = time.perf_counter()
+    _, mean = run_test(model, dataset, device, batch_size, num_workers, model.config.sigma, ("image", "pixel"),
+                       folder, {"benchmark": "run"}, report=Report(folder, dataset.root) if report else None,
+                       timer=clock)
+    common.synchronize(device)
+    seconds = time.perf_counter() - start
+    return seconds, mean, {**clock.spent, "rest": seconds - sum(clock.spent.values())}
 
 
 def backbone_pass(model, images: torch.Tensor, device, batch_size: int) -> float:
@@ -238,10 +221,10 @@ def _job_entry(runs, memory) -> Dict[str, object]:
 
 
 def _default_train_batch(method: str, device: torch.device, model: str) -> int:
-    from engine.recipes import RECIPES
+    from models import methods
 
     if device.type == "cuda":
-        return RECIPES[method]["batch_size"]
+        return methods.get(method).recipe.batch_size
     return 4 if model == common.TINY_MODEL else 2
 
 
@@ -249,7 +232,8 @@ def _default_train_batch(method: str, device: torch.device, model: str) -> int:
 def category_memory(images: int, size: int, seed: int, batch: int = 8) -> Dict[str, object]:
     """Peak host memory of one category of ``images`` synthetic maps and masks at ``size`` px,
     added batch by batch and evaluated (image and pixel metrics) as the test does."""
-    from engine.evaluation import CategoryOutputs, evaluate_category
+    from engine.evaluation import CategoryOutputs
+    from engine.results import evaluate_category
     from utils.synthetic_maps import synthetic_category
 
     start = time.perf_counter()
@@ -339,7 +323,8 @@ def report(result: Dict[str, object]) -> str:
     cat = result.get("category")
     if cat:
         lines.append(f"one category of {cat['images']} images at {cat['size']} px (synthetic maps and masks): "
-                     f"peak host memory {common.gib(cat['peak_bytes'])} (process before: {common.gib(cat['base_bytes'])}; "
+                     f"peak host memory {common.gib(cat['peak_bytes'])} "
+                     f"(process before: {common.gib(cat['base_bytes'])}; "
                      f"maps {common.gib(cat['maps_bytes'])}, masks {common.gib(cat['masks_bytes'])}), "
                      f"{cat['seconds']:.1f} s" + ("" if cat["reset"] else " (lifetime peak: no VmHWM reset here)"))
     return "\n".join(lines)

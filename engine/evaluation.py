@@ -12,9 +12,10 @@ metrics, tables and files of the results are :mod:`engine.results`; a whole test
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +31,14 @@ from utils.filters import gaussian_blur
 from utils.metrics import image_metrics, pixel_metrics
 
 log = logging.getLogger("zsad.evaluation")
+
+# A stage timer: timer(stage) is a context manager around that stage's work ("model", "metrics",
+# "report"), which a benchmark passes in to time the stages of a test run; by default nothing.
+Timer = Callable[[str], ContextManager]
+
+
+def no_timer(stage: str) -> ContextManager:
+    return contextlib.nullcontext()
 
 
 
@@ -187,11 +196,13 @@ def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float, ca
 
 def iterate_categories(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
                        desc: str = "test", ctx: Optional[distributed.Context] = None, cache=None,
-                       fewshot: Optional[FewShotScorer] = None, sample_num: Optional[int] = None):
+                       fewshot: Optional[FewShotScorer] = None, sample_num: Optional[int] = None,
+                       timer: Timer = no_timer):
     """Yield one :class:`CategoryOutputs` per category, in dataset order, on rank 0 (the other
     processes score their parts and yield nothing); ``cache`` and ``fewshot`` (references: the
     categories then carry few-shot scores) as in :func:`predict`; ``sample_num`` replaces the
-    model's number of test-time flow samples for this pass."""
+    model's number of test-time flow samples for this pass; ``timer("model")`` wraps each batch's
+    prediction (a benchmark times it)."""
     ctx = ctx or distributed.current()
     model.start_evaluation(sample_num=sample_num)
     plans = category_plan(dataset, ctx, batch_size)
@@ -207,7 +218,8 @@ def iterate_categories(model, dataset, device: torch.device, batch_size: int, nu
             for start in range(0, len(plan.local), batch_size):
                 model.skip_noise(plan.local.start + start - drawn)
                 batch = next(stream)
-                maps, pred, shot = predict(model, batch, device, sigma, cache, fewshot)
+                with timer("model"):
+                    maps, pred, shot = predict(model, batch, device, sigma, cache, fewshot)
                 drawn = plan.local.start + start + len(maps)
                 cat.add(maps, batch["mask"], batch["has_mask"].tolist(), batch["label"].tolist(),
                         pred.class_prob.tolist(), pred.map_score.tolist(), batch["img_path"],  # maps only move once

@@ -17,7 +17,7 @@ import torch
 from datasets.meta import ImageList, MetaDataset
 from datasets.names import canonical_dataset, known_categories
 from engine import cli, configure, distributed
-from engine.evaluation import category_scores, iterate_categories
+from engine.evaluation import Timer, category_scores, iterate_categories, no_timer
 from engine.fewshot import FewShotScorer, select_references
 from engine.report import Report
 from engine.results import (COLUMN_NAMES, METRIC_CHOICES, ScoreWriter, Thresholds, decision, evaluate_category,
@@ -173,7 +173,7 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
 def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
              sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
              save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None,
-             fewshot: Optional[FewShotScorer] = None):
+             fewshot: Optional[FewShotScorer] = None, timer: Timer = no_timer):
     """Evaluate ``model`` on ``dataset`` (with few-shot references when ``fewshot`` is given);
     write results (and maps, visualisations and the :class:`engine.report.Report` when
     given); return the tables (on rank 0; None, None on the other processes of a torchrun
@@ -181,14 +181,17 @@ def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int,
     per_category: Dict[str, Dict[str, Optional[float]]] = {}
     thresholds: Dict[str, Thresholds] = {}
     if not distributed.current().is_main:  # score this process's parts; rank 0 evaluates and writes
-        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
+        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot,
+                                    timer=timer):
             pass
         return None, None
     scores_out = ScoreWriter(save_path / "scores.csv", fewshot is not None) if save_maps_flag else None
     shot_weight = fewshot.weight if fewshot is not None else 0.0
-    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot):
+    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot,
+                                  timer=timer):
         scores = category_scores(cat, model.score_rule, shot_weight)
-        result = evaluate_category(cat, scores, kinds, device)
+        with timer("metrics"):
+            result = evaluate_category(cat, scores, kinds, device)
         per_category[cat.name], thresholds[cat.name] = result.metrics, result.thresholds()
         files = save_maps(cat, save_path / "maps", dataset.root) if save_maps_flag else []
         if scores_out is not None:
@@ -197,12 +200,14 @@ def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int,
         if visualiser is not None:
             visualiser(cat, scores)
         if report is not None:
-            report.add(cat, scores, result)
+            with timer("report"):
+                report.add(cat, scores, result)
         log.info("%s: %s", cat.name, ", ".join(
             f"{COLUMN_NAMES[k]} {'n/a' if v is None else f'{100 * v:.1f}'}" for k, v in per_category[cat.name].items()))
     if scores_out is not None:
         scores_out.write()
     mean = write_results(save_path, per_category, kinds, info, thresholds)
     if report is not None:
-        report.write(per_category, mean, kinds, info, thresholds)
+        with timer("report"):
+            report.write(per_category, mean, kinds, info, thresholds)
     return per_category, mean
