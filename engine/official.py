@@ -1,11 +1,14 @@
-"""Flags of the official FAPrompt and Bayes-PFL scripts that have no flag of the same name here.
+"""Flags of the official FAPrompt, AnomalyCLIP and Bayes-PFL scripts that have no flag of the same name here.
 
 A command pasted from an official ``train.sh``/``test.sh`` must mean what it meant there or say
 in one line what replaces a flag, never fail with an argparse error. Each flag below is either
 an alias (``--pretrained_path``, ``--device_id``) or accepted with no effect, as in the
 official code itself, with a note saying so. Flags that keep their official name and meaning
 (``--epochs``, ``--num_flows`` / ``-nf``, ...) are ordinary flags; the Bayes-PFL training
-``--sample_num`` (validation samples) and ``--learning_rate`` (unused) are handled by train.py.
+``--sample_num`` (validation samples) is train.py's ``--val_sample_num`` and ``--learning_rate``
+(unused by a recipe of parameter groups) is handled by ``engine.configure``. What a flag means
+for one method alone (AnomalyCLIP's ``--n_ctx``, ``--feature_map_layer``) is that method's
+registry entry's (``official_flags``).
 """
 from __future__ import annotations
 
