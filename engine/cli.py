@@ -27,7 +27,8 @@ import numpy as np
 import open_clip
 import torch
 
-from models.backbone import BackboneConfig
+from models import backbone as backbones
+from models.backbone import BackboneConfig, ClipBackbone
 from utils.errors import UserError
 
 HELP = {
@@ -172,6 +173,14 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
                        help="official: every official-code behaviour of the method (docs/faithfulness.md); "
                             "auto: official for official checkpoints, else ours")
     group.add_argument("--cache_dir", default=None, help="open_clip download cache")
+
+
+def build_backbone(config: BackboneConfig, device: Optional[torch.device] = None) -> ClipBackbone:
+    """The frozen backbone; a setting it cannot host is a user error naming the flags."""
+    try:
+        return backbones.build_backbone(config, device)
+    except ValueError as err:
+        raise UserError(f"--model {config.model} at --image_size {config.image_size}: {err}") from None
 
 
 def backbone_config(args: argparse.Namespace, base: Optional[BackboneConfig] = None, **defaults) -> BackboneConfig:

@@ -23,7 +23,7 @@ from engine.report import Report
 from engine.results import (COLUMN_NAMES, METRIC_CHOICES, ScoreWriter, Thresholds, decision, evaluate_category,
                             fewshot_cells, results_table, save_maps, write_results)
 from engine.thresholds import Decision, load_thresholds
-from models.backbone import BackboneConfig, build_backbone
+from models.backbone import BackboneConfig
 from models.factory import build_model, model_from_checkpoint
 from utils.errors import UserError
 from utils.io import atomic_open
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
         log.warning(note)
     log.info("seed %d (from %s)", args.seed, seed_source)
     cli.seed_everything(args.seed)
-    backbone = build_backbone(backbone_cfg, device)
+    backbone = cli.build_backbone(backbone_cfg, device)
     if checkpoint is None:
         model = build_model(method, config, backbone)
     else:

@@ -17,7 +17,6 @@ from engine.configure import TrainPlan, save_path
 from engine.evaluation import validation_scores
 from engine.feature_cache import CacheRequest, cache_wanted, open_caches
 from engine.trainer import Trainer, TrainSettings
-from models.backbone import build_backbone
 from models.factory import build_model
 from utils.log import setup_logging
 
@@ -57,7 +56,7 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
              "on" if run.augment else "off", mosaic)
 
     cli.seed_everything(args.seed)
-    backbone = build_backbone(backbone_cfg, run.device)
+    backbone = cli.build_backbone(backbone_cfg, run.device)
     model = build_model(method, run.config, backbone).to(run.device)
     if model.two_stage and val_set is None:
         log.warning("no validation: early stopping and stage 2 are off (only stage 1 is trained)")

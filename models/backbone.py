@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.clip_loading import build_clip, check_supported
-from utils.errors import UserError
 
 log = logging.getLogger("zsad.backbone")
 
@@ -107,8 +106,8 @@ class ClipBackbone(nn.Module):
         patch = visual.patch_size[0] if isinstance(visual.patch_size, tuple) else visual.patch_size
         self.patch_size = int(patch)
         if self.image_size % self.patch_size:
-            raise UserError(f"--image_size {image_size} is not a multiple of the patch size "
-                            f"{self.patch_size} of this model")
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size "
+                             f"{self.patch_size} of this model")
         self.grid_size = self.image_size // self.patch_size
         self.num_layers = len(visual.transformer.resblocks)
         self.vision_width = visual.conv1.out_channels
@@ -222,10 +221,9 @@ class ClipBackbone(nn.Module):
         visual = self.clip.visual
         bad = [layer for layer in list(layers) + list(vv_layers) if not 1 <= layer <= self.num_layers]
         if bad:
-            raise UserError(f"--features_list {list(layers) + list(vv_layers)}: layers must lie in "
-                            f"1..{self.num_layers}")
+            raise ValueError(f"layers {list(layers) + list(vv_layers)} must lie in 1..{self.num_layers}")
         if vv_start is not None and not 1 <= vv_start <= self.num_layers:
-            raise UserError(f"V-V start block {vv_start} must lie in 1..{self.num_layers}")
+            raise ValueError(f"V-V start block {vv_start} must lie in 1..{self.num_layers}")
         if vv_layers and vv_start is None:
             raise ValueError("V-V layer tokens need a V-V start block")
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
@@ -293,8 +291,8 @@ class ClipBackbone(nn.Module):
         eot_index = torch.as_tensor(eot_index, device=embeddings.device).long().expand(n_seq)
         deep_prompts = list(deep_prompts or [])
         if len(deep_prompts) >= self.text_layers:
-            raise UserError(f"deep prompts for {len(deep_prompts) + 1} layers exceed the text "
-                            f"encoder's {self.text_layers} layers (lower --depth)")
+            raise ValueError(f"deep prompts for {len(deep_prompts) + 1} layers exceed the text "
+                             f"encoder's {self.text_layers} layers")
         # Causal attention: no position after the last EOT can influence any pooled token, so
         # the sequences are cut there (for CLIP prompts that is 4-8x less text-tower work).
         length = max(int(eot_index.max()) + 1, 1 + max((p.shape[-2] for p in deep_prompts), default=0))

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from engine import cli
 from models.backbone import BackboneConfig, ClipBackbone, build_backbone, build_clip
 from utils.errors import UserError
 
@@ -227,8 +228,10 @@ def test_clear_errors(tiny_model, tmp_path, monkeypatch):
     torch.save(other.state_dict(), wrong)
     with pytest.raises(UserError, match="does not fit --model"):
         build_clip(BackboneConfig(model=tiny_model, pretrained=str(wrong)))
-    with pytest.raises(UserError, match="not a multiple of the patch size"):
+    with pytest.raises(ValueError, match="image size 30 is not a multiple of the patch size"):
         build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=30))
+    with pytest.raises(UserError, match=f"--model {tiny_model} at --image_size 30: image size 30 is not a multiple"):
+        cli.build_backbone(BackboneConfig(model=tiny_model, pretrained="none", image_size=30))
 
 
 def _wrapped(cause: Exception):
