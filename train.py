@@ -99,7 +99,7 @@ def build_trainer(argv: Optional[Sequence[str]] = None):
     """The single-process :class:`engine.trainer.Trainer` that ``main`` would run."""
     setup_logging()  # the console until the save folder exists
     args, run = plan(argv)
-    return training.build_trainer(args, run, distributed.current())
+    return training.build_trainer(args, run, distributed.SINGLE)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -31,7 +31,7 @@ log = logging.getLogger("zsad.distributed")
 TIMEOUT = datetime.timedelta(minutes=60)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
     """This process's place among the processes of one run (rank 0 of 1 without torchrun)."""
 
@@ -54,12 +54,7 @@ class Context:
         return shard(count, self.rank, self.world_size, unit)
 
 
-_CURRENT = Context()
-
-
-def current() -> Context:
-    """The context :func:`setup` made (the single-process one before or without it)."""
-    return _CURRENT
+SINGLE = Context()  # one process, no torchrun (the scripts pass the context of setup() along)
 
 
 def shard(count: int, rank: int, world_size: int, unit: int = 1) -> range:
@@ -93,11 +88,10 @@ def setup(device_flag: str) -> tuple[Context, torch.device]:
     local rank (choose the GPUs with ``CUDA_VISIBLE_DEVICES``), ``cpu`` runs every process on
     the CPU with gloo. Without torchrun the flag resolves as in a single-process run.
     """
-    global _CURRENT
     from engine.cli import resolve_device
 
     if not launched():
-        return _CURRENT, resolve_device(device_flag)
+        return SINGLE, resolve_device(device_flag)
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device_flag not in ("auto", "cpu", "cuda") and not device_flag.startswith("cuda"):
         resolve_device(device_flag)  # its own error for a malformed name
@@ -119,16 +113,13 @@ def setup(device_flag: str) -> tuple[Context, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=TIMEOUT, device_id=device if use_cuda else None)
     cpu_group = dist.new_group(backend="gloo", timeout=TIMEOUT) if backend != "gloo" else dist.group.WORLD
-    _CURRENT = Context(rank, world, local, backend, cpu_group)
-    return _CURRENT, device
+    return Context(rank, world, local, backend, cpu_group), device
 
 
 def shutdown() -> None:
     """Leave the process group (at the end of a run)."""
-    global _CURRENT
     if dist.is_initialized():
         dist.destroy_process_group()
-    _CURRENT = Context()
 
 
 @contextlib.contextmanager

@@ -195,7 +195,7 @@ def predict(model, batch: Dict[str, Any], device: torch.device, sigma: float, ca
 
 
 def iterate_categories(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
-                       desc: str = "test", ctx: Optional[distributed.Context] = None, cache=None,
+                       desc: str = "test", ctx: distributed.Context = distributed.SINGLE, cache=None,
                        fewshot: Optional[FewShotScorer] = None, sample_num: Optional[int] = None,
                        timer: Timer = no_timer):
     """Yield one :class:`CategoryOutputs` per category, in dataset order, on rank 0 (the other
@@ -203,7 +203,6 @@ def iterate_categories(model, dataset, device: torch.device, batch_size: int, nu
     categories then carry few-shot scores) as in :func:`predict`; ``sample_num`` replaces the
     model's number of test-time flow samples for this pass; ``timer("model")`` wraps each batch's
     prediction (a benchmark times it)."""
-    ctx = ctx or distributed.current()
     model.start_evaluation(sample_num=sample_num)
     plans = category_plan(dataset, ctx, batch_size)
     batches = [list(p.local[i:i + batch_size]) for p in plans for i in range(0, len(p.local), batch_size)]
@@ -289,16 +288,17 @@ def pixel_inputs(cat: CategoryOutputs, device: Optional[torch.device]):
 
 # ---------------------------------------------------------------------- validation
 def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_size: int,
-                      num_workers: int, sample_num: Optional[int] = None, cache=None) -> Dict[str, Optional[float]]:
+                      num_workers: int, sample_num: Optional[int] = None, cache=None,
+                      ctx: distributed.Context = distributed.SINGLE) -> Dict[str, Optional[float]]:
     """Macro pixel AP (unsmoothed maps) and image AP (class probability), as Bayes-PFL's
     early stopping reads them; ``sample_num`` replaces the model's R for this pass; ``cache`` is
-    the validation set's feature cache."""
+    the validation set's feature cache; ``ctx``: this process among those of a torchrun launch."""
     was_training = model.training
     model.eval()
     pixel, image = [], []
     try:
         for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma=0.0, desc="validate",
-                                      cache=cache, sample_num=sample_num):
+                                      ctx=ctx, cache=cache, sample_num=sample_num):
             labels = np.array(cat.labels)
             image.append(image_metrics(labels, np.array(cat.class_prob))["ap"])
             inputs = pixel_inputs(cat, device)
@@ -312,6 +312,6 @@ def validation_scores(model, dataset: MetaDataset, device: torch.device, batch_s
         return float(np.mean(values)) if values else None
 
     # rank 0 computed them; every process decides early stopping on the same numbers
-    return distributed.broadcast_object({"pixel_ap": mean(pixel), "image_ap": mean(image)}, distributed.current())
+    return distributed.broadcast_object({"pixel_ap": mean(pixel), "image_ap": mean(image)}, ctx)
 
 

@@ -108,14 +108,14 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
     fewshot = None if references is None else FewShotScorer(model, references, args.shot_weight,
                                                              backbone_cfg.image_size, batch_size, device)
     if args.image is not None:
-        run_images(model, dataset, device, batch_size, num_workers, sigma, save_path, thresholds, fewshot)
+        run_images(model, dataset, device, batch_size, num_workers, sigma, save_path, thresholds, fewshot, ctx)
         log.info("wrote maps, overlays and scores.csv for %d image(s) to %s", len(dataset), save_path)
         return 0
     visualiser = Visualiser(save_path / "vis", dataset.root, args.vis_top_k) if args.save_vis and ctx.is_main else None
     report = None if args.no_report or not ctx.is_main else Report(save_path, dataset.root)
     per_category, mean = run_test(model, dataset, device, batch_size, num_workers, sigma, kinds, save_path, info,
                                   save_maps_flag=args.save_maps, visualiser=visualiser, report=report,
-                                  fewshot=fewshot)
+                                  fewshot=fewshot, ctx=ctx)
     if not ctx.is_main:
         return 0
     log.info("%s on %s (%s):\n%s", method, dataset_name, canonical_dataset(dataset_name),
@@ -126,14 +126,16 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
 
 
 def run_images(model, dataset, device: torch.device, batch_size: int, num_workers: int, sigma: float,
-               save_path: Path, thresholds, fewshot: Optional[FewShotScorer] = None) -> None:
+               save_path: Path, thresholds, fewshot: Optional[FewShotScorer] = None,
+               ctx: distributed.Context = distributed.SINGLE) -> None:
     """Score images without ground truth (a ``datasets.meta.ImageList``) through the same
     prediction, smoothing and fusion as a dataset, and write ``maps/*.npy``, overlays on one
     colour scale in ``vis/``, and ``scores.csv``; with ``thresholds`` (an
     ``engine.thresholds.Decision``) also a decision column and a binary mask PNG per image;
-    with few-shot references, their map and score added and a ``fewshot_score`` column."""
+    with few-shot references, their map and score added and a ``fewshot_score`` column. ``ctx``:
+    this process among those of a torchrun launch."""
     cats = list(iterate_categories(model, dataset, device, batch_size, num_workers, sigma, desc="score",
-                                   fewshot=fewshot))
+                                   ctx=ctx, fewshot=fewshot))
     if not cats:  # a process other than rank 0: it scored its part
         return
     cat = cats[0]  # one class name for every image
@@ -173,21 +175,22 @@ def run_images(model, dataset, device: torch.device, batch_size: int, num_worker
 def run_test(model, dataset: MetaDataset, device: torch.device, batch_size: int, num_workers: int,
              sigma: float, kinds: Sequence[str], save_path: Path, info: Dict[str, Any],
              save_maps_flag: bool = False, visualiser: Optional[Callable] = None, report=None,
-             fewshot: Optional[FewShotScorer] = None, timer: Timer = no_timer):
+             fewshot: Optional[FewShotScorer] = None, timer: Timer = no_timer,
+             ctx: distributed.Context = distributed.SINGLE):
     """Evaluate ``model`` on ``dataset`` (with few-shot references when ``fewshot`` is given);
     write results (and maps, visualisations and the :class:`engine.report.Report` when
     given); return the tables (on rank 0; None, None on the other processes of a torchrun
-    launch, which only score their parts)."""
+    launch, which only score their parts; ``ctx`` says which this process is)."""
     per_category: Dict[str, Dict[str, Optional[float]]] = {}
     thresholds: Dict[str, Thresholds] = {}
-    if not distributed.current().is_main:  # score this process's parts; rank 0 evaluates and writes
-        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot,
+    if not ctx.is_main:  # score this process's parts; rank 0 evaluates and writes
+        for _ in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, ctx=ctx, fewshot=fewshot,
                                     timer=timer):
             pass
         return None, None
     scores_out = ScoreWriter(save_path / "scores.csv", fewshot is not None) if save_maps_flag else None
     shot_weight = fewshot.weight if fewshot is not None else 0.0
-    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, fewshot=fewshot,
+    for cat in iterate_categories(model, dataset, device, batch_size, num_workers, sigma, ctx=ctx, fewshot=fewshot,
                                   timer=timer):
         scores = category_scores(cat, model.score_rule, shot_weight)
         with timer("metrics"):

@@ -177,7 +177,7 @@ class Trainer:
         self.run_info = run_info or {}
         self.cache = cache
         self.epoch_seconds: List[float] = []
-        self.ctx = ctx or distributed.current()
+        self.ctx = ctx or distributed.SINGLE
         if settings.batch_size % self.ctx.world_size:  # train.py says so before anything is built
             raise ValueError(f"batch size {settings.batch_size} is not a multiple of {self.ctx.world_size} processes")
         if cache is not None and self.ctx.enabled:  # train.py refuses --feature_cache under torchrun

@@ -70,7 +70,7 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
         request, model, backbone_cfg, {"train": train_set, **({"val": val_set} if val_set is not None else {})})
     validate = None if val_set is None else (
         lambda m: validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num,
-                                    cache=caches.get("val")))
+                                    cache=caches.get("val"), ctx=ctx))
     trainer = Trainer(model, train_set, settings, backbone_cfg, run.device, validate,
                       run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)},
                       cache=caches.get("train"), ctx=ctx)
