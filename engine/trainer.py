@@ -24,9 +24,10 @@ the N processes trains on its 1/N of every batch (``DistributedSampler`` with th
 gives the same batches as one process), the flow noise is drawn for the whole batch and each
 process takes its images' rows, losses that pool over a batch pool over all of it (a
 ``models.losses.BatchSplit`` passed to the model) and DistributedDataParallel averages the
-gradients: one step on N processes is the single-process step. Validation is scored by all processes and its figures
-come from rank 0, so early stopping and the stage switch decide identically everywhere; rank
-0 logs and writes the checkpoints, which hold every process's RNG state for an exact resume.
+gradients: one step on N processes is the single-process step. Validation is scored by all
+processes and its figures come from rank 0, so early stopping and the stage switch decide
+identically everywhere; rank 0 logs and writes the checkpoints, which hold every process's RNG
+state for an exact resume.
 """
 from __future__ import annotations
 
