@@ -87,12 +87,11 @@ def median_ratio(a: Dict[str, object], b: Dict[str, object]) -> float:
 def run(args: argparse.Namespace) -> Dict[str, object]:
     from engine.evaluation import predict_maps
     from engine.fewshot import SIMILARITY_ELEMENTS, FewShotScorer, References
-    from models.factory import method_backbone_defaults
 
     settings = common.setup(args)
     device = settings["device"]
     backbone = common.make_backbone(settings["model"], args.pretrained, settings["image_size"], device,
-                                    args.precision, seed=args.seed, **method_backbone_defaults(args.method))
+                                    args.precision, seed=args.seed, **methods.get(args.method).backbone)
     model = common.build_method(args.method, backbone, device, args.seed)
     images = common.random_images(args.batch_size, backbone.image_size, device, args.seed)
     names = [args.class_name] * args.batch_size

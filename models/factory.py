@@ -65,11 +65,6 @@ def make_config(method: str, fields: Dict[str, Any]):
     return config
 
 
-def method_backbone_defaults(method: str) -> Dict[str, Any]:
-    """Backbone settings that follow the method's official code (docs/faithfulness.md)."""
-    return dict(method_entry(method).backbone)
-
-
 def apply_compat(method: str, config, backbone: BackboneConfig, compat: str):
     """Switch every official-code behaviour of ``method`` on (``compat="official"``)."""
     if compat not in ("ours", "official"):

@@ -8,11 +8,23 @@ prompts (:func:`prompt_learner`); derivable buffers (``token_prefix_*``, ``token
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
 State = Dict[str, torch.Tensor]
+
+
+META_NET = "patch_meta_net.linear1.weight"  # FAPrompt's DAP meta-net, absent from AnomalyCLIP's files
+
+
+def saved_prompt_learner(payload: Mapping[str, Any], meta_net: bool) -> Optional[State]:
+    """The ``prompt_learner`` state of a loaded file (CAP vectors ``ctx_pos``, ``ctx_neg``), with
+    the DAP meta-net (FAPrompt, ``meta_net``) or without it (AnomalyCLIP); None otherwise."""
+    learner = payload.get("prompt_learner")
+    if isinstance(learner, dict) and {"ctx_pos", "ctx_neg"} <= set(learner) and (META_NET in learner) == meta_net:
+        return learner
+    return None
 
 
 def deep_prompts(state: State) -> Tuple[State, int, int]:

@@ -18,7 +18,7 @@ from engine import configure
 from engine.official import apply_official_flags
 from models.backbone import BackboneConfig
 from models import methods
-from models.factory import Checkpoint, method_backbone_defaults, read_checkpoint
+from models.factory import Checkpoint, read_checkpoint
 from scripts import test_script, train_script
 from utils.errors import run_cli
 
@@ -119,7 +119,7 @@ def test_num_flows_short_spelling():
 
 
 def _official_checkpoint(method, path):
-    return Checkpoint(method, BackboneConfig(**method_backbone_defaults(method)), dict(OFFICIAL_CONFIG[method]),
+    return Checkpoint(method, BackboneConfig(**methods.get(method).backbone), dict(OFFICIAL_CONFIG[method]),
                       {}, f"official-{method}", path=str(path))
 
 

@@ -56,11 +56,7 @@ def to_ours(state: State) -> Tuple[State, dict]:
 
 def detect(payload):
     """AnomalyCLIP saves ``{"prompt_learner": state_dict}`` like FAPrompt, without its meta-net."""
-    learner = payload.get("prompt_learner")
-    if isinstance(learner, dict) and {"ctx_pos", "ctx_neg"} <= set(learner) \
-            and "patch_meta_net.linear1.weight" not in learner:
-        return learner
-    return None
+    return official.saved_prompt_learner(payload, meta_net=False)
 
 
 METHOD = Method(

@@ -31,10 +31,7 @@ def to_ours(state: State) -> Tuple[State, dict]:
 
 def detect(payload):
     """FAPrompt saves ``{"prompt_learner": state_dict}`` with its DAP meta-net ``patch_meta_net``."""
-    learner = payload.get("prompt_learner")
-    if isinstance(learner, dict) and {"ctx_pos", "ctx_neg", "patch_meta_net.linear1.weight"} <= set(learner):
-        return learner
-    return None
+    return official.saved_prompt_learner(payload, meta_net=True)
 
 
 METHOD = Method(
