@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from datasets.prepare import list_images
+from datasets.scan import list_images
 from datasets.transforms import image_to_tensor, load_image, load_mask, mask_to_pil, mask_to_tensor
 from utils.errors import UserError
 

@@ -42,7 +42,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from datasets.meta import ImageList, MetaDataset, load_meta
-from datasets.prepare import list_images
+from datasets.scan import list_images
 from datasets.transforms import image_to_tensor, load_image
 from utils.errors import UserError
 
