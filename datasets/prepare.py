@@ -1,176 +1,35 @@
-"""Write an AnomalyCLIP-style ``meta.json`` for a dataset root (docs/data.md).
+"""Prepare a dataset for training and testing: write its AnomalyCLIP-style meta.json.
 
-Layouts (one generator each, sharing the folder scan and mask matching below):
+Two ways (docs/datasets.md, docs/data.md):
 
-* ``mvtec``  - MVTec-AD, MPDD, BTAD, DTD-Synthetic, ...: ``CLS/train/good/*``,
-  ``CLS/test/<specie>/*``, ``CLS/ground_truth/<specie>/*``.
-* ``folder`` - medical and other sets: ``CLS/test/{good,<abnormal>}/*``, optional
-  ``CLS/ground_truth/<abnormal>/*`` and optional ``CLS/train/good/*``.
-* ``visa``   - VisA: the split is read from ``split_csv/1cls.csv``.
+* ``--dataset NAME --root RAW [--out DIR] [--protocol P] [--strict] [--copy]``: convert the
+  original download of a dataset of the papers' tables with the preprocessing their numbers came
+  from (:mod:`datasets.raw`), into ``DIR`` (default ``data/NAME``); the download is only read.
+  The counts found are compared with the papers' (a warning, an error with ``--strict``).
+* ``--layout {mvtec,visa,folder} --root PATH [--out FILE]``: write ``PATH/meta.json`` for data
+  already in one of three folder layouts (your own data: ``folder``).
 
-Masks are matched to images by file stem, never by sort order: a mask matches when its stem
-equals the image stem (BTAD ``0000.bmp`` <-> ``0000.png``) or the image stem plus a suffix
-such as ``_mask``/``_gt``/``_label`` (MVTec ``000.png`` <-> ``000_mask.png``). A class without
-a ``ground_truth`` folder is classification-only (``mask_path`` ""). Record paths are relative
-to the root, with forward slashes.
-
-Usage: ``python -m datasets.prepare --layout {mvtec,visa,folder} --root PATH [--out FILE]``
+``--list`` prints every dataset with its protocols.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 from tabulate import tabulate
 
-from datasets.scan import NORMAL, list_dirs, list_images, match_masks
+from datasets import raw
+from datasets.layouts import LAYOUTS, build_meta, build_mvtec, match_masks, summary_table  # noqa: F401
+from datasets.raw.base import Plan
+from datasets.raw.counts import compare, load_known
+from datasets.raw.writer import write_plan
 from utils.errors import UserError, exit_with
 from utils.io import write_json
 from utils.log import setup_logging
 
 log = logging.getLogger("zsad.datasets")
-
-LAYOUTS = ("mvtec", "visa", "folder")
-
-Record = Dict[str, Any]
-Meta = Dict[str, "OrderedDict[str, List[Record]]"]
-
-
-def _record(root: Path, img: Path, mask: Optional[Path], cls: str, specie: str,
-            anomaly: int) -> Record:
-    return {"img_path": img.relative_to(root).as_posix(),
-            "mask_path": mask.relative_to(root).as_posix() if mask else "",
-            "cls_name": cls, "specie_name": specie, "anomaly": int(anomaly)}
-
-
-def _scan_class(root: Path, cls_dir: Path) -> Dict[str, List[Record]]:
-    """Records of one class in MVTec/folder layout: {"train": [...], "test": [...]}."""
-    cls = cls_dir.name
-    gt_dir = cls_dir / "ground_truth"
-    has_gt = gt_dir.is_dir()
-    test: List[Record] = []
-    for specie_dir in list_dirs(cls_dir / "test"):
-        specie = specie_dir.name
-        images = list_images(specie_dir)
-        if specie == NORMAL:
-            test += [_record(root, p, None, cls, specie, 0) for p in images]
-            continue
-        masks = match_masks(images, list_images(gt_dir / specie)) if has_gt else {}
-        if has_gt:
-            unused = len(list_images(gt_dir / specie)) - len(set(masks.values()))
-            if unused > 0:
-                log.warning("%d masks in %s match no image", unused, gt_dir / specie)
-            unmatched = [p.name for p in images if p not in masks]
-            if unmatched:
-                raise UserError(
-                    f"{len(unmatched)} anomalous images in {specie_dir} have no mask in "
-                    f"{gt_dir / specie} (e.g. {', '.join(unmatched[:3])}); add the masks or "
-                    f"remove {gt_dir} to treat '{cls}' as classification-only")
-        test += [_record(root, p, masks.get(p), cls, specie, 1) for p in images]
-    train = [_record(root, p, None, cls, NORMAL, 0)
-             for p in list_images(cls_dir / "train" / NORMAL)]
-    return {"train": train, "test": test}
-
-
-def _scan_tree(root: Path, layout: str) -> Meta:
-    meta: Meta = {"train": OrderedDict(), "test": OrderedDict()}
-    for cls_dir in list_dirs(root):
-        if not (cls_dir / "test").is_dir():
-            log.debug("skipping %s: no test/ folder", cls_dir)
-            continue
-        recs = _scan_class(root, cls_dir)
-        if not recs["test"]:
-            log.warning("class %s has no test images in %s; skipped", cls_dir.name,
-                        cls_dir / "test")
-            continue
-        if recs["train"]:
-            meta["train"][cls_dir.name] = recs["train"]
-        elif layout == "mvtec":
-            log.warning("class %s has no %s/train/good images", cls_dir.name, cls_dir)
-        meta["test"][cls_dir.name] = recs["test"]
-    if not meta["test"]:
-        raise UserError(f"no classes found in {root}: expected CLS/test/<specie>/ image folders "
-                        f"(layout {layout})")
-    return meta
-
-
-# ---- one generator per layout ---------------------------------------------------------------
-def build_mvtec(root: Path) -> Meta:
-    """MVTec layout: ``CLS/train/good``, ``CLS/test/<specie>``, ``CLS/ground_truth/<specie>``."""
-    return _scan_tree(Path(root), "mvtec")
-
-
-def build_folder(root: Path) -> Meta:
-    """Folder layout: ``CLS/test/{good,<abnormal>}``, optional ground_truth and train/good."""
-    return _scan_tree(Path(root), "folder")
-
-
-def build_visa(root: Path) -> Meta:
-    """VisA: records from ``split_csv/1cls.csv`` (object, split, label, image, mask)."""
-    root = Path(root)
-    csv_path = root / "split_csv" / "1cls.csv"
-    if not csv_path.is_file():
-        raise UserError(f"{csv_path} does not exist; pass the VisA root (the folder holding "
-                        "split_csv/ and the class folders)")
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        need = ["object", "split", "label", "image", "mask"]
-        missing_cols = [c for c in need if c not in (reader.fieldnames or [])]
-        if missing_cols:
-            raise UserError(f"{csv_path} lacks the columns {', '.join(missing_cols)}")
-        rows = list(reader)
-    meta: Meta = {"train": OrderedDict(), "test": OrderedDict()}
-    missing: List[str] = []
-    for n, row in enumerate(rows, start=2):
-        split, label = row["split"].strip(), row["label"].strip().lower()
-        if split not in meta or label not in ("normal", "anomaly"):
-            raise UserError(f"{csv_path} line {n}: split must be train/test and label "
-                            f"normal/anomaly, got '{split}', '{label}'")
-        anomaly = int(label == "anomaly")
-        img_rel, mask_rel = row["image"].strip(), (row["mask"] or "").strip()
-        if anomaly and not mask_rel:
-            raise UserError(f"{csv_path} line {n}: anomalous image {img_rel} has no mask")
-        for rel in (img_rel, mask_rel if anomaly else ""):
-            if rel and not (root / rel).is_file():
-                missing.append(rel)
-        cls = row["object"].strip()
-        meta[split].setdefault(cls, []).append({
-            "img_path": img_rel, "mask_path": mask_rel if anomaly else "", "cls_name": cls,
-            "specie_name": "bad" if anomaly else NORMAL, "anomaly": anomaly})
-    if missing:
-        raise UserError(f"{len(missing)} files listed in {csv_path} do not exist, e.g. "
-                        f"{', '.join(missing[:3])}; check --root")
-    if not meta["test"]:
-        raise UserError(f"no classes found in {csv_path}: it has no test rows")
-    return meta
-
-
-BUILDERS = {"mvtec": build_mvtec, "visa": build_visa, "folder": build_folder}
-
-
-def build_meta(layout: str, root: Path) -> Meta:
-    """Build the meta dict of ``root`` in ``layout``; all input problems raise UserError."""
-    if layout not in BUILDERS:
-        raise UserError(f"unknown layout '{layout}'; choose one of {', '.join(LAYOUTS)}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UserError(f"dataset root {root} does not exist or is not a folder")
-    return BUILDERS[layout](root)
-
-
-def summary_table(meta: Meta) -> str:
-    """Per-class counts: train good, test good, test anomalous, masks."""
-    rows = []
-    for cls in meta["test"]:
-        test = meta["test"][cls]
-        rows.append([cls, len(meta["train"].get(cls, [])),
-                     sum(r["anomaly"] == 0 for r in test), sum(r["anomaly"] == 1 for r in test),
-                     sum(bool(r["mask_path"]) for r in test)])
-    return tabulate(rows, headers=["class", "train good", "test good", "test anomalous", "masks"])
 
 
 def write_meta(layout: str, root: Path, out: Optional[Path] = None) -> Path:
@@ -183,15 +42,105 @@ def write_meta(layout: str, root: Path, out: Optional[Path] = None) -> Path:
     return out
 
 
+def describe(plan: Plan) -> str:
+    """What metrics the prepared data can have: classification-only (no masks), or classes
+    without normal test images (all anomalous), where tables print n/a."""
+    counts = plan.counts()
+    notes = []
+    if not any(c[3] for c in counts.values()):
+        notes.append("classification-only (no masks): pixel metrics are n/a")
+    no_normal = [cls for cls, c in counts.items() if c[1] and not c[0]]
+    if no_normal:
+        notes.append(f"no normal test images in {', '.join(no_normal)}: image metrics are n/a there")
+    no_train = [cls for cls, c in counts.items() if not c[2]]
+    if len(no_train) == len(counts):
+        notes.append("no normal training images: few-shot runs need reference images from elsewhere")
+    return "; ".join(notes)
+
+
+def convert(name: str, root: Path, out: Optional[Path] = None, protocol: Optional[str] = None,
+            strict: bool = False, copy: bool = False) -> Path:
+    """Convert the raw download of dataset ``name`` under ``root`` into ``out``; return meta.json's path."""
+    dataset = raw.get(name)
+    proto = dataset.protocol(protocol)
+    root = Path(root).expanduser().absolute()
+    if not root.is_dir():
+        raise UserError(f"--root {root} is not a folder; pass the top folder of the {dataset.title} download")
+    plan = Plan(root)
+    proto.build(root, plan)
+    if not plan.meta["test"]:
+        raise UserError(f"no test images found under {root} for {dataset.name}; "
+                        f"is --root the {dataset.title} download?")
+    found = plan.counts()
+    known = load_known().get((dataset.name, proto.name))
+    table, differences = compare(found, known)
+    log.info("%s, protocol %s (%s):\n%s", dataset.title, proto.name, proto.summary, table)
+    note = describe(plan)
+    if note:
+        log.info("%s: %s", dataset.name, note)
+    if known is None:
+        log.warning("no published counts for %s with protocol %s: the counts above are not checked", dataset.name,
+                    proto.name)
+    elif differences:
+        if strict:
+            raise UserError(f"{dataset.name} ({proto.name}) differs from the papers' data: {differences[0]}"
+                            f"{f' (and {len(differences) - 1} more)' if len(differences) > 1 else ''}; "
+                            "nothing written (drop --strict to prepare it anyway)")
+        log.warning("%s differs from the papers' data (%s) in %d class(es), e.g. %s", dataset.name,
+                    next(iter(known.values()))[1], len(differences), differences[0])
+    else:
+        log.info("%s: every count matches the papers' data (%s)", dataset.name,
+                 next(iter(known.values()))[1])
+    out = Path(out) if out is not None else Path("data") / dataset.name
+    provenance = {"dataset": dataset.name, "protocol": proto.name, "reference": proto.reference,
+                  "source": str(root), "counts": {cls: dict(zip(("test_normal", "test_anomalous", "train_normal",
+                                                                    "masks"), c)) for cls, c in found.items()},
+                  "matches_known_counts": None if known is None else not differences}
+    meta_path = write_plan(plan, out, provenance, copy=copy)
+    log.info("wrote %s (%d files)", meta_path, len(plan.files))
+    return meta_path
+
+
+def list_table() -> str:
+    rows = []
+    for dataset in raw.registry().values():
+        rows.append([dataset.name, dataset.title, dataset.kind,
+                     ", ".join(f"{p.name}{' (default)' if p is dataset.default else ''}" for p in dataset.protocols)])
+    return tabulate(rows, headers=["--dataset", "dataset", "kind", "--protocol"])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layout", required=True, help="one of: " + ", ".join(LAYOUTS))
-    parser.add_argument("--root", required=True, type=Path, help="dataset root folder")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dataset", help="a dataset of the papers' tables, converted from its original download "
+                                         "(--list shows them)")
+    which.add_argument("--layout", help="data already in a folder layout: " + ", ".join(LAYOUTS))
+    which.add_argument("--list", action="store_true", help="list the datasets and their protocols")
+    parser.add_argument("--root", type=Path, help="the original download (--dataset) or the dataset root (--layout)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output file (default ROOT/meta.json; paths stay relative to ROOT)")
+                        help="--dataset: output folder (default data/NAME); --layout: output file "
+                             "(default ROOT/meta.json)")
+    parser.add_argument("--protocol", default=None, help="--dataset: the preprocessing lineage (default: the "
+                                                         "dataset's first; --list shows them)")
+    parser.add_argument("--strict", action="store_true",
+                        help="--dataset: stop when the counts differ from the papers' data")
+    parser.add_argument("--copy", action="store_true",
+                        help="--dataset: copy the files instead of linking them to the download")
     args = parser.parse_args(argv)
     setup_logging()
-    write_meta(args.layout, args.root, args.out)
+    if args.list:
+        print(list_table())
+        return 0
+    if args.root is None:
+        parser.error("--root is required")
+    if args.layout is not None:
+        unused = [flag for flag, on in (("--protocol", args.protocol), ("--strict", args.strict),
+                                        ("--copy", args.copy)) if on]
+        if unused:
+            raise UserError(f"{', '.join(unused)} only apply with --dataset")
+        write_meta(args.layout, args.root, args.out)
+    else:
+        convert(args.dataset, args.root, args.out, args.protocol, args.strict, args.copy)
     return 0
 
 

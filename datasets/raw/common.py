@@ -1,0 +1,62 @@
+"""Mechanisms several converters share: an MVTec-style tree, a folder of images beside a folder
+of masks (the segmentation sets), and label folders (the classification sets)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional, Sequence
+
+from datasets.raw.base import Plan, mask_for, need_dir, need_images, unused_masks
+from datasets.scan import list_dirs, list_images
+
+
+def add_mvtec_tree(plan: Plan, root: Path, classes: Optional[Sequence[str]] = None, normal: str = "good",
+                   rename: Callable[[str], str] = lambda s: s, mask_stem: Callable[[str], str] = lambda s: s) -> None:
+    """``CLS/train/NORMAL``, ``CLS/test/{NORMAL,SPECIE}``, ``CLS/ground_truth/SPECIE``.
+
+    ``classes`` fixes the class folders that must exist (default: every folder with a test/);
+    ``normal`` is the download's name of the normal folder (BTAD: ``ok``), written as ``good``;
+    ``rename`` maps a specie folder name to the output's; ``mask_stem(stem)`` gives the image
+    stem a mask file stands for (MVTec: ``000_mask`` -> ``000``).
+    """
+    found = [p.name for p in list_dirs(root) if (p / "test").is_dir()] if classes is None else list(classes)
+    if not found:
+        need_dir(root / "<class>" / "test", "class folders with test/ sub-folders")
+    for cls in found:
+        cls_dir = need_dir(root / cls, f"class {cls}")
+        for split in ("train", "test"):
+            species = list_dirs(need_dir(cls_dir / split, f"{split} images of class {cls}"))
+            if not species:
+                need_images(cls_dir / split / normal, f"{split} images of class {cls}")
+            for specie_dir in species:
+                images = need_images(specie_dir, f"{split} images of class {cls}")
+                if specie_dir.name == normal:
+                    for img in images:
+                        plan.add(split, cls, "good", 0, img)
+                    continue
+                gt_dir = need_dir(cls_dir / "ground_truth" / specie_dir.name,
+                                  f"masks of {cls}/{split}/{specie_dir.name}")
+                masks = {mask_stem(m.stem): m for m in list_images(gt_dir)}
+                for img in images:
+                    plan.add(split, cls, rename(specie_dir.name), 1, img, mask_for(img, masks, gt_dir))
+                unused_masks(masks, [masks[i.stem] for i in images])
+
+
+def add_image_mask_folders(plan: Plan, cls: str, images_dir: Path, masks_dir: Path,
+                           mask_stem: Callable[[str], str] = lambda s: s, specie: str = "anomaly",
+                           pick: Optional[Callable[[Sequence[Path]], Iterable[Path]]] = None) -> None:
+    """Every image of ``images_dir`` is anomalous with the mask of the same stem in ``masks_dir``
+    (the polyp, skin-lesion and thyroid sets: no normal images)."""
+    images = need_images(images_dir, f"images of {cls}")
+    masks: Dict[str, Path] = {mask_stem(m.stem): m for m in need_images(masks_dir, f"masks of {cls}")}
+    chosen = list(pick(images)) if pick is not None else images
+    for img in chosen:
+        plan.add("test", cls, specie, 1, img, mask_for(img, masks, masks_dir))
+    if pick is None:
+        unused_masks(masks, [masks[i.stem] for i in images])
+
+
+def add_label_folders(plan: Plan, cls: str, folders: Dict[Path, int], specie: str = "anomaly") -> None:
+    """Classification sets: every image of each folder with that folder's label (1 anomalous)."""
+    for folder, label in folders.items():
+        for img in need_images(folder, f"{'anomalous' if label else 'normal'} images of {cls}"):
+            plan.add("test", cls, specie if label else "good", label, img)
