@@ -14,12 +14,22 @@ EXAMPLE["mvtec:anomalyclip"] = {"img_path": "bottle/test/broken/001.png", "cls_n
 # ---- end mvtec ----
 
 # ---- visa ----
+EXPECTED["visa:anomalyclip"] = {"candle": (1, 2, 2, 2), "pcb1": (1, 2, 2, 2)}
+EXAMPLE["visa:anomalyclip"] = {"img_path": "pcb1/test/bad/001.JPG", "mask_path": "pcb1/ground_truth/bad/001_mask.png",
+                               "cls_name": "pcb1", "specie_name": "bad", "anomaly": 1}
 # ---- end visa ----
 
 # ---- mpdd ----
+EXPECTED["mpdd:anomalyclip"] = {**{c: (1, 1, 1, 1) for c in ("bracket_black", "bracket_brown", "bracket_white",
+                                                               "connector", "metal_plate")}, "tubes": (1, 2, 1, 2)}
+EXAMPLE["mpdd:anomalyclip"] = {"img_path": "tubes/test/scratches/000.png", "cls_name": "tubes", "anomaly": 1,
+                               "mask_path": "tubes/ground_truth/scratches/000_mask.png", "specie_name": "scratches"}
 # ---- end mpdd ----
 
 # ---- btad ----
+EXPECTED["btad:anomalyclip"] = {"01": (1, 2, 2, 2), "02": (1, 2, 2, 2), "03": (1, 2, 2, 2)}
+EXAMPLE["btad:anomalyclip"] = {"img_path": "03/test/ko/0001.bmp", "mask_path": "03/ground_truth/ko/0001_mask.bmp",
+                               "cls_name": "03", "specie_name": "ko", "anomaly": 1}
 # ---- end btad ----
 
 # ---- dtd ----

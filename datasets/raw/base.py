@@ -244,12 +244,15 @@ def load_array(path: Path, gray: bool = False) -> Array:
 
 # ---- miniature raw trees (tests and the demo) ----------------------------------------------------
 def write_image(path: Path, size: Tuple[int, int] = (32, 24), value: int = 120, seed: int = 0,
-                gray: bool = False) -> Path:
-    """A small textured image (``size`` = width, height) in the format of ``path``'s suffix."""
+                gray: bool = False, defect: Optional[Tuple[int, int, int, int]] = None) -> Path:
+    """A small textured image (``size`` = width, height) in the format of ``path``'s suffix; a
+    ``defect`` box (x0, y0, x1, y1) is painted bright, so the samples are a (tiny) real task."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0]) if gray else (size[1], size[0], 3)
     arr = np.clip(value + rng.integers(-20, 21, shape), 0, 255).astype(np.uint8)
+    if defect is not None:
+        arr[defect[1]:defect[3], defect[0]:defect[2]] = 250
     Image.fromarray(arr).save(path)
     return path
 

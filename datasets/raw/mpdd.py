@@ -1,0 +1,37 @@
+"""MPDD, the Metal Parts Defect Detection dataset (Jezek et al., ICUMT 2021): six metal parts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample, write_image, write_mask
+from datasets.raw.common import add_mvtec_tree
+
+CLASSES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
+
+
+def build(root: Path, plan: Plan) -> None:
+    """The download is in the MVTec layout; masks are ``NNN_mask.png``."""
+    add_mvtec_tree(plan, root, CLASSES, mask_stem=lambda s: s.removesuffix("_mask"))
+
+
+def sample(root: Path) -> Sample:
+    for cls in CLASSES:
+        write_image(root / cls / "train/good/000.png", seed=1)
+        write_image(root / cls / "test/good/000.png", seed=2)
+        write_image(root / cls / "test/scratches/000.png", seed=3, defect=(4, 4, 12, 10))
+        write_mask(root / cls / "ground_truth/scratches/000_mask.png")
+    write_image(root / "tubes/test/scratches/001.png", seed=4, defect=(4, 4, 12, 10))
+    write_mask(root / "tubes/ground_truth/scratches/001_mask.png")
+    return Sample(image_with_mask=(root / "tubes/test/scratches/001.png",
+                                   root / "tubes/ground_truth/scratches/001_mask.png"),
+                  class_dir=root / "connector", images=[root / "metal_plate/train/good/000.png"])
+
+
+DATASET = RawDataset(
+    name="mpdd", title="MPDD", order=3,
+    url="https://github.com/stepanje/MPDD",
+    licence="CC BY-NC-SA 4.0",
+    layout="CLS/{train/good, test/{good,DEFECT}, ground_truth/DEFECT}/NNN.png, masks NNN_mask.png (MVTec layout)",
+    protocols=(Protocol("anomalyclip", "every image of the six parts as shipped", ("FAPrompt", "AnomalyCLIP"),
+                        "zqhang/AnomalyCLIP@45ed4dd:generate_dataset_json/mpdd.py", build),),
+    sample=sample)

@@ -1,0 +1,96 @@
+"""The paper table: published figures (tools/published_results.csv), our figures beside them, and
+PRESET=paper of test.sh on the miniature demo of several prepared datasets."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from datasets import raw
+from datasets.paper_demo import DEMO, generate
+from tools.paper_table import COLUMNS, METRICS, PAPERS, PUBLISHED, load_published, write_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_published_figures_are_well_formed_and_sourced():
+    with open(PUBLISHED, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == COLUMNS
+        rows = list(reader)
+    assert len(rows) >= 30
+    methods = {paper for paper, _ in PAPERS}
+    for row in rows:
+        assert row["method"] in methods and row["dataset"] in raw.names(), row
+        assert row["source"] and row["table"], row
+        values = [row[m] for m, _, _ in METRICS if row[m].strip()]
+        assert values and all(0 < float(v) <= 100 for v in values), row
+    table, sources = load_published()
+    assert set(sources) == methods
+    for paper in methods:  # every paper's MVTec-AD row is there (trained on VisA)
+        assert table[(paper, "mvtec")]["image_auroc"] is not None
+
+
+def cells(markdown: str) -> dict:
+    """``{(dataset, metric): [ours, FAPrompt, Bayes-PFL, AnomalyCLIP, difference]}`` of a table."""
+    out = {}
+    for line in markdown.splitlines():
+        parts = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(parts) == 7 and parts[0] not in ("dataset", "") and "---" not in line:
+            out[(parts[0], parts[1])] = parts[2:]
+    return out
+
+
+def _results(folder: Path, method: str, mean: dict) -> None:
+    folder.mkdir(parents=True)
+    keys = [key for _, _, key in METRICS]
+    (folder / "results.json").write_text(json.dumps({"method": method, "metrics": keys, "mean": mean}))
+
+
+def test_table_puts_ours_beside_the_published_and_says_what_is_missing(tmp_path):
+    published = tmp_path / "published.csv"
+    published.write_text(",".join(COLUMNS) + "\n"
+                         "faprompt,mvtec,91.0,96.0,90.0,81.0,paper,Table 1,\n"
+                         "anomalyclip,mvtec,91.5,96.2,91.1,81.4,paper,Table 1,\n"
+                         "faprompt,headct,90.0,89.0,,,paper,Table 2,\n")
+    _results(tmp_path / "res" / "mvtec", "faprompt", {"image_auroc": 0.925, "image_ap": 0.95,
+                                                      "pixel_auroc": 0.9, "pixel_pro_legacy": 0.8})
+    _results(tmp_path / "res" / "headct", "faprompt", {"image_auroc": 0.88, "image_ap": 0.9,
+                                                       "pixel_auroc": None, "pixel_pro_legacy": None})
+    text = write_table(tmp_path / "res", tmp_path / "data", published)
+    table = cells(text)
+    assert table[("mvtec", "I-AUROC")] == ["92.5", "91.0", "–", "91.5", "+1.5"]
+    assert table[("headct", "P-AUROC")] == ["n/a", "–", "–", "–", ""]
+    assert table[("headct", "I-AUROC")] == ["88.0", "90.0", "–", "–", "-2.0"]
+    assert "Not found:" in text and "visa" in text.split("Not found:")[1]
+    with open(tmp_path / "res" / "paper_table.csv", newline="") as handle:
+        assert len(list(csv.reader(handle))) == 1 + 4 + 4
+
+
+def test_paper_preset_runs_on_the_demo_and_shows_the_published_columns(tiny_model, tmp_path):
+    demo = tmp_path / "demo"
+    generate(demo)
+    python = tmp_path / "python"  # test.py must see the tiny model; everything else runs plainly
+    python.write_text(f'#!/bin/sh\nif [ "$1" = test.py ]; then exec "{sys.executable}" "{ROOT}/tests/tiny_cli.py" '
+                      f'"{tmp_path}/configs" "$@"; fi\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "PRESET": "paper", "METHOD": "clip", "DATA_ROOT": str(demo),
+           "SAVE_ROOT": str(tmp_path / "results")}
+    done = subprocess.run(["bash", str(ROOT / "test.sh"), "--model", tiny_model, "--pretrained", "none",
+                           "--image_size", "32", "--num_workers", "0"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "results" / "paper_clip" / "paper_table.md").read_text()
+    for _, name in PAPERS:
+        assert name in table
+    published, _ = load_published()
+    rows = cells(table)
+    for name in DEMO:
+        assert (name, "I-AUROC") in rows, name
+    assert rows[("mvtec", "I-AUROC")][1:4] == [f"{published[(p, 'mvtec')]['image_auroc']:.1f}" for p, _ in PAPERS]
+    assert rows[("headct", "P-AUROC")][0] == "n/a"  # classification-only
+    assert rows[("isic", "I-AUROC")][0] == "n/a"  # no normal images
+    assert "Not found:" in table and "visa" in table.split("Not found:")[1]
