@@ -9,8 +9,8 @@
 #                   demo        training-free baseline on the synthetic demo set
 #                   visa2mvtec  a model trained on VisA, tested on MVTec-AD   (the papers' main table)
 #                   mvtec2visa  a model trained on MVTec-AD, tested on VisA
-#                   others      a model trained on MVTec-AD on every dataset in DATASETS (the papers'
-#                               other tables; MVTec-AD itself is tested with a VisA-trained model)
+#                   others      one checkpoint on every dataset in DATASETS (Bayes-PFL tests them with
+#                               its VisA-trained model, AnomalyCLIP with its MVTec-AD-trained one)
 #                   paper       every prepared dataset of the papers' tables under DATA_ROOT (each
 #                               DATA_ROOT/<name>/meta.json, from python -m datasets.prepare --dataset),
 #                               then one table beside the published figures: PAPER_DIR/paper_table.md.

@@ -69,19 +69,39 @@ EXAMPLE["btad:anomalyclip"] = {"img_path": "03/test/ko/0001.bmp", "mask_path": "
 # ---- end covid ----
 
 # ---- isic ----
+EXPECTED["isic:anomalyclip"] = {"skin": (0, 2, 0, 2)}
+EXAMPLE["isic:anomalyclip"] = {"img_path": "skin/test/anomaly/ISIC_0000012.jpg", "cls_name": "skin", "anomaly": 1,
+                               "mask_path": "skin/ground_truth/anomaly/ISIC_0000012_mask.png", "specie_name": "anomaly"}
 # ---- end isic ----
 
 # ---- clinicdb ----
+EXPECTED["clinicdb:anomalyclip"] = {"colon": (0, 2, 0, 2)}
+EXAMPLE["clinicdb:anomalyclip"] = {"img_path": "colon/test/anomaly/2.tif", "cls_name": "colon",
+                                   "mask_path": "colon/ground_truth/anomaly/2_mask.tif", "specie_name": "anomaly", "anomaly": 1}
 # ---- end clinicdb ----
 
 # ---- colondb ----
+EXPECTED["colondb:anomalyclip"] = {"colon": (0, 2, 0, 2)}
+EXAMPLE["colondb:anomalyclip"] = {"img_path": "colon/test/anomaly/1.png", "cls_name": "colon",
+                                  "mask_path": "colon/ground_truth/anomaly/1_mask.png", "specie_name": "anomaly", "anomaly": 1}
 # ---- end colondb ----
 
 # ---- kvasir ----
+EXPECTED["kvasir:anomalyclip"] = {"colon": (0, 2, 0, 2)}
+EXAMPLE["kvasir:anomalyclip"] = {"img_path": "colon/test/anomaly/cju0qkwl35piu0993l0dewei2.jpg", "cls_name": "colon",
+                                 "mask_path": "colon/ground_truth/anomaly/cju0qkwl35piu0993l0dewei2_mask.jpg",
+                                 "specie_name": "anomaly", "anomaly": 1}
 # ---- end kvasir ----
 
 # ---- endo ----
+EXPECTED["endo:anomalyclip"] = {"colon": (0, 2, 0, 2)}
+EXAMPLE["endo:anomalyclip"] = {"img_path": "colon/test/anomaly/6eacc283-1446-4682-a36a-5a362ecac3ef.jpg",
+                               "mask_path": "colon/ground_truth/anomaly/6eacc283-1446-4682-a36a-5a362ecac3ef_mask.png",
+                               "cls_name": "colon", "specie_name": "anomaly", "anomaly": 1}
 # ---- end endo ----
 
 # ---- tn3k ----
+EXPECTED["tn3k:anomalyclip"] = {"thyroid": (0, 2, 0, 2)}
+EXAMPLE["tn3k:anomalyclip"] = {"img_path": "thyroid/test/anomaly/0001.jpg", "cls_name": "thyroid", "anomaly": 1,
+                               "mask_path": "thyroid/ground_truth/anomaly/0001_mask.jpg", "specie_name": "anomaly"}
 # ---- end tn3k ----

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Set
 
-from tools import methods_table
+from tools import datasets_table, methods_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("datasets", "engine", "models", "utils", "tools", "benchmarks")
@@ -80,6 +80,13 @@ def test_readme_is_a_front_door_with_the_registry_table():
     assert methods_table.replaced(readme) == readme, "run: python -m tools.methods_table --write"
     for name in methods_table.methods.names():
         assert f"`{name}`" in readme
+
+
+def test_datasets_page_holds_what_the_converters_give():
+    page = (ROOT / "docs" / "datasets.md").read_text()
+    assert datasets_table.render(page) == page, "run: python -m tools.datasets_table --write"
+    for name in datasets_table.raw.names():
+        assert f"`--dataset {name}`" in page
 
 
 def test_code_cites_no_missing_document():

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
 from datasets.raw.base import Plan, mask_for, need_dir, need_images, unused_masks
+from utils.errors import UserError
 from datasets.scan import list_dirs, list_images
 
 
@@ -60,3 +61,13 @@ def add_label_folders(plan: Plan, cls: str, folders: Dict[Path, int], specie: st
     for folder, label in folders.items():
         for img in need_images(folder, f"{'anomalous' if label else 'normal'} images of {cls}"):
             plan.add("test", cls, specie if label else "good", label, img)
+
+
+def first_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
+    """The first of ``candidates`` (paths under ``root``) that is a folder: downloads of one
+    dataset come with different folder names (e.g. ``Original`` or ``images``)."""
+    for name in candidates:
+        if (root / name).is_dir():
+            return root / name
+    raise UserError(f"{root} has none of the folders {', '.join(candidates)} ({what}); is --root the top folder "
+                    "of the download?")
