@@ -77,13 +77,15 @@ EXAMPLE["isic:anomalyclip"] = {"img_path": "skin/test/anomaly/ISIC_0000012.jpg",
 # ---- clinicdb ----
 EXPECTED["clinicdb:anomalyclip"] = {"colon": (0, 2, 0, 2)}
 EXAMPLE["clinicdb:anomalyclip"] = {"img_path": "colon/test/anomaly/2.tif", "cls_name": "colon",
-                                   "mask_path": "colon/ground_truth/anomaly/2_mask.tif", "specie_name": "anomaly", "anomaly": 1}
+                                   "mask_path": "colon/ground_truth/anomaly/2_mask.tif",
+                                   "specie_name": "anomaly", "anomaly": 1}
 # ---- end clinicdb ----
 
 # ---- colondb ----
 EXPECTED["colondb:anomalyclip"] = {"colon": (0, 2, 0, 2)}
 EXAMPLE["colondb:anomalyclip"] = {"img_path": "colon/test/anomaly/1.png", "cls_name": "colon",
-                                  "mask_path": "colon/ground_truth/anomaly/1_mask.png", "specie_name": "anomaly", "anomaly": 1}
+                                  "mask_path": "colon/ground_truth/anomaly/1_mask.png",
+                                   "specie_name": "anomaly", "anomaly": 1}
 # ---- end colondb ----
 
 # ---- kvasir ----
