@@ -54,12 +54,27 @@ EXAMPLE["btad:anomalyclip"] = {"img_path": "03/test/ko/0001.bmp", "mask_path": "
 # ---- end rsdd ----
 
 # ---- headct ----
+EXPECTED["headct:adaclip"] = {"head_ct": (2, 2, 0, 0)}
+EXAMPLE["headct:adaclip"] = {"img_path": "head_ct/test/hemorrhage/001.png", "mask_path": "", "cls_name": "head_ct",
+                             "specie_name": "hemorrhage", "anomaly": 1}
 # ---- end headct ----
 
 # ---- brainmri ----
+EXPECTED["brainmri:anomalyclip"] = {"brain_ct": (5, 4, 0, 0)}
+EXAMPLE["brainmri:anomalyclip"] = {"img_path": "brain_ct/test/good/no 9.png", "mask_path": "", "cls_name": "brain_ct",
+                                   "specie_name": "good", "anomaly": 0}
+EXPECTED["brainmri:bayes-pfl"] = {"brain_ct": (2, 2, 0, 0)}  # no/*.jpg and yes/*.JPG only
+EXAMPLE["brainmri:bayes-pfl"] = {"img_path": "brain_ct/test/tumor/Y109.JPG", "mask_path": "", "cls_name": "brain_ct",
+                                 "specie_name": "tumor", "anomaly": 1}
 # ---- end brainmri ----
 
 # ---- br35h ----
+EXPECTED["br35h:adaclip"] = {"brain": (2, 2, 0, 0)}
+EXAMPLE["br35h:adaclip"] = {"img_path": "brain/test/yes/y1.jpg", "mask_path": "", "cls_name": "brain",
+                            "specie_name": "yes", "anomaly": 1}
+EXPECTED["br35h:anomalyclip"] = {"brain": (2, 3, 0, 0)}  # pred/ counted anomalous
+EXAMPLE["br35h:anomalyclip"] = {"img_path": "brain/test/pred/pred0.jpg", "mask_path": "", "cls_name": "brain",
+                                "specie_name": "pred", "anomaly": 1}
 # ---- end br35h ----
 
 # ---- lag ----
