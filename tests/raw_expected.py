@@ -33,6 +33,13 @@ EXAMPLE["btad:anomalyclip"] = {"img_path": "03/test/ko/0001.bmp", "mask_path": "
 # ---- end btad ----
 
 # ---- dtd ----
+EXPECTED["dtd:anomalyclip"] = {**{c: (1, 1, 1, 1) for c in ("Blotchy_099", "Fibrous_183", "Marbled_078", "Matted_069",
+                                                              "Perforated_037", "Stratified_154", "Woven_001",
+                                                              "Woven_068", "Woven_104", "Woven_125", "Woven_127")},
+                               "Mesh_114": (1, 2, 1, 2)}
+EXAMPLE["dtd:anomalyclip"] = {"img_path": "Mesh_114/test/bad/001.png", "cls_name": "Mesh_114",
+                              "mask_path": "Mesh_114/ground_truth/bad/001_mask.png",
+                              "specie_name": "bad", "anomaly": 1}
 # ---- end dtd ----
 
 # ---- sdd ----

@@ -44,30 +44,36 @@ def cells(markdown: str) -> dict:
     return out
 
 
-def _results(folder: Path, method: str, mean: dict) -> None:
+def _results(folder: Path, method: str, mean: dict, trained_on=None) -> None:
     folder.mkdir(parents=True)
     keys = [key for _, _, key in METRICS]
-    (folder / "results.json").write_text(json.dumps({"method": method, "metrics": keys, "mean": mean}))
+    training = {"dataset": trained_on} if trained_on else None
+    (folder / "results.json").write_text(json.dumps({"method": method, "metrics": keys, "mean": mean,
+                                                     "training": training}))
 
 
 def test_table_puts_ours_beside_the_published_and_says_what_is_missing(tmp_path):
     published = tmp_path / "published.csv"
     published.write_text(",".join(COLUMNS) + "\n"
-                         "faprompt,mvtec,91.0,96.0,90.0,81.0,paper,Table 1,\n"
-                         "anomalyclip,mvtec,91.5,96.2,91.1,81.4,paper,Table 1,\n"
-                         "faprompt,headct,90.0,89.0,,,paper,Table 2,\n")
+                         "faprompt,mvtec,visa,91.0,96.0,90.0,81.0,paper,Table 1,\n"
+                         "anomalyclip,mvtec,visa,91.5,96.2,91.1,81.4,paper,Table 1,\n"
+                         "faprompt,headct,mvtec,90.0,89.0,,,paper,Table 2,\n"
+                         "faprompt,btad,mvtec,90.0,89.0,,,paper,Table 2,\n")
     _results(tmp_path / "res" / "mvtec", "faprompt", {"image_auroc": 0.925, "image_ap": 0.95,
                                                       "pixel_auroc": 0.9, "pixel_pro_legacy": 0.8})
     _results(tmp_path / "res" / "headct", "faprompt", {"image_auroc": 0.88, "image_ap": 0.9,
                                                        "pixel_auroc": None, "pixel_pro_legacy": None})
+    _results(tmp_path / "res" / "btad", "faprompt", {"image_auroc": 0.95, "image_ap": 0.9, "pixel_auroc": 0.9,
+                                                     "pixel_pro_legacy": 0.7}, trained_on="visa")
     text = write_table(tmp_path / "res", tmp_path / "data", published)
     table = cells(text)
     assert table[("mvtec", "I-AUROC")] == ["92.5", "91.0", "–", "91.5", "+1.5"]
     assert table[("headct", "P-AUROC")] == ["n/a", "–", "–", "–", ""]
     assert table[("headct", "I-AUROC")] == ["88.0", "90.0", "–", "–", "-2.0"]
+    assert table[("btad", "I-AUROC")][-1] == "n/c (trained on visa, paper on mvtec)"
     assert "Not found:" in text and "visa" in text.split("Not found:")[1]
     with open(tmp_path / "res" / "paper_table.csv", newline="") as handle:
-        assert len(list(csv.reader(handle))) == 1 + 4 + 4
+        assert len(list(csv.reader(handle))) == 1 + 3 * 4
 
 
 def test_paper_preset_runs_on_the_demo_and_shows_the_published_columns(tiny_model, tmp_path):

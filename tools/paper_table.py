@@ -18,7 +18,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -36,13 +36,15 @@ PUBLISHED = Path(__file__).with_name("published_results.csv")
 METRICS = (("image_auroc", "I-AUROC", "image_auroc"), ("image_ap", "I-AP", "image_ap"),
            ("pixel_auroc", "P-AUROC", "pixel_auroc"), ("pixel_pro", "P-PRO", "pixel_pro_legacy"))
 PAPERS = (("faprompt", "FAPrompt"), ("bayes_pfl", "Bayes-PFL"), ("anomalyclip", "AnomalyCLIP"))
-COLUMNS = ("method", "dataset", "image_auroc", "image_ap", "pixel_auroc", "pixel_pro", "source", "table", "note")
+COLUMNS = ("method", "dataset", "trained_on", "image_auroc", "image_ap", "pixel_auroc", "pixel_pro", "source", "table",
+           "note")
+TRAINED_ON = ("mvtec", "visa")
 
-Published = Dict[Tuple[str, str], Dict[str, Optional[float]]]
+Published = Dict[Tuple[str, str], Dict[str, Any]]
 
 
 def load_published(path: Path = PUBLISHED) -> Tuple[Published, Dict[str, str]]:
-    """``({(method, dataset): {metric: percent or None}}, {method: its sources})``."""
+    """``({(method, dataset): {metric: percent or None, "trained_on": auxiliary set}}, {method: its sources})``."""
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     table: Published = {}
@@ -52,6 +54,7 @@ def load_published(path: Path = PUBLISHED) -> Tuple[Published, Dict[str, str]]:
         if key in table:
             raise ValueError(f"{path}: two rows for {key}")
         table[key] = {m: float(row[m]) if row[m].strip() else None for m, _, _ in METRICS}
+        table[key]["trained_on"] = row["trained_on"]
         sources.setdefault(row["method"], set()).add(f"{row['source']} {row['table']}".strip())
     return table, {m: "; ".join(sorted(s)) for m, s in sources.items()}
 
@@ -71,6 +74,12 @@ def _cell(value: Optional[float]) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
+def trained_on(result: dict) -> Optional[str]:
+    """The auxiliary dataset our checkpoint was trained on (train.py records it), else None."""
+    training = result.get("training") or {}
+    return training.get("dataset") if isinstance(training, dict) else None
+
+
 def rows(ours: Dict[str, dict], published: Published) -> List[List[str]]:
     """One row per (dataset, metric): dataset, metric, ours, each paper's figure, difference."""
     out = []
@@ -84,8 +93,15 @@ def rows(ours: Dict[str, dict], published: Published) -> List[List[str]]:
             value = result["mean"].get(key)
             mine = None if value is None else 100 * value
             theirs = [published.get((paper, dataset), {}).get(column) for paper, _ in PAPERS]
-            same = published.get((method, dataset), {}).get(column)
-            diff = "" if mine is None or same is None else f"{mine - same:+.1f}"
+            paper = published.get((method, dataset), {})
+            same = paper.get(column)
+            ours_on = trained_on(result)
+            if mine is None or same is None:
+                diff = ""
+            elif ours_on is not None and ours_on != paper["trained_on"]:
+                diff = f"n/c (trained on {ours_on}, paper on {paper['trained_on']})"
+            else:
+                diff = f"{mine - same:+.1f}"
             out.append([dataset, label, "n/a" if mine is None else f"{mine:.1f}", *map(_cell, theirs), diff])
     return out
 
@@ -106,6 +122,10 @@ def write_table(results: Path, data_root: Optional[Path], published_path: Path =
             "`tools/published_results.csv`. n/a: the data cannot have that metric (no masks, or no normal "
             "images); –: not reported. P-PRO is the 200-threshold PRO the papers report (our `pixel_pro_legacy`).",
             "", tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), ""]
+    text += ["", "Auxiliary training set behind each figure (n/c above: not comparable, the training sets differ):", "",
+             tabulate([[d, trained_on(ours[d]) or "unknown", *(published.get((p, d), {}).get("trained_on", "–")
+                                                              for p, _ in PAPERS)] for d in ours],
+                      headers=["dataset", "ours", *(name for _, name in PAPERS)], tablefmt="pipe"), "", "Sources:", ""]
     text += [f"- {name}: {sources.get(paper, 'no published figures on record')}" for paper, name in PAPERS]
     if missing:
         text += ["", f"Not found: {', '.join(missing)}"
