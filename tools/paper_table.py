@@ -36,8 +36,9 @@ PUBLISHED = Path(__file__).with_name("published_results.csv")
 METRICS = (("image_auroc", "I-AUROC", "image_auroc"), ("image_ap", "I-AP", "image_ap"),
            ("pixel_auroc", "P-AUROC", "pixel_auroc"), ("pixel_pro", "P-PRO", "pixel_pro_legacy"))
 PAPERS = (("faprompt", "FAPrompt"), ("bayes_pfl", "Bayes-PFL"), ("anomalyclip", "AnomalyCLIP"))
-COLUMNS = ("method", "dataset", "trained_on", "image_auroc", "image_ap", "pixel_auroc", "pixel_pro", "source", "table",
-           "note")
+COLUMNS = ("method", "dataset", "trained_on", "image_auroc", "image_ap", "pixel_auroc", "pixel_pro", "provenance",
+           "source", "table", "note")
+PROVENANCE = ("paper", "quoted")  # from the paper's own table, or quoted from it by a third party (marked *)
 TRAINED_ON = ("mvtec", "visa")
 
 Published = Dict[Tuple[str, str], Dict[str, Any]]
@@ -55,6 +56,7 @@ def load_published(path: Path = PUBLISHED) -> Tuple[Published, Dict[str, str]]:
             raise ValueError(f"{path}: two rows for {key}")
         table[key] = {m: float(row[m]) if row[m].strip() else None for m, _, _ in METRICS}
         table[key]["trained_on"] = row["trained_on"]
+        table[key]["quoted"] = row["provenance"] == "quoted"
         sources.setdefault(row["method"], set()).add(f"{row['source']} {row['table']}".strip())
     return table, {m: "; ".join(sorted(s)) for m, s in sources.items()}
 
@@ -70,8 +72,8 @@ def collect(results: Path) -> Dict[str, dict]:
     return found
 
 
-def _cell(value: Optional[float]) -> str:
-    return "–" if value is None else f"{value:.1f}"
+def _cell(value: Optional[float], quoted: bool = False) -> str:
+    return "–" if value is None else f"{value:.1f}{'*' if quoted else ''}"
 
 
 def trained_on(result: dict) -> Optional[str]:
@@ -92,7 +94,7 @@ def rows(ours: Dict[str, dict], published: Published) -> List[List[str]]:
                 continue
             value = result["mean"].get(key)
             mine = None if value is None else 100 * value
-            theirs = [published.get((paper, dataset), {}).get(column) for paper, _ in PAPERS]
+            theirs = [published.get((paper, dataset), {}) for paper, _ in PAPERS]
             paper = published.get((method, dataset), {})
             same = paper.get(column)
             ours_on = trained_on(result)
@@ -102,7 +104,8 @@ def rows(ours: Dict[str, dict], published: Published) -> List[List[str]]:
                 diff = f"n/c (trained on {ours_on}, paper on {paper['trained_on']})"
             else:
                 diff = f"{mine - same:+.1f}"
-            out.append([dataset, label, "n/a" if mine is None else f"{mine:.1f}", *map(_cell, theirs), diff])
+            out.append([dataset, label, "n/a" if mine is None else f"{mine:.1f}",
+                        *(_cell(row.get(column), row.get("quoted", False)) for row in theirs), diff])
     return out
 
 
@@ -120,7 +123,9 @@ def write_table(results: Path, data_root: Optional[Path], published_path: Path =
     text = ["# Zero-shot results beside the published figures", "",
             "Our macro means in percent (test.py results under " f"`{results}`); published figures from "
             "`tools/published_results.csv`. n/a: the data cannot have that metric (no masks, or no normal "
-            "images); –: not reported. P-PRO is the 200-threshold PRO the papers report (our `pixel_pro_legacy`).",
+            "images); –: not on record (not reported, or the paper's table is not in the CSV yet); *: quoted from "
+            "the paper by a third party, not checked against the paper. P-PRO is the 200-threshold PRO the papers "
+            "report (our `pixel_pro_legacy`).",
             "", tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), ""]
     text += ["", "Auxiliary training set behind each figure (n/c above: not comparable, the training sets differ):", "",
              tabulate([[d, trained_on(ours[d]) or "unknown", *(published.get((p, d), {}).get("trained_on", "–")

@@ -21,12 +21,13 @@ def build(root: Path, plan: Plan) -> None:
     """``labels.csv`` (id, hemorrhage) names each slice ``{id:03d}.png``: hemorrhage 1 is anomalous, 0
     normal; all 200 are test images, none training (AdaCLIP's headct-pre)."""
     images = _images_dir(root)
-    rows = read_csv(root / LABELS, ("id", "hemorrhage"), "the slice labels")
+    labels = next((p for p in (root / LABELS, root / "head_ct" / LABELS) if p.is_file()), root / LABELS)
+    rows = read_csv(labels, ("id", "hemorrhage"), "the slice labels")
     if not rows:
-        raise UserError(f"{root / LABELS} has no rows; restore it from the download")
+        raise UserError(f"{labels} has no rows; restore it from the download")
     for n, row in enumerate(rows, start=2):
         if not row["id"].isdigit() or row["hemorrhage"] not in ("0", "1"):
-            raise UserError(f"{root / LABELS} line {n}: expected an integer id and hemorrhage 0/1, got "
+            raise UserError(f"{labels} line {n}: expected an integer id and hemorrhage 0/1, got "
                             f"{row['id']!r}, {row['hemorrhage']!r}")
         label = int(row["hemorrhage"])
         plan.add("test", CLASS, "hemorrhage" if label else "good", label, images / f"{int(row['id']):03d}.png")
@@ -47,7 +48,8 @@ DATASET = RawDataset(
     name="headct", title="HeadCT", order=30, kind="medical", aliases=("head_ct", "head-ct"),
     url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
     licence="CC BY-SA 4.0 (Kaggle)",
-    layout="head_ct/head_ct/NNN.png (000..199, grey) and labels.csv (id, hemorrhage: 1 for 000..099)",
+    layout="head_ct/NNN.png (000..199; RGB and RGBA) and labels.csv ('id, hemorrhage': 1 for 000..099), at the top "
+           "or inside head_ct/ (mirrors differ)",
     protocols=(Protocol("adaclip", "every slice as a test image, hemorrhage 1 anomalous; no masks",
                         ("FAPrompt", "Bayes-PFL", "AnomalyCLIP"),
                         "caoyunkang/AdaCLIP@e27ee32:data_preprocess/headct-pre.py", build),),
