@@ -52,6 +52,10 @@ EXAMPLE["dtd:anomalyclip"] = {"img_path": "Mesh_114/test/bad/001.png", "cls_name
 # ---- end dagm ----
 
 # ---- elpv ----
+# six normal cells split 75/25 by train_test_split(random_state=42): 2 test, 4 train; 1/3 and 2/3 left out
+EXPECTED["elpv:dra"] = {"elpv": (2, 2, 4, 0)}
+EXAMPLE["elpv:dra"] = {"img_path": "elpv/test/poly/cell0007.png", "mask_path": "", "cls_name": "elpv",
+                       "specie_name": "poly", "anomaly": 1}
 # ---- end elpv ----
 
 # ---- aitex ----
