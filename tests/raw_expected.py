@@ -89,9 +89,15 @@ EXAMPLE["br35h:anomalyclip"] = {"img_path": "brain/test/pred/pred0.jpg", "mask_p
 # ---- end br35h ----
 
 # ---- lag ----
+EXPECTED["lag:faprompt"] = {"LAG": (3, 2, 0, 0)}  # the attention maps are not images of the set
+EXAMPLE["lag:faprompt"] = {"img_path": "LAG/test/glaucoma/1.jpg", "mask_path": "", "cls_name": "LAG",
+                           "specie_name": "glaucoma", "anomaly": 1}
 # ---- end lag ----
 
 # ---- covid ----
+EXPECTED["covid:anomalyclip"] = {"chest": (3, 2, 0, 0)}  # Lung_Opacity, Viral Pneumonia and the lung masks left out
+EXAMPLE["covid:anomalyclip"] = {"img_path": "chest/test/covid/COVID-2.png", "mask_path": "", "cls_name": "chest",
+                                "specie_name": "covid", "anomaly": 1}
 # ---- end covid ----
 
 # ---- isic ----

@@ -1,0 +1,52 @@
+"""COVID-19 Radiography Database (Chowdhury et al. 2020; Rahman et al. 2021): chest X-rays by diagnosis."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample, need_dir, need_images, write_image
+from datasets.raw.common import first_dir
+
+CLASS = "chest"
+
+
+def _images(folder: Path, what: str):
+    """A diagnosis folder's images: ``<folder>/images/`` (releases with lung masks) or the folder itself."""
+    need_dir(folder, what)
+    return need_images(folder / "images" if (folder / "images").is_dir() else folder, what)
+
+
+def build(root: Path, plan: Plan) -> None:
+    """Normal radiographs normal, COVID-19 ones anomalous; the lung-opacity and viral-pneumonia folders
+    are left out, and the lung masks are not defect masks (none written)."""
+    top = first_dir(root, ("COVID-19_Radiography_Dataset", "."), "the diagnosis folders")
+    normal = first_dir(top, ("Normal", "NORMAL"), "the normal radiographs")
+    for img in _images(normal, "the normal radiographs"):
+        plan.add("test", CLASS, "good", 0, img)
+    for img in _images(top / "COVID", "the COVID-19 radiographs"):
+        plan.add("test", CLASS, "covid", 1, img)
+
+
+def sample(root: Path) -> Sample:
+    top = root / "COVID-19_Radiography_Dataset"
+    for folder, n in (("COVID", 2), ("Normal", 3), ("Lung_Opacity", 1), ("Viral Pneumonia", 1)):
+        for i in range(1, n + 1):
+            write_image(top / folder / "images" / f"{folder}-{i}.png", seed=i, gray=True,
+                        defect=(8, 8, 16, 16) if folder != "Normal" else None)
+            write_image(top / folder / "masks" / f"{folder}-{i}.png", seed=i, gray=True)
+        (top / f"{folder}.metadata.xlsx").write_bytes(b"PK")
+    return Sample(class_dir=top / "COVID", images=[top / "Normal" / "images" / "Normal-2.png"])
+
+
+DATASET = RawDataset(
+    name="covid", title="COVID-19 Radiography Database", order=35, kind="medical", aliases=("covid-19", "covid19"),
+    url="https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database",
+    licence="see the Kaggle page (research use with citation)",
+    layout="COVID-19_Radiography_Dataset/{COVID,Normal,Lung_Opacity,Viral Pneumonia}/{images,masks}/<Class>-N.png "
+           "(299x299; masks are lung fields) and <Class>.metadata.xlsx; earlier releases: images directly in the "
+           "class folders, NORMAL for Normal",
+    protocols=(Protocol("anomalyclip", "Normal normal, COVID anomalous, the other diagnoses left out; no masks",
+                        ("AnomalyCLIP",), "zqhang/AnomalyCLIP@45ed4dd:generate_dataset_json/covid.py", build),),
+    notes="Classification-only. AnomalyCLIP's generator counts every folder but NORMAL of its own copy as "
+          "anomalous; which diagnoses that copy held is not in its code. The two classes here give the "
+          "database's Normal and COVID counts; a different copy shows up as a count difference.",
+    sample=sample)

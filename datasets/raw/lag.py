@@ -1,0 +1,45 @@
+"""LAG, the Large-scale Attention-based Glaucoma database (Li et al., CVPR 2019): fundus photographs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample, need_dir, need_images, write_image
+from datasets.raw.common import first_dir
+
+CLASS = "LAG"  # FAPrompt's class name
+
+
+def _images(folder: Path, what: str):
+    need_dir(folder, what)
+    return need_images(folder / "image" if (folder / "image").is_dir() else folder, what)
+
+
+def build(root: Path, plan: Plan) -> None:
+    """non_glaucoma normal, suspicious_glaucoma anomalous (the fundus images only, not the attention maps)."""
+    top = first_dir(root, ("LAG", "."), "the glaucoma folders")
+    for img in _images(top / "non_glaucoma", "the non-glaucoma images"):
+        plan.add("test", CLASS, "good", 0, img)
+    for img in _images(top / "suspicious_glaucoma", "the suspicious-glaucoma images"):
+        plan.add("test", CLASS, "glaucoma", 1, img)
+
+
+def sample(root: Path) -> Sample:
+    top = root / "LAG"
+    for folder, n in (("non_glaucoma", 3), ("suspicious_glaucoma", 2)):
+        for i in range(n):
+            write_image(top / folder / "image" / f"{i}.jpg", seed=i,
+                        defect=(8, 8, 16, 16) if "susp" in folder else None)
+            write_image(top / folder / "attention_map" / f"{i}.jpg", seed=i, gray=True)
+    return Sample(class_dir=top / "suspicious_glaucoma", images=[top / "non_glaucoma" / "image" / "2.jpg"])
+
+
+DATASET = RawDataset(
+    name="lag", title="LAG", order=34, kind="medical",
+    url="https://github.com/smilell/AG-CNN (LAG database part 1, on request)",
+    licence="academic use only; redistribution not allowed",
+    layout="LAG/{suspicious_glaucoma,non_glaucoma}/{image,attention_map}/N.jpg",
+    protocols=(Protocol("faprompt", "non_glaucoma normal, suspicious_glaucoma anomalous; no masks", ("FAPrompt",),
+                        "mala-lab/FAPrompt@7e9d9d2:dataset.py (class LAG; no converter published)", build),),
+    notes="Classification-only. FAPrompt publishes no converter or file list for LAG; the expected counts are the "
+          "full database's (AG-CNN README), larger than the public part 1.",
+    sample=sample)
