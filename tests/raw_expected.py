@@ -43,6 +43,12 @@ EXAMPLE["dtd:anomalyclip"] = {"img_path": "Mesh_114/test/bad/001.png", "cls_name
 # ---- end dtd ----
 
 # ---- sdd ----
+# four 20x60 images, three 20-row bands each; one defect (rows 25..30) in kos01/Part1's middle band:
+# 1 anomalous band, 11 normal ones split 75/25 (train_test_split: 3 test, 8 train)
+EXPECTED["sdd:dra"] = {"SDD": (3, 1, 8, 1)}
+EXAMPLE["sdd:dra"] = {"img_path": "SDD/test/defect/kos01_Part1_1.png", "cls_name": "SDD",
+                      "mask_path": "SDD/ground_truth/defect/kos01_Part1_1_mask.png",
+                      "specie_name": "defect", "anomaly": 1}
 # ---- end sdd ----
 
 # ---- ksdd2 ----
