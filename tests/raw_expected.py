@@ -65,6 +65,12 @@ EXAMPLE["elpv:dra"] = {"img_path": "elpv/test/poly/cell0007.png", "mask_path": "
 # ---- end elpv ----
 
 # ---- aitex ----
+# 64x16 strips, 16-px tiles: 2 defect-free strips give 8 normal tiles (75/25: 2 test, 6 train); the two
+# defect strips keep only their defect tiles (columns 20..28 -> tile 1; 40..44 -> tile 2)
+EXPECTED["aitex:dra"] = {"AITEX": (2, 2, 6, 2)}
+EXAMPLE["aitex:dra"] = {"img_path": "AITEX/test/Fuzzyball/0002_019_02_2.png", "cls_name": "AITEX",
+                        "mask_path": "AITEX/ground_truth/Fuzzyball/0002_019_02_2_mask.png",
+                        "specie_name": "Fuzzyball", "anomaly": 1}
 # ---- end aitex ----
 
 # ---- rsdd ----

@@ -237,9 +237,21 @@ def binary(values: Array, threshold: int = 0) -> Array:
 
 
 def load_array(path: Path, gray: bool = False) -> Array:
-    """Pixels of an image file (L for ``gray``, else RGB), uint8."""
+    """Pixels of an image file (L for ``gray``, else RGB), uint8; an unreadable file is one clear line."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L" if gray else "RGB"))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; restore it from the download")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"{path} is not a readable image ({err}); replace it with the file from the download")
+
+
+def image_size(path: Path) -> Tuple[int, int]:
+    """(width, height) from the header; an unreadable file is one clear line."""
+    check_image(path)
     with Image.open(path) as img:
-        return np.asarray(img.convert("L" if gray else "RGB"))
+        return img.size
 
 
 # ---- miniature raw trees (tests and the demo) ----------------------------------------------------
