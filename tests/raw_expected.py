@@ -52,6 +52,10 @@ EXAMPLE["sdd:dra"] = {"img_path": "SDD/test/defect/kos01_Part1_1.png", "cls_name
 # ---- end sdd ----
 
 # ---- ksdd2 ----
+# two defective images (train/10001, test/20000) and the first two defect-free ones in (split, name) order
+EXPECTED["ksdd2:bayes-pfl"] = {"Metal": (2, 2, 0, 2)}
+EXAMPLE["ksdd2:bayes-pfl"] = {"img_path": "Metal/test/good/train_10002.png", "mask_path": "", "cls_name": "Metal",
+                              "specie_name": "good", "anomaly": 0}
 # ---- end ksdd2 ----
 
 # ---- dagm ----
