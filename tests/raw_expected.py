@@ -59,6 +59,18 @@ EXAMPLE["ksdd2:bayes-pfl"] = {"img_path": "Metal/test/good/train_10002.png", "ma
 # ---- end ksdd2 ----
 
 # ---- dagm ----
+# per class: Train 0001-0003 (0002 defective), Test 0004-0006 (0005 defective)
+EXPECTED["dagm:anomalyclip"] = {f"Class{i}": (2, 1, 0, 1) for i in range(1, 11)}  # the Test split only
+EXAMPLE["dagm:anomalyclip"] = {"img_path": "Class7/test/defect/0005.PNG", "cls_name": "Class7",
+                               "mask_path": "Class7/ground_truth/defect/0005_mask.PNG",
+                               "specie_name": "defect", "anomaly": 1}
+# one clean test image per defective image and split
+EXPECTED["dagm:adaclip"] = {f"Class{i}": (2, 2, 2, 2) for i in range(1, 11)}
+EXAMPLE["dagm:adaclip"] = {"img_path": "Class3/train/good/0003.PNG", "mask_path": "", "cls_name": "Class3",
+                           "specie_name": "good", "anomaly": 0}
+EXPECTED["dagm:bayes-pfl"] = {f"Fabric{i}": (2, 2, 0, 2) for i in (1, 2, 3, 4, 5, 7, 8)}  # lowest clean ids 0001, 0003
+EXAMPLE["dagm:bayes-pfl"] = {"img_path": "Fabric8/test/good/0003.PNG", "mask_path": "", "cls_name": "Fabric8",
+                             "specie_name": "good", "anomaly": 0}
 # ---- end dagm ----
 
 # ---- elpv ----
@@ -78,6 +90,14 @@ EXAMPLE["aitex:dra"] = {"img_path": "AITEX/test/Fuzzyball/0002_019_02_2.png", "c
 # ---- end aitex ----
 
 # ---- rsdd ----
+EXPECTED["rsdd:raw"] = {"type_I": (0, 2, 0, 2), "type_II": (0, 2, 0, 2)}
+EXAMPLE["rsdd:raw"] = {"img_path": "type_II/test/defect/rail_2.jpg", "cls_name": "type_II",
+                       "mask_path": "type_II/ground_truth/defect/rail_2_mask.png",
+                       "specie_name": "defect", "anomaly": 1}
+EXPECTED["rsdd:bayes-pfl"] = {"Metal15": (2, 2, 0, 2)}
+EXAMPLE["rsdd:bayes-pfl"] = {"img_path": "Metal15/test/anomaly/RSDD_I-metal-defect-000001_0000000003.bmp",
+                             "mask_path": "Metal15/ground_truth/anomaly/RSDD_I-metal-defect-000001_0000000003_mask.png",
+                             "cls_name": "Metal15", "specie_name": "anomaly", "anomaly": 1}
 # ---- end rsdd ----
 
 # ---- headct ----

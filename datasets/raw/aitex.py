@@ -76,7 +76,7 @@ def build(root: Path, plan: Plan) -> None:
             plan.add(split, CLASS, "good", 0, Derived(img, _tile(k), f"tile {k}"), name=name)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for fabric in ("fabric1", "fabric2"):
         write_image(root / "NODefect_images" / fabric / "0001_000_01.png", size=(64, 16), seed=1, gray=True)
     write_image(root / "Defect_images/Defect_images/0001_002_00.png", size=(64, 16), gray=True, defect=(20, 2, 28, 8))

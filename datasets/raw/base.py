@@ -60,7 +60,8 @@ class RawDataset:
     """A dataset's converter: its name (the ``--dataset`` value, the module's name), where the
     download comes from, its raw layout in words, and its protocols (the first is the default).
 
-    ``sample(root)`` writes a miniature raw tree in the download's exact layout (tests, demo) and
+    ``sample(root, protocol="")`` writes a miniature raw tree in the download's exact layout (the one
+    ``protocol`` reads, where protocols read different downloads) for the tests and the demo, and
     returns the :class:`Sample` facts the tests need to break it on purpose.
     """
 
@@ -70,7 +71,7 @@ class RawDataset:
     licence: str
     layout: str
     protocols: Tuple[Protocol, ...]
-    sample: Callable[[Path], "Sample"]
+    sample: Callable[..., "Sample"]
     kind: str = "industrial"  # or "medical"
     aliases: Tuple[str, ...] = ()
     notes: str = ""
@@ -120,7 +121,7 @@ class Plan:
         img_rel = self._place(f"{cls}/{split_dir}/{specie}/{image_name}", image)
         mask_rel = ""
         if mask is not None:
-            mask_ext = ".png" if isinstance(mask, Derived) else Path(_src_path(mask)).suffix.lower()
+            mask_ext = ".png" if isinstance(mask, Derived) else Path(_src_path(mask)).suffix
             mask_rel = self._place(f"{cls}/ground_truth/{specie}/{Path(image_name).stem}_mask{mask_ext}", mask)
         record = {"img_path": img_rel, "mask_path": mask_rel, "cls_name": cls, "specie_name": specie,
                   "anomaly": int(anomaly)}
@@ -185,7 +186,9 @@ def need_file(path: Path, what: str) -> Path:
 
 def need_images(folder: Path, what: str, recursive: bool = False,
                 pattern: Optional[str] = None) -> List[Path]:
-    """The sorted images of a folder that must hold some (an empty class is an error)."""
+    """The sorted images of a folder that must hold some (an empty class is an error). Every one is
+    checked to be a readable image, also those a protocol then leaves out: a broken file means a
+    broken download."""
     need_dir(folder, what)
     found = list_images(folder, recursive)
     if pattern is not None:
@@ -193,6 +196,8 @@ def need_images(folder: Path, what: str, recursive: bool = False,
     if not found:
         raise UserError(f"{folder} holds no images{f' matching {pattern}' if pattern else ''}: {what}; "
                         "restore the folder from the download")
+    for path in found:
+        check_image(path)
     return found
 
 

@@ -32,7 +32,7 @@ def build_every_folder(root: Path, plan: Plan) -> None:
             plan.add("test", CLASS, folder.name if label else "good", label, img)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for folder, prefix in (("no", "no"), ("yes", "y"), ("pred", "pred")):
         for i in range(2 if folder != "pred" else 1):
             write_image(root / folder / f"{prefix}{i}.jpg", seed=i,

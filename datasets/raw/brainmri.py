@@ -20,7 +20,7 @@ def _build(keep_normal: Callable[[Path], bool], keep_tumour: Callable[[Path], bo
     return build
 
 
-def _sample(root: Path) -> Sample:
+def _sample(root: Path, protocol: str = "") -> Sample:
     top = root / "brain_tumor_dataset"
     names = {"no": ("1 no.jpeg", "N1.JPG", "No12.jpg", "no 9.png", "no.jpg"),
              "yes": ("Y1.jpg", "Y100.JPG", "Y109.JPG", "Y20.jpeg")}

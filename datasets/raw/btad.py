@@ -16,7 +16,7 @@ def build(root: Path, plan: Plan) -> None:
     add_mvtec_tree(plan, root, CLASSES, normal="ok")
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for cls, (image_ext, mask_ext) in FORMATS.items():
         for i in range(2):
             write_image(root / cls / "train/ok" / f"{i:04d}{image_ext}", seed=i)

@@ -15,7 +15,7 @@ def build(root: Path, plan: Plan) -> None:
     add_image_mask_folders(plan, "colon", first_dir(root, IMAGES, "the images"), first_dir(root, MASKS, "the masks"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for name in ("1", "2"):
         write_image(root / IMAGES[0] / f"{name}.tif", seed=len(name), defect=(6, 6, 20, 16))
         write_mask(root / MASKS[0] / f"{name}.tif", box=(6, 6, 20, 16))

@@ -1,7 +1,8 @@
 """Known counts: what each dataset holds after each protocol, per class (known_counts.csv).
 
 Every row gives one class's test normal, test anomalous, train normal images and masks, with its
-source (a published meta.json, a paper, or the reference preprocessing). The converter compares
+source (a published meta.json, a paper, or the reference preprocessing); an empty cell is a count
+nobody has published, which is not compared. The converter compares
 the data it found with these rows, so a user knows whether they hold the papers' data: a
 difference is a warning, or an error with ``--strict``.
 """
@@ -17,7 +18,7 @@ from tabulate import tabulate
 KNOWN_COUNTS = Path(__file__).with_name("known_counts.csv")
 COLUMNS = ("dataset", "protocol", "class", "test_normal", "test_anomalous", "train_normal", "masks", "source")
 FIELDS = ("test normal", "test anomalous", "train normal", "masks")
-Counts = Tuple[int, int, int, int]
+Counts = Tuple[Optional[int], Optional[int], Optional[int], Optional[int]]
 
 
 def load_known(path: Path = KNOWN_COUNTS) -> Dict[Tuple[str, str], "OrderedDict[str, Tuple[Counts, str]]"]:
@@ -29,7 +30,7 @@ def load_known(path: Path = KNOWN_COUNTS) -> Dict[Tuple[str, str], "OrderedDict[
         raise ValueError(f"{path}: header must be {','.join(COLUMNS)}")
     for row in rows[1:]:
         key = (row[0], row[1])
-        counts = tuple(int(v) for v in row[3:7])
+        counts = tuple(int(v) if v.strip() else None for v in row[3:7])
         table.setdefault(key, OrderedDict())[row[2]] = (counts, row[7])
     return table
 
@@ -49,15 +50,23 @@ def compare(found: Mapping[str, Counts], known: Optional[Mapping[str, Tuple[Coun
             differences.append(f"class {cls} is missing (expected {_describe(want)})")
         elif want is None:
             differences.append(f"class {cls} is not in the papers' data ({_describe(have)})")
-        elif have != want:
-            diff = ", ".join(f"{name} {h} (expected {w})" for name, h, w in zip(FIELDS, have, want) if h != w)
+        elif not _matches(have, want):
+            diff = ", ".join(f"{name} {h} (expected {w})" for name, h, w in zip(FIELDS, have, want)
+                             if w is not None and h != w)
             differences.append(f"class {cls}: {diff}")
         cells = have if have is not None else ("-",) * 4
-        rows.append([cls, *cells, "yes" if have == want else " / ".join(map(str, want)) if want else "not known"])
+        same = have is not None and want is not None and _matches(have, want)
+        rows.append([cls, *cells, "yes" if same else " / ".join("?" if w is None else str(w) for w in want)
+                     if want else "not known"])
     return tabulate(rows, headers=["class", *FIELDS, "as expected (else expected)"]), differences
+
+
+def _matches(have: Counts, want: Counts) -> bool:
+    """Every known expected count equals the one found."""
+    return all(w is None or h == w for h, w in zip(have, want))
 
 
 def _describe(counts: Optional[Counts]) -> str:
     if counts is None:
         return "none"
-    return ", ".join(f"{name} {n}" for name, n in zip(FIELDS, counts))
+    return ", ".join(f"{name} {'?' if n is None else n}" for name, n in zip(FIELDS, counts))

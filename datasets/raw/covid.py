@@ -26,7 +26,7 @@ def build(root: Path, plan: Plan) -> None:
         plan.add("test", CLASS, "covid", 1, img)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     top = root / "COVID-19_Radiography_Dataset"
     for folder, n in (("COVID", 2), ("Normal", 3), ("Lung_Opacity", 1), ("Viral Pneumonia", 1)):
         for i in range(1, n + 1):

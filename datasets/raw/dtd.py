@@ -15,7 +15,7 @@ def build(root: Path, plan: Plan) -> None:
     add_mvtec_tree(plan, root, CLASSES, mask_stem=lambda s: s.removesuffix("_mask"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for cls in CLASSES:
         write_image(root / cls / "train/good/000.png", seed=1)
         write_image(root / cls / "test/good/000.png", seed=2)

@@ -55,7 +55,7 @@ def build(root: Path, plan: Plan) -> None:
         plan.add("test" if name in test_set else "train", CLASS, "good", 0, data / name)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     lines = []
     grades = [(0.0, "mono")] * 5 + [(1.0, "mono"), (1.0, "poly"), (1 / 3, "poly"), (2 / 3, "mono"), (0.0, "poly")]
     for i, (probability, kind) in enumerate(grades, start=1):

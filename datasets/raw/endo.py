@@ -15,7 +15,7 @@ def build(root: Path, plan: Plan) -> None:
     add_image_mask_folders(plan, "colon", first_dir(root, IMAGES, "the images"), first_dir(root, MASKS, "the masks"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for name in ("003ab8b5-cf6d-442a-849d-80ddf0d1edaf", "6eacc283-1446-4682-a36a-5a362ecac3ef"):
         write_image(root / IMAGES[0] / f"{name}.jpg", seed=len(name), defect=(6, 6, 20, 16))
         write_mask(root / MASKS[0] / f"{name}.png", box=(6, 6, 20, 16))

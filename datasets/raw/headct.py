@@ -33,7 +33,7 @@ def build(root: Path, plan: Plan) -> None:
         plan.add("test", CLASS, "hemorrhage" if label else "good", label, images / f"{int(row['id']):03d}.png")
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     lines = ["id, hemorrhage"]
     for i in range(4):
         write_image(root / "head_ct" / "head_ct" / f"{i:03d}.png", seed=i, gray=True,

@@ -17,7 +17,7 @@ def build(root: Path, plan: Plan) -> None:
                            mask_stem=lambda s: s.removesuffix("_Segmentation"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for i in (3, 12):
         write_image(root / IMAGES[0] / f"ISIC_{i:07d}.jpg", seed=i, defect=(6, 6, 20, 16))
         write_mask(root / MASKS[0] / f"ISIC_{i:07d}_Segmentation.png", box=(6, 6, 20, 16))

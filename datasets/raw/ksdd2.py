@@ -46,7 +46,7 @@ def build(root: Path, plan: Plan) -> None:
         plan.add("test", CLASS, "good", 0, img, name=f"{split}_{img.name}")
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for split, ids in (("train", (10000, 10001, 10002)), ("test", (20000, 20001))):
         for n in ids:
             defect = n in (10001, 20000)

@@ -15,7 +15,7 @@ def build(root: Path, plan: Plan) -> None:
     add_image_mask_folders(plan, "colon", first_dir(root, IMAGES, "the images"), first_dir(root, MASKS, "the masks"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for name in ("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4"):
         write_image(root / IMAGES[0] / f"{name}.jpg", seed=len(name), defect=(6, 6, 20, 16))
         write_mask(root / MASKS[0] / f"{name}.jpg", box=(6, 6, 20, 16))

@@ -23,7 +23,7 @@ def build(root: Path, plan: Plan) -> None:
         plan.add("test", CLASS, "glaucoma", 1, img)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     top = root / "LAG"
     for folder, n in (("non_glaucoma", 3), ("suspicious_glaucoma", 2)):
         for i in range(n):

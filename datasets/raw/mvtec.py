@@ -16,7 +16,7 @@ def build(root: Path, plan: Plan) -> None:
     add_mvtec_tree(plan, root, present or CLASSES, mask_stem=lambda s: s.removesuffix("_mask"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for cls in ("bottle", "carpet"):
         for i in range(2):
             write_image(root / cls / "train/good" / f"{i:03d}.png", seed=i)

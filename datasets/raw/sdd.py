@@ -61,7 +61,7 @@ def build(root: Path, plan: Plan) -> None:
             plan.add(split, CLASS, "good", 0, Derived(img, _third(k), f"band {k}"), name=name)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for part in ("kos01", "kos02"):
         for i in range(2):
             defect = part == "kos01" and i == 1

@@ -15,7 +15,7 @@ def build(root: Path, plan: Plan) -> None:
     add_image_mask_folders(plan, "thyroid", first_dir(root, IMAGES, "the images"), first_dir(root, MASKS, "the masks"))
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     for name in ("0000", "0001"):
         write_image(root / IMAGES[0] / f"{name}.jpg", seed=len(name), defect=(6, 6, 20, 16))
         write_mask(root / MASKS[0] / f"{name}.jpg", box=(6, 6, 20, 16))

@@ -26,7 +26,7 @@ def build(root: Path, plan: Plan) -> None:
                  root / row["mask"] if anomalous else None)
 
 
-def sample(root: Path) -> Sample:
+def sample(root: Path, protocol: str = "") -> Sample:
     lines = ["object,split,label,image,mask"]
     for cls in ("candle", "pcb1"):
         for i in range(3):
