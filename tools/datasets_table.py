@@ -23,8 +23,14 @@ DOC = ROOT / "docs" / "datasets.md"
 START, END = "<!-- datasets:start -->", "<!-- datasets:end -->"
 
 
+def _sum(rows, i: int) -> str:
+    """The total of one count over the classes, "?" where a class's count is not published."""
+    values = [counts[i] for counts, _ in rows.values()]
+    return "?" if None in values else str(sum(values))
+
+
 def _totals(rows) -> str:
-    sums = [sum(counts[i] for counts, _ in rows.values()) for i in range(4)]
+    sums = [_sum(rows, i) for i in range(4)]
     sources = sorted({source for _, source in rows.values()})
     return (f"{len(rows)} class(es): {sums[0]} normal and {sums[1]} anomalous test images, {sums[2]} normal "
             f"training images, {sums[3]} masks ({'; '.join(sources)})")
@@ -36,10 +42,8 @@ def overview() -> str:
     known = load_known()
     for d in raw.registry().values():
         rows = known.get((d.name, d.default.name), {})
-        normal = sum(c[0] for c, _ in rows.values())
-        anomalous = sum(c[1] for c, _ in rows.values())
         lines.append(f"| [`{d.name}`](#{d.name}) | {d.title} | {d.kind} | "
-                     f"{', '.join(p.name for p in d.protocols)} | {normal} / {anomalous} |")
+                     f"{', '.join(p.name for p in d.protocols)} | {_sum(rows, 0)} / {_sum(rows, 1)} |")
     return "\n".join(lines)
 
 
@@ -47,8 +51,9 @@ def sections() -> str:
     known = load_known()
     parts = [overview()]
     for d in raw.registry().values():
-        lines = [f'<a id="{d.name}"></a>', f"### {d.title} (`--dataset {d.name}`)", "",
-                 f"- Source: {d.url}", f"- Licence: {d.licence}", f"- Raw layout: {d.layout}"]
+        lines = [f"### {d.name}", "", f"**{d.title}** (`--dataset {d.name}`)", "",
+                 f"- Source: {d.url}", f"- Licence: {d.licence}", f"- Raw layout: {d.layout}",
+                 f"- Layout checked against: {d.checked}"]
         if d.aliases:
             lines.append(f"- Also accepted: {', '.join(f'`{a}`' for a in d.aliases)}")
         for p in d.protocols:

@@ -93,6 +93,7 @@ DATASET = RawDataset(
     name="aitex", title="AITEX", order=11, aliases=("aitex-fabric",),
     url="https://www.aitex.es/afid/",
     licence="research use; cite Silvestre-Blanes et al. 2019",
+    checked="the reference code only",
     layout="Defect_images/NNNN_CODE_NN.png (4096x256 grey; CODE the defect type), Mask_images/NNNN_CODE_NN_mask.png, "
            "NODefect_images/<fabric>/NNNN_000_NN.png (each may be nested in a folder of the same name)",
     protocols=(Protocol("dra", "256x256 tiles: the defect tiles of defect strips anomalous by defect type, every "

@@ -73,6 +73,7 @@ class RawDataset:
     protocols: Tuple[Protocol, ...]
     sample: Callable[..., "Sample"]
     kind: str = "industrial"  # or "medical"
+    checked: str = "the reference code only"  # what the layout was checked against
     aliases: Tuple[str, ...] = ()
     notes: str = ""
     order: int = 100

@@ -44,6 +44,7 @@ DATASET = RawDataset(
     name="br35h", title="Br35H", order=32, kind="medical", aliases=("br35",),
     url="https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection",
     licence="unknown (Kaggle upload without a stated licence)",
+    checked="the reference code and Bayes-PFL's published file list (meta_Br35H.json)",
     layout="yes/yN.jpg (1500 tumours), no/noN.jpg (1500 normal), pred/predN.jpg (60 unlabelled)",
     protocols=(Protocol("adaclip", "yes/ anomalous and no/ normal, 3000 slices; pred/ (unlabelled) left out",
                         ("Bayes-PFL", "AdaCLIP"), "caoyunkang/AdaCLIP@e27ee32:data_preprocess/br35h.py",

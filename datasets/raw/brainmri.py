@@ -37,6 +37,8 @@ DATASET = RawDataset(
     name="brainmri", title="BrainMRI", order=31, kind="medical", aliases=("brain_mri", "brain-mri"),
     url="https://www.kaggle.com/datasets/navoneel/brain-mri-images-for-brain-tumor-detection",
     licence="unknown (Kaggle upload without a stated licence)",
+    checked=("a real copy (kianpaya/Brain-tumor-cnn@f631020): both protocols converted with --strict; 'bayes-pfl' "
+             "selects exactly the 153 slices of Bayes-PFL's meta_BrainMRI.json"),
     layout="brain_tumor_dataset/{yes,no}/<name>.{jpg,JPG,jpeg,png} (also yes/ and no/ at the top): 155 tumour "
            "and 98 normal slices, mixed names and extensions",
     protocols=(Protocol("anomalyclip", "all 253 slices: no/ normal, yes/ anomalous; no masks",

@@ -32,6 +32,7 @@ DATASET = RawDataset(
     name="btad", title="BTAD", order=4,
     url="https://avires.dimi.uniud.it/papers/btad/btad.zip (BTech_Dataset_transformed)",
     licence="CC BY-SA 4.0",
+    checked="the reference code and Bayes-PFL's published file list (meta_BTAD.json)",
     layout="{01,02,03}/{train/ok, test/{ok,ko}, ground_truth/ko}/NNNN.{bmp,png}: images .bmp in 01 and 03, .png "
            "in 02; masks .png in 01 and 02, .bmp in 03, named as their image",
     protocols=(Protocol("anomalyclip", "every image of the three products as shipped (ok normal, ko anomalous)",

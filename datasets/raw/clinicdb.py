@@ -29,6 +29,7 @@ DATASET = RawDataset(
     name="clinicdb", title="CVC-ClinicDB", order=41, kind="medical", aliases=("cvc-clinicdb", "clinic"),
     url="https://polyp.grand-challenge.org/CVCClinicDB/ (CVC-ClinicDB.zip)",
     licence="research use; cite Bernal et al. 2015",
+    checked="the reference code and Bayes-PFL's published file list (meta_ClinicDB.json)",
     layout="Original/N.tif and Ground Truth/N.tif (N = 1..612; the PNG edition: PNG/Original, PNG/Ground Truth; "
            "the PraNet copy: images/, masks/)",
     protocols=(Protocol("anomalyclip",

@@ -29,6 +29,7 @@ DATASET = RawDataset(
     name="colondb", title="CVC-ColonDB", order=42, kind="medical", aliases=("cvc-colondb",),
     url="https://figshare.com/articles/figure/Polyp_DataSet_zip/21221579 (TestDataset/CVC-ColonDB)",
     licence="research use; cite Bernal et al. 2012",
+    checked="the reference code and Bayes-PFL's published file list (meta_ColonDB.json)",
     layout="images/N.png and masks/N.png (N = 1..380)",
     protocols=(Protocol("anomalyclip",
                         "the 380 frames, all anomalous, with their polyp masks",

@@ -41,6 +41,7 @@ DATASET = RawDataset(
     name="covid", title="COVID-19 Radiography Database", order=35, kind="medical", aliases=("covid-19", "covid19"),
     url="https://www.kaggle.com/datasets/tawsifurrahman/covid19-radiography-database",
     licence="see the Kaggle page (research use with citation)",
+    checked="the reference code only",
     layout="COVID-19_Radiography_Dataset/{COVID,Normal,Lung_Opacity,Viral Pneumonia}/{images,masks}/<Class>-N.png "
            "(299x299; masks are lung fields) and <Class>.metadata.xlsx; earlier releases: images directly in the "
            "class folders, NORMAL for Normal",

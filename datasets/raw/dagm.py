@@ -87,6 +87,7 @@ DATASET = RawDataset(
     name="dagm", title="DAGM 2007", order=7, aliases=("dagm2007", "dagm-2007"),
     url="https://www.kaggle.com/datasets/mhskjelvareid/dagm-2007-competition-dataset-optical-inspection",
     licence="free for research (HCI Heidelberg); no formal licence",
+    checked="the reference code and Bayes-PFL's published file list (meta_DAGM.json); no copy of the download",
     layout="Class1..Class10/{Train,Test}/NNNN.PNG (512x512 grey) with {Train,Test}/Label/NNNN_label.PNG (filled "
            "ellipses) and Labels.txt; ids unique per class across Train and Test",
     protocols=(Protocol("anomalyclip", "the Test split of the ten classes as shipped, elliptical masks",

@@ -31,6 +31,7 @@ DATASET = RawDataset(
     name="dtd", title="DTD-Synthetic", order=8, aliases=("dtd-synthetic", "dtd_synthetic"),
     url="https://drive.google.com/drive/folders/10OyPzvI3H6llCZBxKxFlKWt1Pw1tkMK1 (Aota et al.)",
     licence="research use (DTD textures: research-only; defects by Aota et al.)",
+    checked="the reference code and Bayes-PFL's published file list (meta_DTD.json)",
     layout="CLASS_NNN/{train/good, test/{good,bad}, ground_truth/bad}/NNN.png, masks NNN_mask.png (MVTec layout)",
     protocols=(Protocol("anomalyclip", "every image of the 12 texture classes as shipped",
                         ("FAPrompt", "Bayes-PFL", "AnomalyCLIP"),

@@ -70,6 +70,7 @@ DATASET = RawDataset(
     name="elpv", title="ELPV", order=10, aliases=("elpv-dataset",),
     url="https://github.com/zae-bayern/elpv-dataset",
     licence="CC BY-NC-SA 4.0",
+    checked="a real copy (zae-bayern/elpv-dataset@411fd72): converted with --strict, every count as expected",
     layout="images/cellNNNN.png (300x300 grey) and labels.csv (no header, whitespace-separated: path, defect "
            "probability 0, 1/3, 2/3 or 1, module type mono/poly); since 2024 under src/elpv_dataset/data/",
     protocols=(Protocol("dra", "probability 0 normal (75/25 train/test, seed 42), 1 anomalous (mono, poly), "

@@ -29,6 +29,7 @@ DATASET = RawDataset(
     name="endo", title="EndoTect 2020 (Endo)", order=44, kind="medical", aliases=("endotect", "hyperkvasir"),
     url="https://drive.google.com/file/d/1LNpLkv5ZlEUzr_RPN5rdOHaqk0SkZa3m (EndoTect_2020_Segmentation_Test_Dataset)",
     licence="CC BY 4.0 (HyperKvasir)",
+    checked="the reference code and Bayes-PFL's published file list (meta_Endo.json)",
     layout="EndoTect_2020_Segmentation_Test_Dataset/images/<uuid>.jpg and masks/<uuid>.png",
     protocols=(Protocol("anomalyclip",
                         "the 200 test images, all anomalous, with their masks",

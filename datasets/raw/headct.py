@@ -48,6 +48,8 @@ DATASET = RawDataset(
     name="headct", title="HeadCT", order=30, kind="medical", aliases=("head_ct", "head-ct"),
     url="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
     licence="CC BY-SA 4.0 (Kaggle)",
+    checked=("a real copy (NeiderSmith/head_ct_dataset@5cafd87): converted with --strict, the same 200 slices and "
+             "labels as Bayes-PFL's meta_HeadCT.json"),
     layout="head_ct/NNN.png (000..199; RGB and RGBA) and labels.csv ('id, hemorrhage': 1 for 000..099), at the top "
            "or inside head_ct/ (mirrors differ)",
     protocols=(Protocol("adaclip", "every slice as a test image, hemorrhage 1 anomalous; no masks",

@@ -30,6 +30,7 @@ DATASET = RawDataset(
     name="isic", title="ISIC 2016", order=40, kind="medical", aliases=("isic2016", "isbi"),
     url="https://challenge.isic-archive.com/data/#2016 (Task 1 test data and ground truth)",
     licence="CC BY-NC 4.0 (ISIC archive)",
+    checked="the reference code and Bayes-PFL's published file list (meta_ISIC.json)",
     layout="ISBI2016_ISIC_Part1_Test_Data/ISIC_NNNNNNN.jpg, ISBI2016_ISIC_Part1_Test_GroundTruth/"
            "ISIC_NNNNNNN_Segmentation.png (0/255)",
     protocols=(Protocol("anomalyclip", "the 379 test images, all anomalous, with their lesion masks",

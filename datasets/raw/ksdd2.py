@@ -60,6 +60,7 @@ DATASET = RawDataset(
     name="ksdd2", title="KolektorSDD2", order=12, aliases=("kolektorsdd2", "ksdd-2"),
     url="https://www.vicos.si/resources/kolektorsdd2/",
     licence="CC BY-NC-SA 4.0",
+    checked="the reference code and Bayes-PFL's published file list (meta_KSDD2.json)",
     layout="{train,test}/NNNNN.png (RGB, about 230x630) with NNNNN_GT.png (defect mask; empty for good images)",
     protocols=(Protocol("bayes-pfl", "every defective image of both splits anomalous, as many defect-free ones "
                                      "normal (the first in name order); masks at > 128", ("Bayes-PFL",),

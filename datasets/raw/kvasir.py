@@ -29,6 +29,7 @@ DATASET = RawDataset(
     name="kvasir", title="Kvasir-SEG", order=43, kind="medical", aliases=("kvasir-seg",),
     url="https://datasets.simula.no/kvasir-seg/ (kvasir-seg.zip)",
     licence="research and educational use (Simula)",
+    checked="the reference code only",
     layout="Kvasir-SEG/images/<id>.jpg and Kvasir-SEG/masks/<id>.jpg (JPEG masks: binarised > 0), kavsir_bboxes.json",
     protocols=(Protocol("anomalyclip",
                         "every image, all anomalous, with its polyp mask",

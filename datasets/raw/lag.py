@@ -37,6 +37,7 @@ DATASET = RawDataset(
     name="lag", title="LAG", order=34, kind="medical",
     url="https://github.com/smilell/AG-CNN (LAG database part 1, on request)",
     licence="academic use only; redistribution not allowed",
+    checked="the reference code only (the database may not be redistributed)",
     layout="LAG/{suspicious_glaucoma,non_glaucoma}/{image,attention_map}/N.jpg",
     protocols=(Protocol("faprompt", "non_glaucoma normal, suspicious_glaucoma anomalous; no masks", ("FAPrompt",),
                         "mala-lab/FAPrompt@7e9d9d2:dataset.py (class LAG; no converter published)", build),),

@@ -31,6 +31,7 @@ DATASET = RawDataset(
     name="mpdd", title="MPDD", order=3,
     url="https://github.com/stepanje/MPDD",
     licence="CC BY-NC-SA 4.0",
+    checked="a published file list (xiaozhen228/DictAS@3253312 meta_MPDD.json); no copy of the images",
     layout="CLS/{train/good, test/{good,DEFECT}, ground_truth/DEFECT}/NNN.png, masks NNN_mask.png (MVTec layout)",
     protocols=(Protocol("anomalyclip", "every image of the six parts as shipped", ("FAPrompt", "AnomalyCLIP"),
                         "zqhang/AnomalyCLIP@45ed4dd:generate_dataset_json/mpdd.py", build),),

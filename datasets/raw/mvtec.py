@@ -34,6 +34,7 @@ DATASET = RawDataset(
     name="mvtec", title="MVTec AD", order=1, aliases=("mvtec-ad", "mvtec_ad", "mvtecad"),
     url="https://www.mvtec.com/company/research/datasets/mvtec-ad",
     licence="CC BY-NC-SA 4.0 (non-commercial)",
+    checked="the reference code and Bayes-PFL's published file list (meta_mvtec.json)",
     layout="mvtec_anomaly_detection/CLS/{train/good, test/{good,DEFECT}, ground_truth/DEFECT}/NNN.png; "
            "masks NNN_mask.png, 0/255",
     protocols=(Protocol("anomalyclip", "every image of the 15 classes as shipped", ("FAPrompt", "Bayes-PFL",

@@ -77,6 +77,7 @@ DATASET = RawDataset(
     name="rsdd", title="RSDD", order=13, aliases=("rsdds",),
     url="Gan et al., IEEE Sensors J. 2017 (mirrors only); Bayes-PFL's copy: its README's DATA_three.zip",
     licence="research use; no licence stated",
+    checked="the reference code and Bayes-PFL's published file list (meta_RSDD.json)",
     layout="'Type-I RSDDs dataset'/{Rail surface images,GroundTruth}/*.jpg (67 images, 160x1000) and "
            "'Type-II RSDDs dataset'/... (128 images, 55x1250); every image has a defect",
     protocols=(Protocol("raw", "the original images of both rail types, all anomalous, ground truth at > 128",

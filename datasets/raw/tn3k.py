@@ -29,6 +29,7 @@ DATASET = RawDataset(
     name="tn3k", title="TN3K", order=45, kind="medical", aliases=("thyroid",),
     url="https://github.com/haifangong/TRFE-Net-for-thyroid-nodule-segmentation (tn3k)",
     licence="research use; cite Gong et al. 2021",
+    checked="the reference code only",
     layout="tn3k/{trainval,test}-image/NNNN.jpg and {trainval,test}-mask/NNNN.jpg; only test-* is used",
     protocols=(Protocol("anomalyclip",
                         "the 614 test images, all anomalous, with their nodule masks",
