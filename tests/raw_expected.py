@@ -60,7 +60,8 @@ EXAMPLE["ksdd2:bayes-pfl"] = {"img_path": "Metal/test/good/train_10002.png", "ma
 
 # ---- dagm ----
 # per class: Train 0001-0003 (0002 defective), Test 0004-0006 (0005 defective)
-EXPECTED["dagm:anomalyclip"] = {f"Class{i}": (2, 1, 0, 1) for i in range(1, 11)}  # the Test split only
+# the Test split tested; the Train split's defect-free images (0001, 0003) for training
+EXPECTED["dagm:anomalyclip"] = {f"Class{i}": (2, 1, 2, 1) for i in range(1, 11)}
 EXAMPLE["dagm:anomalyclip"] = {"img_path": "Class7/test/defect/0005.PNG", "cls_name": "Class7",
                                "mask_path": "Class7/ground_truth/defect/0005_mask.PNG",
                                "specie_name": "defect", "anomaly": 1}

@@ -34,13 +34,16 @@ def _items(root: Path, cls: str, states=STATES) -> Tuple[List[Item], List[Item]]
 
 
 def build_test_split(root: Path, plan: Plan) -> None:
-    """The Test split of all ten classes as shipped: images with a label anomalous (elliptical masks)."""
+    """The Test split of all ten classes as shipped: images with a label anomalous (elliptical masks);
+    the Train split's defect-free images are the training (few-shot reference) images."""
     for cls in CLASSES:
         defective, clean = _items(root, cls, ("Test",))
         for _, img, mask in defective:
             plan.add("test", cls, "defect", 1, img, mask)
         for _, img, _ in clean:
             plan.add("test", cls, "good", 0, img)
+        for _, img, _ in _items(root, cls, ("Train",))[1]:
+            plan.add("train", cls, "good", 0, img)
 
 
 def build_balanced(root: Path, plan: Plan) -> None:
@@ -90,7 +93,8 @@ DATASET = RawDataset(
     checked="the reference code and Bayes-PFL's published file list (meta_DAGM.json); no copy of the download",
     layout="Class1..Class10/{Train,Test}/NNNN.PNG (512x512 grey) with {Train,Test}/Label/NNNN_label.PNG (filled "
            "ellipses) and Labels.txt; ids unique per class across Train and Test",
-    protocols=(Protocol("anomalyclip", "the Test split of the ten classes as shipped, elliptical masks",
+    protocols=(Protocol("anomalyclip", "the Test split of the ten classes as shipped, elliptical masks; the Train "
+                                       "split's defect-free images for training",
                         ("AnomalyCLIP", "FAPrompt"), "zqhang/AnomalyCLIP@45ed4dd:generate_dataset_json/DAGM.py",
                         build_test_split),
                Protocol("adaclip", "per class and split: every defective image and as many defect-free ones tested, "
