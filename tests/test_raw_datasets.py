@@ -161,6 +161,16 @@ def test_output_must_not_touch_the_download_or_foreign_folders(tmp_path):
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_an_unwritable_output_is_one_line(tmp_path):
+    source = tmp_path / "raw"
+    raw.get("mvtec").sample(source)
+    blocker = tmp_path / "a_file"  # a file where --out needs a folder: fails for root too
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write under --out"):
+        convert("mvtec", source, blocker / "out")
+    assert blocker.read_text() == "x"
+
+
 def test_copies_instead_of_links(tmp_path):
     source = tmp_path / "raw"
     raw.get("mvtec").sample(source)

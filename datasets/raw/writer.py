@@ -69,13 +69,16 @@ def sorted_meta(plan: Plan) -> Dict[str, "OrderedDict[str, list]"]:
 def write_plan(plan: Plan, out: Path, provenance: Dict[str, Any], copy: bool = False) -> Path:
     """Write ``plan`` to ``out`` (see module doc); return the meta.json path."""
     out = Path(out).expanduser().absolute()
-    check_out(out, plan.root.resolve())
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out(out.resolve(), plan.root.resolve())
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+    except OSError as err:
+        raise UserError(f"cannot write under --out {out} ({err.strerror}); choose a writable folder") from None
+    try:
         for rel, src in tqdm(plan.files.items(), desc=f"writing {out.name}", unit="file",
                              disable=len(plan.files) < 200):
             _materialise(src, tmp / rel, copy)
@@ -84,10 +87,12 @@ def write_plan(plan: Plan, out: Path, provenance: Dict[str, Any], copy: bool = F
         if out.exists():
             out.rename(old)
         tmp.rename(out)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if old.exists() and not out.exists():
             old.rename(out)
+        if isinstance(err, OSError):  # a full disk, a vanished folder: the earlier output is back in place
+            raise UserError(f"writing {out} failed ({err.strerror or err}); nothing changed there") from None
         raise
     shutil.rmtree(old, ignore_errors=True)
     return out / "meta.json"
