@@ -92,7 +92,7 @@ def rows(ours: Dict[str, dict], published: Published) -> List[List[str]]:
         for column, label, key in METRICS:
             if key not in result.get("metrics", []):
                 continue
-            value = result["mean"].get(key)
+            value = result.get("mean", {}).get(key)
             mine = None if value is None else 100 * value
             theirs = [published.get((paper, dataset), {}) for paper, _ in PAPERS]
             paper = published.get((method, dataset), {})

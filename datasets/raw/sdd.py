@@ -77,8 +77,8 @@ DATASET = RawDataset(
     name="sdd", title="KolektorSDD (SDD)", order=9, aliases=("kolektorsdd", "ksdd", "ksdd1"),
     url="https://www.vicos.si/resources/kolektorsdd/ (KolektorSDD.zip)",
     licence="CC BY-NC-SA 4.0",
-    checked=("a real copy of the 399 images with their defect outlines "
-             "(stoy95536/KolektorSDD_Yolov8_Datasets@81e5cf3, renamed), from which the counts were derived"),
+    checked=("a real copy of the 399 images (stoy95536/KolektorSDD_Yolov8_Datasets@81e5cf3, renamed; its defect "
+             "outlines drawn back into label images): converted with --strict, every count as expected"),
     layout="kosNN/PartN.jpg (grey, about 500x1250) with kosNN/PartN_label.bmp (0/255 defect mask), 50 folders",
     protocols=(Protocol("dra", "each image cut into three horizontal bands; bands with a defect anomalous, the "
                                "others normal (75/25 train/test, seed 42)", ("FAPrompt", "AnomalyCLIP"),
