@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
-from sklearn.model_selection import train_test_split
-
 from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, image_size, load_array, need_images, \
     write_image, write_mask
-from datasets.raw.common import first_dir
+from datasets.raw.common import add_seeded_split, first_dir
 from datasets.scan import list_dirs
 from utils.errors import UserError
 
@@ -63,17 +61,15 @@ def build(root: Path, plan: Plan) -> None:
             if mask[:, k * height:(k + 1) * height].max() > 0:
                 plan.add("test", CLASS, DEFECTS[code], 1, Derived(img, _tile(k), f"tile {k}"),
                          Derived(img, _tile(k, tuple(masks[img.stem])), f"mask tile {k}"), name=f"{img.stem}_{k}.png")
-    normal: List[Tuple[str, Path, int]] = []
+    normal: List[Tuple[str, Derived]] = []
     for fabric in list_dirs(normal_root):
         for img in need_images(fabric, f"defect-free images of {fabric.name}"):
             width, height = image_size(img)
-            normal += [(f"{fabric.name}_{img.stem}_{k}.png", img, k) for k in range(width // height)]
+            normal += [(f"{fabric.name}_{img.stem}_{k}.png", Derived(img, _tile(k), f"tile {k}"))
+                       for k in range(width // height)]
     if not normal:
         raise UserError(f"{normal_root} holds no fabric folders with images; restore it from the download")
-    train, test = train_test_split(normal, test_size=0.25, random_state=42)
-    for split, items in (("train", train), ("test", test)):
-        for name, img, k in sorted(items):
-            plan.add(split, CLASS, "good", 0, Derived(img, _tile(k), f"tile {k}"), name=name)
+    add_seeded_split(plan, CLASS, normal)
 
 
 def sample(root: Path, protocol: str = "") -> Sample:

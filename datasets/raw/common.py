@@ -1,11 +1,15 @@
-"""Mechanisms several converters share: an MVTec-style tree, a folder of images beside a folder
-of masks (the segmentation sets), and label folders (the classification sets)."""
+"""Mechanisms several converters share: an MVTec-style tree (and its miniature), a folder of images
+beside a folder of masks (the segmentation sets), label folders (the classification sets) and the
+DRA converters' seeded 75/25 split of the normal images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from datasets.raw.base import Plan, mask_for, need_dir, need_images, unused_masks
+from sklearn.model_selection import train_test_split
+
+from datasets.raw.base import Plan, Sample, Source, mask_for, need_dir, need_images, unused_masks, write_image, \
+    write_mask
 from utils.errors import UserError
 from datasets.scan import list_dirs, list_images
 
@@ -71,3 +75,29 @@ def first_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
             return root / name
     raise UserError(f"{root} has none of the folders {', '.join(candidates)} ({what}); is --root the top folder "
                     "of the download?")
+
+
+def add_seeded_split(plan: Plan, cls: str, normal: List[Tuple[str, Source]]) -> None:
+    """The DRA/InCTRL converters' split of the normal images: ``train_test_split(test_size=0.25,
+    random_state=42)`` over ``normal`` in the order given, a quarter tested, the rest for training;
+    each ``(output name, source)`` added in name order."""
+    train, test = train_test_split(normal, test_size=0.25, random_state=42)
+    for split, items in (("train", train), ("test", test)):
+        for name, source in sorted(items, key=lambda item: item[0]):
+            plan.add(split, cls, "good", 0, source, name=name)
+
+
+def mvtec_sample(root: Path, classes: Sequence[str], defect: str, twice: str) -> Sample:
+    """A miniature MVTec-layout download: per class one train/good, one test/good and one
+    test/``defect`` image with its ``_mask.png``; class ``twice`` has a second defect image."""
+    for cls in classes:
+        write_image(root / cls / "train/good/000.png", seed=1)
+        write_image(root / cls / "test/good/000.png", seed=2)
+        write_image(root / cls / f"test/{defect}/000.png", seed=3, defect=(4, 4, 12, 10))
+        write_mask(root / cls / f"ground_truth/{defect}/000_mask.png")
+    write_image(root / twice / f"test/{defect}/001.png", seed=4, defect=(4, 4, 12, 10))
+    write_mask(root / twice / f"ground_truth/{defect}/001_mask.png")
+    return Sample(image_with_mask=(root / twice / f"test/{defect}/001.png",
+                                   root / twice / f"ground_truth/{defect}/001_mask.png"),
+                  class_dir=root / classes[-1] if classes[-1] != twice else root / classes[0],
+                  images=[root / classes[0] / "test/good/000.png"])

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.raw.base import Plan, Protocol, RawDataset, Sample, write_image, write_mask
-from datasets.raw.common import add_mvtec_tree
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample
+from datasets.raw.common import add_mvtec_tree, mvtec_sample
 
 CLASSES = ("Blotchy_099", "Fibrous_183", "Marbled_078", "Matted_069", "Mesh_114", "Perforated_037", "Stratified_154",
            "Woven_001", "Woven_068", "Woven_104", "Woven_125", "Woven_127")
@@ -16,15 +16,7 @@ def build(root: Path, plan: Plan) -> None:
 
 
 def sample(root: Path, protocol: str = "") -> Sample:
-    for cls in CLASSES:
-        write_image(root / cls / "train/good/000.png", seed=1)
-        write_image(root / cls / "test/good/000.png", seed=2)
-        write_image(root / cls / "test/bad/000.png", seed=3, defect=(4, 4, 12, 10))
-        write_mask(root / cls / "ground_truth/bad/000_mask.png")
-    write_image(root / "Mesh_114/test/bad/001.png", seed=4, defect=(4, 4, 12, 10))
-    write_mask(root / "Mesh_114/ground_truth/bad/001_mask.png")
-    return Sample(image_with_mask=(root / "Mesh_114/test/bad/001.png", root / "Mesh_114/ground_truth/bad/001_mask.png"),
-                  class_dir=root / "Woven_001", images=[root / "Blotchy_099/test/good/000.png"])
+    return mvtec_sample(root, CLASSES, "bad", twice="Mesh_114")
 
 
 DATASET = RawDataset(

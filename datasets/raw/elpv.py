@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sklearn.model_selection import train_test_split
-
 from datasets.raw.base import Plan, Protocol, RawDataset, Sample, need_file, write_image
+from datasets.raw.common import add_seeded_split
 from utils.errors import UserError
 
 CLASS = "elpv"
@@ -46,13 +45,10 @@ def build(root: Path, plan: Plan) -> None:
     normal = [r[0] for r in rows if r[1] == 0.0]
     if not normal:
         raise UserError(f"{data / LABELS} lists no cell with defect probability 0; is it ELPV's labels.csv?")
-    train, test = train_test_split(normal, test_size=0.25, random_state=42)
-    test_set = set(test)
     for name, probability, kind in rows:
         if probability == 1.0:
             plan.add("test", CLASS, kind, 1, data / name)
-    for name in normal:
-        plan.add("test" if name in test_set else "train", CLASS, "good", 0, data / name)
+    add_seeded_split(plan, CLASS, [(Path(name).name, data / name) for name in normal])
 
 
 def sample(root: Path, protocol: str = "") -> Sample:

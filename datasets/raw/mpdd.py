@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.raw.base import Plan, Protocol, RawDataset, Sample, write_image, write_mask
-from datasets.raw.common import add_mvtec_tree
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample
+from datasets.raw.common import add_mvtec_tree, mvtec_sample
 
 CLASSES = ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")
 
@@ -15,16 +15,7 @@ def build(root: Path, plan: Plan) -> None:
 
 
 def sample(root: Path, protocol: str = "") -> Sample:
-    for cls in CLASSES:
-        write_image(root / cls / "train/good/000.png", seed=1)
-        write_image(root / cls / "test/good/000.png", seed=2)
-        write_image(root / cls / "test/scratches/000.png", seed=3, defect=(4, 4, 12, 10))
-        write_mask(root / cls / "ground_truth/scratches/000_mask.png")
-    write_image(root / "tubes/test/scratches/001.png", seed=4, defect=(4, 4, 12, 10))
-    write_mask(root / "tubes/ground_truth/scratches/001_mask.png")
-    return Sample(image_with_mask=(root / "tubes/test/scratches/001.png",
-                                   root / "tubes/ground_truth/scratches/001_mask.png"),
-                  class_dir=root / "connector", images=[root / "metal_plate/train/good/000.png"])
+    return mvtec_sample(root, CLASSES, "scratches", twice="tubes")
 
 
 DATASET = RawDataset(

@@ -5,10 +5,9 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
-from sklearn.model_selection import train_test_split
-
 from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, load_array, need_images, write_image, \
     write_mask
+from datasets.raw.common import add_seeded_split
 from datasets.scan import list_dirs
 from utils.errors import UserError
 
@@ -35,7 +34,7 @@ def build(root: Path, plan: Plan) -> None:
     if not parts:
         raise UserError(f"{root} has no kosNN/ folders with PartN.jpg and PartN_label.bmp; is --root the "
                         "KolektorSDD download?")
-    normal: List[Tuple[str, Path, int]] = []
+    normal: List[Tuple[str, Derived]] = []
     for part in parts:
         images = need_images(part, f"images of {part.name}", pattern="*.jpg")
         stray = sorted(set(p.name for p in part.glob("*_label.bmp")) - {f"{i.stem}_label.bmp" for i in images})
@@ -54,11 +53,8 @@ def build(root: Path, plan: Plan) -> None:
                     plan.add("test", CLASS, "defect", 1, Derived(img, _third(k), f"band {k}"),
                              Derived(label, _third(k, mask=True), f"band {k}"), name=name)
                 else:
-                    normal.append((name, img, k))
-    train, test = train_test_split(normal, test_size=0.25, random_state=42)
-    for split, items in (("train", train), ("test", test)):
-        for name, img, k in sorted(items):
-            plan.add(split, CLASS, "good", 0, Derived(img, _third(k), f"band {k}"), name=name)
+                    normal.append((name, Derived(img, _third(k), f"band {k}")))
+    add_seeded_split(plan, CLASS, normal)
 
 
 def sample(root: Path, protocol: str = "") -> Sample:
