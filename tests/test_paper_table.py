@@ -65,13 +65,17 @@ def test_table_puts_ours_beside_the_published_and_says_what_is_missing(tmp_path)
                                                        "pixel_auroc": None, "pixel_pro_legacy": None})
     _results(tmp_path / "res" / "btad", "faprompt", {"image_auroc": 0.95, "image_ap": 0.9, "pixel_auroc": 0.9,
                                                      "pixel_pro_legacy": 0.7}, trained_on="visa")
+    (tmp_path / "data" / "visa").mkdir(parents=True)
+    (tmp_path / "data" / "visa" / "meta.json").write_text("{}")  # prepared, but its run left no results
     text = write_table(tmp_path / "res", tmp_path / "data", published)
     table = cells(text)
     assert table[("mvtec", "I-AUROC")] == ["92.5", "91.0", "–", "91.5*", "+1.5"]
     assert table[("headct", "P-AUROC")] == ["n/a", "–", "–", "–", ""]
     assert table[("headct", "I-AUROC")] == ["88.0", "90.0", "–", "–", "-2.0"]
     assert table[("btad", "I-AUROC")][-1] == "n/c (trained on visa, paper on mvtec)"
-    assert "Not found:" in text and "visa" in text.split("Not found:")[1]
+    failed = text.split("Not found (no results although prepared): ")[1].splitlines()[0]
+    unprepared = text.split("Not found (no <name>/meta.json under")[1].splitlines()[0]
+    assert failed == "visa" and "mpdd" in unprepared and "visa" not in unprepared and "mvtec" not in unprepared
     with open(tmp_path / "res" / "paper_table.csv", newline="") as handle:
         assert len(list(csv.reader(handle))) == 1 + 3 * 4
 
@@ -103,4 +107,5 @@ def test_paper_preset_runs_on_the_demo_and_shows_the_published_columns(tiny_mode
     assert rows[("mvtec", "I-AUROC")][1:4] == expected and expected.count("–") < 3
     assert rows[("headct", "P-AUROC")][0] == "n/a"  # classification-only
     assert rows[("isic", "I-AUROC")][0] == "n/a"  # no normal images
-    assert "Not found:" in table and "visa" in table.split("Not found:")[1]
+    assert "Not found (no <name>/meta.json" in table and "visa" in table.split("Not found (no <name>")[1]
+    assert "| mvtec     | training-free |" in table

@@ -82,11 +82,22 @@ def trained_on(result: dict) -> Optional[str]:
     return training.get("dataset") if isinstance(training, dict) else None
 
 
+def training_set(result: dict) -> str:
+    """What the training-set table says of one of our results."""
+    if not result.get("training") and str(result.get("checkpoint", "")).startswith("none"):
+        return "training-free"
+    return trained_on(result) or "not recorded"
+
+
+def order(ours: Dict[str, dict]) -> List[str]:
+    """Datasets in the registry's (the papers' tables') order, unknown names last."""
+    return [name for name in raw.names() if name in ours] + sorted(set(ours) - set(raw.names()))
+
+
 def rows(ours: Dict[str, dict], published: Published) -> List[List[str]]:
     """One row per (dataset, metric): dataset, metric, ours, each paper's figure, difference."""
     out = []
-    order = [name for name in raw.names() if name in ours] + sorted(set(ours) - set(raw.names()))
-    for dataset in order:
+    for dataset in order(ours):
         result = ours[dataset]
         method = result.get("method", "")
         for column, label, key in METRICS:
@@ -119,7 +130,8 @@ def write_table(results: Path, data_root: Optional[Path], published_path: Path =
                "ours − same method"]
     body = rows(ours, published)
     missing = [n for n in raw.names() if n not in ours]
-    unprepared = [n for n in missing if data_root is None or not (data_root / n / "meta.json").is_file()]
+    unprepared = [n for n in missing if data_root is not None and not (data_root / n / "meta.json").is_file()]
+    failed = [n for n in missing if n not in unprepared]
     text = ["# Zero-shot results beside the published figures", "",
             "Our macro means in percent (test.py results under " f"`{results}`); published figures from "
             "`tools/published_results.csv`. n/a: the data cannot have that metric (no masks, or no normal "
@@ -128,13 +140,14 @@ def write_table(results: Path, data_root: Optional[Path], published_path: Path =
             "report (our `pixel_pro_legacy`).",
             "", tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), ""]
     text += ["", "Auxiliary training set behind each figure (n/c above: not comparable, the training sets differ):", "",
-             tabulate([[d, trained_on(ours[d]) or "unknown", *(published.get((p, d), {}).get("trained_on", "–")
-                                                              for p, _ in PAPERS)] for d in ours],
+             tabulate([[d, training_set(ours[d]), *(published.get((p, d), {}).get("trained_on", "–")
+                                                     for p, _ in PAPERS)] for d in order(ours)],
                       headers=["dataset", "ours", *(name for _, name in PAPERS)], tablefmt="pipe"), "", "Sources:", ""]
     text += [f"- {name}: {sources.get(paper, 'no published figures on record')}" for paper, name in PAPERS]
-    if missing:
-        text += ["", f"Not found: {', '.join(missing)}"
-                 + (f" (not prepared under {data_root}: {', '.join(unprepared)})" if data_root and unprepared else "")]
+    if unprepared:
+        text += ["", f"Not found (no <name>/meta.json under {data_root}): {', '.join(unprepared)}"]
+    if failed:
+        text += ["", f"Not found (no results{' although prepared' if data_root else ''}): {', '.join(failed)}"]
     markdown = "\n".join(text) + "\n"
     write_text(results / "paper_table.md", markdown)
     buffer = io.StringIO()
