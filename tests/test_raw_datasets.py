@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from PIL import Image
 
 from datasets import raw
 from datasets.prepare import convert
@@ -199,3 +202,23 @@ def test_cli_lists_converts_and_refuses_in_one_line(tmp_path):
     done = run_cli("--dataset", "MVTec-AD", "--root", str(source), "--out", str(tmp_path / "ok"))
     assert done.returncode == 0, done.stderr
     assert "differs from the papers' data" in done.stderr and (tmp_path / "ok" / "meta.json").is_file()
+
+
+def test_dra_split_and_crops_follow_the_reference(tmp_path):
+    """ELPV: the six normal cells of the sample, in labels.csv order (1-5, 10), split by
+    train_test_split(test_size=0.25, random_state=42): cells 1 and 2 tested, the rest for training.
+    KolektorSDD bands are a third of the image's height; AITEX tiles are squares of its height."""
+    raw.get("elpv").sample(tmp_path / "elpv")
+    meta = json.loads(convert("elpv", tmp_path / "elpv", tmp_path / "elpv_out").read_text())
+    normal_test = sorted(r["img_path"] for r in meta["test"]["elpv"] if not r["anomaly"])
+    assert normal_test == ["elpv/test/good/cell0001.png", "elpv/test/good/cell0002.png"]
+    assert len(meta["train"]["elpv"]) == 4
+
+    for name, example, size in (("sdd", "SDD/test/defect/kos01_Part1_1.png", (20, 20)),
+                                ("aitex", "AITEX/test/Fuzzyball/0002_019_02_2.png", (16, 16))):
+        raw.get(name).sample(tmp_path / name)
+        out = convert(name, tmp_path / name, tmp_path / f"{name}_out").parent
+        with Image.open(out / example) as img:
+            assert img.size == size, name
+        with Image.open(out / example.replace("/test/", "/ground_truth/").replace(".png", "_mask.png")) as mask:
+            assert mask.size == size and set(np.unique(np.asarray(mask)).tolist()) == {0, 255}, name

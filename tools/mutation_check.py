@@ -1,4 +1,5 @@
-"""Mutation check: does the test suite notice one-line misreadings of the methods (docs/methods/)?
+"""Mutation check: does the test suite notice one-line misreadings of the methods (docs/methods/)
+and of the dataset protocols (docs/datasets.md)?
 
 Each mutation below replaces one exact piece of code with a plausible misreading of the
 backbone, method and metric descriptions in docs/ (its last column says what they say). For
@@ -160,6 +161,16 @@ MUTATIONS: List[Mutation] = [
     Mutation("bayes class probability from the mean logit", "models/scoring.py",
              "return logits.softmax(dim=1)[:, 1].mean(1)", "return logits.mean(2).softmax(dim=1)[:, 1]",
              "Bayes-PFL: mean over pairs of each pair's softmax"),
+    # -- dataset protocols (docs/datasets.md)
+    Mutation("dra split with another seed", "datasets/raw/common.py", "test_size=0.25, random_state=42)",
+             "test_size=0.25, random_state=0)", "DRA/InCTRL: train_test_split(test_size=0.25, random_state=42)"),
+    Mutation("sdd bands by width", "datasets/raw/sdd.py", "        h = pixels.shape[0]\n        band",
+             "        h = pixels.shape[1]\n        band", "KolektorSDD: three bands of the image's height"),
+    Mutation("brainmri bayes-pfl extensions case-blind", "datasets/raw/brainmri.py",
+             'lambda p: p.suffix == ".JPG"', 'lambda p: p.suffix.lower() == ".jpg"',
+             "Bayes-PFL: normal '*.jpg', tumour '*.JPG', case-sensitive"),
+    Mutation("dagm bayes-pfl highest clean ids", "datasets/raw/dagm.py", "clean[:len(defective)]",
+             "clean[-len(defective):]", "Bayes-PFL DAGM: the defect-free images with the lowest ids"),
     # -- losses
     Mutation("bayes dice smoothing 1", "models/model.py",
              "+ dice_loss(probs[:, 1], masks, 1e-5, False,",
