@@ -95,8 +95,8 @@ class RawDataset:
 @dataclass
 class Sample:
     """Facts about a miniature raw tree, for tests that break it: its label files (empty when
-    the layout has none), one anomalous image with its mask (None when it has no masks), and one
-    class folder (None when the layout has no class folders)."""
+    the layout has none), one anomalous image with its mask (None when it has no masks), one
+    folder whose emptying must stop the converter (a class, a split) and images to corrupt."""
 
     label_files: List[Path] = field(default_factory=list)
     image_with_mask: Optional[Tuple[Path, Path]] = None
