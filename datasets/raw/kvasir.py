@@ -29,7 +29,8 @@ DATASET = RawDataset(
     name="kvasir", title="Kvasir-SEG", order=43, kind="medical", aliases=("kvasir-seg",),
     url="https://datasets.simula.no/kvasir-seg/ (kvasir-seg.zip)",
     licence="research and educational use (Simula)",
-    checked="the reference code only",
+    checked=("a real partial copy (5 images with their masks, nickyisadog/latent-diffusion-inpainting@4fa007b "
+             "Kvasir-SEG/): converted, layout and names as expected"),
     layout="Kvasir-SEG/images/<id>.jpg and Kvasir-SEG/masks/<id>.jpg (JPEG masks: binarised > 0), kavsir_bboxes.json",
     protocols=(Protocol("anomalyclip",
                         "every image, all anomalous, with its polyp mask",
