@@ -90,11 +90,10 @@ def _as_pil(item: ImageInput, index: int) -> Image.Image:
 class Detector:
     """A loaded model with its test settings; :meth:`score` scores images with it."""
 
-    def __init__(self, model, method: str, image_size: int, sigma: float, seed: int, batch_size: Optional[int],
+    def __init__(self, model, method: str, image_size: int, sigma: float, batch_size: Optional[int],
                  class_name: str, device: torch.device, decision: Decision):
         self.model, self.method, self.image_size, self.sigma = model, method, int(image_size), sigma
-        self.seed, self.batch_size, self.class_name = seed, batch_size, class_name
-        self.device, self.decision = device, decision
+        self.batch_size, self.class_name, self.device, self.decision = batch_size, class_name, device, decision
 
     @classmethod
     def load(cls, checkpoint: Optional[Union[str, os.PathLike]] = None, *, method: Optional[str] = None,
@@ -104,7 +103,8 @@ class Detector:
         """A checkpoint of train.py or an official one (or a training-free ``method`` of the registry), with
         test.py's ``flags`` as keyword arguments (``image_size=336``, ``device="cpu"``,
         ``batch_size=4``, ...). ``thresholds``: a results.json whose ``class_name`` thresholds
-        decide; ``threshold`` / ``pixel_threshold`` override them."""
+        decide (for every call, whatever class it names); ``threshold`` / ``pixel_threshold``
+        override them."""
         argv = ["--image", "."]
         for flag, value in (("checkpoint_path", checkpoint), ("method", method), ("class_name", class_name),
                             *flags.items()):
@@ -131,8 +131,8 @@ class Detector:
             decision.image = threshold
         if pixel_threshold is not None:
             decision.pixel = pixel_threshold
-        return cls(model, method_name, backbone_cfg.image_size, config.sigma, args.seed, args.batch_size, class_name,
-                   device, decision)
+        return cls(model, method_name, backbone_cfg.image_size, config.sigma, args.batch_size, class_name, device,
+                   decision)
 
     @torch.no_grad()
     def score(self, images: Union[ImageInput, Sequence[ImageInput]], class_name: Optional[str] = None) -> Scores:
