@@ -1,29 +1,12 @@
 """CVC-ClinicDB (Bernal et al., 2015): 612 colonoscopy frames, each with a polyp mask."""
 from __future__ import annotations
 
-from pathlib import Path
+from datasets.raw.base import Protocol, RawDataset
+from datasets.raw.common import ImageMaskFolders
 
-from datasets.raw.base import Plan, Protocol, RawDataset, Sample, write_image, write_mask
-from datasets.raw.common import add_image_mask_folders, first_dir
-
-IMAGES = ("Original", "PNG/Original", "images")
-MASKS = ("Ground Truth", "PNG/Ground Truth", "masks")
-
-
-def build(root: Path, plan: Plan) -> None:
-    """Every frame anomalous with the mask of the same file name; class "colon"."""
-    add_image_mask_folders(plan, "colon", first_dir(root, IMAGES, "the images"), first_dir(root, MASKS, "the masks"))
-
-
-def sample(root: Path, protocol: str = "") -> Sample:
-    for name in ("1", "2"):
-        write_image(root / IMAGES[0] / f"{name}.tif", seed=len(name), defect=(6, 6, 20, 16))
-        write_mask(root / MASKS[0] / f"{name}.tif", box=(6, 6, 20, 16))
-    return Sample(image_with_mask=(root / IMAGES[0] /
-                                   "2.tif",
-                                   root / MASKS[0] / "2.tif"),
-                  class_dir=root / IMAGES[0], images=[root / IMAGES[0] / "1.tif"])
-
+FOLDERS = ImageMaskFolders(
+    cls="colon", images=("Original", "PNG/Original", "images"),
+    masks=("Ground Truth", "PNG/Ground Truth", "masks"), names=("1", "2"), image_ext=".tif", mask_ext=".tif")
 
 DATASET = RawDataset(
     name="clinicdb", title="CVC-ClinicDB", order=41, kind="medical", aliases=("cvc-clinicdb", "clinic"),
@@ -35,6 +18,6 @@ DATASET = RawDataset(
     protocols=(Protocol("anomalyclip",
                         "the 612 frames, all anomalous, with their polyp masks",
                         ("FAPrompt", "Bayes-PFL", "AnomalyCLIP"),
-                        "zqhang/AnomalyCLIP@45ed4dd:generate_dataset_json/clinicDB.py", build),),
+                        "zqhang/AnomalyCLIP@45ed4dd:generate_dataset_json/clinicDB.py", FOLDERS.build),),
     notes="No normal images: image-level metrics are n/a.",
-    sample=sample)
+    sample=FOLDERS.sample)

@@ -3,6 +3,7 @@ beside a folder of masks (the segmentation sets), label folders (the classificat
 DRA converters' seeded 75/25 split of the normal images."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -101,3 +102,37 @@ def mvtec_sample(root: Path, classes: Sequence[str], defect: str, twice: str) ->
                                    root / twice / f"ground_truth/{defect}/001_mask.png"),
                   class_dir=root / classes[-1] if classes[-1] != twice else root / classes[0],
                   images=[root / classes[0] / "test/good/000.png"])
+
+
+@dataclass(frozen=True)
+class ImageMaskFolders:
+    """A set whose images are all anomalous, each with the mask of its stem in another folder (the
+    polyp, skin-lesion and thyroid sets): its converter and its miniature download.
+
+    ``images`` / ``masks``: the folder names downloads of the set use (the first present is read);
+    ``mask_suffix``: what the mask stem adds to the image stem (ISIC: ``_Segmentation``);
+    ``names``: two file stems of the miniature; the extensions are the download's."""
+
+    cls: str
+    images: Tuple[str, ...]
+    masks: Tuple[str, ...]
+    names: Tuple[str, str]
+    image_ext: str
+    mask_ext: str
+    mask_suffix: str = ""
+
+    def build(self, root: Path, plan: Plan) -> None:
+        add_image_mask_folders(plan, self.cls, first_dir(root, self.images, "the images"),
+                               first_dir(root, self.masks, "the masks"),
+                               mask_stem=lambda stem: stem[:-len(self.mask_suffix)]
+                               if self.mask_suffix and stem.endswith(self.mask_suffix) else stem)
+
+    def sample(self, root: Path, protocol: str = "") -> Sample:
+        images, masks = root / self.images[0], root / self.masks[0]
+        for i, name in enumerate(self.names):
+            write_image(images / f"{name}{self.image_ext}", seed=i, defect=(6, 6, 20, 16))
+            write_mask(masks / f"{name}{self.mask_suffix}{self.mask_ext}", box=(6, 6, 20, 16))
+        last = self.names[-1]
+        return Sample(image_with_mask=(images / f"{last}{self.image_ext}",
+                                       masks / f"{last}{self.mask_suffix}{self.mask_ext}"),
+                      class_dir=images, images=[images / f"{self.names[0]}{self.image_ext}"])
