@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -30,8 +29,8 @@ from engine import cli, configure
 from engine.evaluation import category_scores, iterate_categories
 from engine.official import apply_official_flags
 from engine.test_flags import build_parser
+from engine.testing import load_test_model
 from engine.thresholds import Decision, load_thresholds
-from models.factory import build_model, model_from_checkpoint
 from utils.errors import UserError
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -57,7 +56,7 @@ class _Inputs(Dataset):
         for i, item in enumerate(images):
             self.images.append(_as_pil(item, i))
             self.names.append(str(item) if isinstance(item, (str, os.PathLike)) else f"image {i}")
-        self.class_name, self.image_size, self.root = class_name, int(image_size), Path(".")
+        self.class_name, self.image_size = class_name, int(image_size)
 
     def item_classes(self) -> List[str]:
         return [self.class_name] * len(self.images)
@@ -121,11 +120,7 @@ class Detector:
         apply_official_flags(args, "test")
         method_name, config, backbone_cfg, ckpt, _ = configure.configure_test(args)
         device = cli.resolve_device(args.device)
-        cli.seed_everything(args.seed)
-        backbone = cli.build_backbone(backbone_cfg, device)
-        model = build_model(method_name, config, backbone) if ckpt is None else \
-            model_from_checkpoint(ckpt, config, backbone)
-        model.to(device).eval()
+        model = load_test_model(method_name, config, backbone_cfg, ckpt, args.seed, device)
         decision = load_thresholds(str(thresholds), class_name) if thresholds else Decision()
         if threshold is not None:
             decision.image = threshold

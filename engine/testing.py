@@ -60,6 +60,20 @@ def decision_thresholds(args: argparse.Namespace, info: Dict[str, Any]) -> Decis
     return found
 
 
+def load_test_model(method: str, config, backbone_cfg: BackboneConfig, checkpoint, seed: int,
+                    device: torch.device):
+    """The model of a test run, in eval mode on ``device``: the backbone and the method's model
+    built after seeding with ``seed``, the checkpoint's weights loaded (test.py and the API)."""
+    cli.seed_everything(seed)
+    backbone = cli.build_backbone(backbone_cfg, device)
+    if checkpoint is None:
+        model = build_model(method, config, backbone)
+    else:
+        model = model_from_checkpoint(checkpoint, config, backbone)
+        log.info("loaded %s (%s)", checkpoint.path, checkpoint.source)
+    return model.to(device).eval()
+
+
 def run(args: argparse.Namespace, notes: List[str], method: str, config, backbone_cfg: BackboneConfig, checkpoint,
         seed_source: str, ctx: distributed.Context, device: torch.device) -> int:
     """Test (or score ``--image`` inputs) in this process, one of several under torchrun."""
@@ -94,14 +108,7 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
     for note in notes:
         log.warning(note)
     log.info("seed %d (from %s)", args.seed, seed_source)
-    cli.seed_everything(args.seed)
-    backbone = cli.build_backbone(backbone_cfg, device)
-    if checkpoint is None:
-        model = build_model(method, config, backbone)
-    else:
-        model = model_from_checkpoint(checkpoint, config, backbone)
-        log.info("loaded %s (%s)", checkpoint.path, checkpoint.source)
-    model.to(device).eval()
+    model = load_test_model(method, config, backbone_cfg, checkpoint, args.seed, device)
     batch_size = cli.default_test_batch(device) if args.batch_size is None else args.batch_size
     sigma = config.sigma
     num_workers = cli.default_workers(device) if args.num_workers is None else args.num_workers
