@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
-from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, image_size, load_array, need_images, \
-    write_image, write_mask
+from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, binary, image_size, load_array, \
+    need_images, write_image, write_mask
 from datasets.raw.common import add_seeded_split, first_dir
 from datasets.scan import list_dirs
 from utils.errors import UserError
@@ -18,17 +18,19 @@ DEFECTS = {"002": "Broken_end", "006": "Broken_yarn", "010": "Broken_pick", "016
            "030": "Nep", "036": "Weft_crack"}
 
 
+def _union(masks) -> np.ndarray:
+    """The pixel-wise maximum of a strip's mask files (one file, or NAME_mask1.png, ...)."""
+    return np.maximum.reduce([load_array(m, gray=True) for m in masks])
+
+
 def _tile(k: int, masks: Tuple[Path, ...] = ()):
     """Columns ``k*H`` to ``(k+1)*H`` of a strip (square tiles, 256 px on the real data); for a mask,
     the union of its mask files as 0/255."""
     def make(path: Path) -> np.ndarray:
-        if not masks:
-            pixels = load_array(path, gray=True)
-        else:
-            pixels = np.maximum.reduce([load_array(m, gray=True) for m in masks])
+        pixels = _union(masks) if masks else load_array(path, gray=True)
         h = pixels.shape[0]
         tile = pixels[:, k * h:(k + 1) * h]
-        return np.where(tile > 0, 255, 0).astype(np.uint8) if masks else tile
+        return binary(tile) if masks else tile
     return make
 
 
@@ -56,7 +58,7 @@ def build(root: Path, plan: Plan) -> None:
         if img.stem not in masks:
             raise UserError(f"{img} has no mask {img.stem}_mask.png in {masks_dir}; restore it from the download")
         width, height = image_size(img)
-        mask = np.maximum.reduce([load_array(m, gray=True) for m in masks[img.stem]])
+        mask = _union(masks[img.stem])
         for k in range(math.ceil(width / height)):
             if mask[:, k * height:(k + 1) * height].max() > 0:
                 plan.add("test", CLASS, DEFECTS[code], 1, Derived(img, _tile(k), f"tile {k}"),

@@ -13,7 +13,6 @@ folder; :func:`datasets.prepare.build_mvtec` reads it back to the same records.
 from __future__ import annotations
 
 import csv
-import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,17 +228,14 @@ def unused_masks(masks: Dict[str, Path], used: Sequence[Path]) -> None:
                         "download or remove the stray masks")
 
 
-def seeded_subset(items: Sequence, k: int, seed: int) -> list:
-    """``k`` items drawn without replacement by ``random.Random(seed)``, in the input order."""
-    if k >= len(items):
-        return list(items)
-    chosen = set(random.Random(seed).sample(range(len(items)), k))
-    return [item for i, item in enumerate(items) if i in chosen]
-
-
 def binary(values: Array, threshold: int = 0) -> Array:
     """0/255 uint8 mask of ``values > threshold``."""
     return np.where(values > threshold, 255, 0).astype(np.uint8)
+
+
+def mask_above(threshold: int) -> Callable[[Path], Array]:
+    """A :class:`Derived` maker: the grey mask file binarised at ``> threshold`` (0/255)."""
+    return lambda path: binary(load_array(path, gray=True), threshold)
 
 
 def load_array(path: Path, gray: bool = False) -> Array:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets.raw.base import Plan, Protocol, RawDataset, Sample, need_dir, need_images, write_image
+from datasets.raw.common import add_label_folders
 from datasets.scan import list_dirs
 
 CLASS = "brain"
@@ -16,9 +17,7 @@ def _top(root: Path) -> Path:
 def build_labelled(root: Path, plan: Plan) -> None:
     """no/ normal, yes/ anomalous; the unlabelled pred/ folder is left out."""
     top = _top(root)
-    for folder, label in (("no", 0), ("yes", 1)):
-        for img in need_images(top / folder, f"{'tumour' if label else 'normal'} slices"):
-            plan.add("test", CLASS, "yes" if label else "good", label, img)
+    add_label_folders(plan, CLASS, {top / "no": 0, top / "yes": 1}, specie="yes")
 
 
 def build_every_folder(root: Path, plan: Plan) -> None:

@@ -61,8 +61,16 @@ def add_image_mask_folders(plan: Plan, cls: str, images_dir: Path, masks_dir: Pa
         unused_masks(masks, [masks[i.stem] for i in images])
 
 
+def image_folder(folder: Path, sub: str, what: str) -> Path:
+    """``folder/sub`` where a download nests its images one level deeper (COVID-19's images/, LAG's
+    image/ beside other folders), else ``folder`` itself, which must exist."""
+    need_dir(folder, what)
+    return folder / sub if (folder / sub).is_dir() else folder
+
+
 def add_label_folders(plan: Plan, cls: str, folders: Dict[Path, int], specie: str = "anomaly") -> None:
-    """Classification sets: every image of each folder with that folder's label (1 anomalous)."""
+    """Classification sets: every image of each folder with that folder's label (1 anomalous),
+    normal ones as specie ``good``, anomalous ones as ``specie``; all test images."""
     for folder, label in folders.items():
         for img in need_images(folder, f"{'anomalous' if label else 'normal'} images of {cls}"):
             plan.add("test", cls, specie if label else "good", label, img)

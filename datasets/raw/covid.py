@@ -3,16 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.raw.base import Plan, Protocol, RawDataset, Sample, need_dir, need_images, write_image
-from datasets.raw.common import first_dir
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample, write_image
+from datasets.raw.common import add_label_folders, first_dir, image_folder
 
 CLASS = "chest"
-
-
-def _images(folder: Path, what: str):
-    """A diagnosis folder's images: ``<folder>/images/`` (releases with lung masks) or the folder itself."""
-    need_dir(folder, what)
-    return need_images(folder / "images" if (folder / "images").is_dir() else folder, what)
 
 
 def build(root: Path, plan: Plan) -> None:
@@ -20,10 +14,10 @@ def build(root: Path, plan: Plan) -> None:
     are left out, and the lung masks are not defect masks (none written)."""
     top = first_dir(root, ("COVID-19_Radiography_Dataset", "."), "the diagnosis folders")
     normal = first_dir(top, ("Normal", "NORMAL"), "the normal radiographs")
-    for img in _images(normal, "the normal radiographs"):
-        plan.add("test", CLASS, "good", 0, img)
-    for img in _images(top / "COVID", "the COVID-19 radiographs"):
-        plan.add("test", CLASS, "covid", 1, img)
+    # releases with lung masks keep each diagnosis's radiographs in an images/ sub-folder
+    add_label_folders(plan, CLASS, {image_folder(normal, "images", "the normal radiographs"): 0,
+                                    image_folder(top / "COVID", "images", "the COVID-19 radiographs"): 1},
+                      specie="covid")
 
 
 def sample(root: Path, protocol: str = "") -> Sample:

@@ -3,17 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, load_array, need_images, write_image, \
-    write_mask
+from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, load_array, mask_above, need_images, \
+    write_image, write_mask
 from utils.errors import UserError
 
 CLASS = "Metal"  # Bayes-PFL's class name
-
-
-def _binary_mask(path: Path) -> np.ndarray:
-    return np.where(load_array(path, gray=True) > 128, 255, 0).astype(np.uint8)
 
 
 def build(root: Path, plan: Plan) -> None:
@@ -41,7 +35,7 @@ def build(root: Path, plan: Plan) -> None:
     defective = [p for p, d in zip(pairs, has_defect) if d]
     clean = [p for p, d in zip(pairs, has_defect) if not d]
     for split, img, gt in defective:
-        plan.add("test", CLASS, "anomaly", 1, img, Derived(gt, _binary_mask, "> 128"), name=f"{split}_{img.name}")
+        plan.add("test", CLASS, "anomaly", 1, img, Derived(gt, mask_above(128), "> 128"), name=f"{split}_{img.name}")
     for split, img, _ in clean[:len(defective)]:
         plan.add("test", CLASS, "good", 0, img, name=f"{split}_{img.name}")
 

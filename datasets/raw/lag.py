@@ -3,24 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.raw.base import Plan, Protocol, RawDataset, Sample, need_dir, need_images, write_image
-from datasets.raw.common import first_dir
+from datasets.raw.base import Plan, Protocol, RawDataset, Sample, write_image
+from datasets.raw.common import add_label_folders, first_dir, image_folder
 
 CLASS = "LAG"  # FAPrompt's class name
-
-
-def _images(folder: Path, what: str):
-    need_dir(folder, what)
-    return need_images(folder / "image" if (folder / "image").is_dir() else folder, what)
 
 
 def build(root: Path, plan: Plan) -> None:
     """non_glaucoma normal, suspicious_glaucoma anomalous (the fundus images only, not the attention maps)."""
     top = first_dir(root, ("LAG", "."), "the glaucoma folders")
-    for img in _images(top / "non_glaucoma", "the non-glaucoma images"):
-        plan.add("test", CLASS, "good", 0, img)
-    for img in _images(top / "suspicious_glaucoma", "the suspicious-glaucoma images"):
-        plan.add("test", CLASS, "glaucoma", 1, img)
+    add_label_folders(plan, CLASS, {image_folder(top / "non_glaucoma", "image", "the non-glaucoma images"): 0,
+                                    image_folder(top / "suspicious_glaucoma", "image", "the glaucoma images"): 1},
+                      specie="glaucoma")
 
 
 def sample(root: Path, protocol: str = "") -> Sample:

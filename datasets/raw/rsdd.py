@@ -3,18 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, load_array, mask_for, need_dir, \
+from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, mask_above, mask_for, need_dir, \
     need_images, unused_masks, write_image, write_mask
 from datasets.raw.common import first_dir
 from datasets.scan import list_dirs
 
 TYPES = {"Type-I RSDDs dataset": "type_I", "Type-II RSDDs dataset": "type_II"}
-
-
-def _binary(path: Path) -> np.ndarray:
-    return np.where(load_array(path, gray=True) > 128, 255, 0).astype(np.uint8)
 
 
 def build_raw(root: Path, plan: Plan) -> None:
@@ -26,7 +20,7 @@ def build_raw(root: Path, plan: Plan) -> None:
         masks_dir = first_dir(top, ("GroundTruth", "Ground Truth"), f"the {cls} ground truth")
         masks = {m.stem: m for m in need_images(masks_dir, f"the {cls} ground truth")}
         for img in images:
-            plan.add("test", cls, "defect", 1, img, Derived(mask_for(img, masks, masks_dir), _binary, "> 128"))
+            plan.add("test", cls, "defect", 1, img, Derived(mask_for(img, masks, masks_dir), mask_above(128), "> 128"))
         unused_masks(masks, [masks[i.stem] for i in images])
 
 

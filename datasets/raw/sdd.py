@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
-from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, load_array, need_images, write_image, \
-    write_mask
+from datasets.raw.base import Derived, Plan, Protocol, RawDataset, Sample, binary, load_array, need_images, \
+    write_image, write_mask
 from datasets.raw.common import add_seeded_split
 from datasets.scan import list_dirs
 from utils.errors import UserError
@@ -21,7 +21,7 @@ def _third(k: int, mask: bool = False):
         pixels = load_array(path, gray=mask)
         h = pixels.shape[0]
         band = pixels[k * h // THIRDS:(k + 1) * h // THIRDS]
-        return np.where(band > 0, 255, 0).astype(np.uint8) if mask else band
+        return binary(band) if mask else band
     return make
 
 
