@@ -11,31 +11,19 @@ Every module except ``base``, ``common``, ``counts`` and ``writer`` is a dataset
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 from typing import Dict, Tuple
 
 from datasets.raw.base import RawDataset
 from utils.errors import UserError
+from utils.registry import discover
 
 _NOT_DATASETS = frozenset({"base", "common", "counts", "writer"})
 
 
 @functools.lru_cache(maxsize=None)
 def _load() -> Tuple[RawDataset, ...]:
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name in _NOT_DATASETS or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        dataset = getattr(module, "DATASET", None)
-        if not isinstance(dataset, RawDataset):
-            raise TypeError(f"datasets/raw/{info.name}.py defines no DATASET = RawDataset(...)")
-        if dataset.name != info.name:
-            raise ValueError(f"datasets/raw/{info.name}.py registers {dataset.name!r}; "
-                             "a dataset's name is its module's")
-        found.append(dataset)
-    return tuple(sorted(found, key=lambda d: (d.order, d.name)))
+    """Import every dataset module once, in (order, name) order."""
+    return discover(__name__, __path__, "DATASET", RawDataset, skip=_NOT_DATASETS)
 
 
 def registry() -> Dict[str, RawDataset]:

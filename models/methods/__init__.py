@@ -15,11 +15,10 @@ here (docs/adding_a_method.md).
 from __future__ import annotations
 
 import functools
-import importlib
-import pkgutil
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from models.methods.base import Method, OfficialCheckpoint, Paper, Recipe, State
+from utils.registry import discover
 
 __all__ = ["Method", "OfficialCheckpoint", "Paper", "Recipe", "UnknownMethod", "detect_official", "get", "names",
            "official", "preset", "registry"]
@@ -36,19 +35,7 @@ class UnknownMethod(ValueError):
 @functools.lru_cache(maxsize=None)
 def _load() -> Tuple[Method, ...]:
     """Import every method module once, in (order, name) order."""
-    found = []
-    for info in pkgutil.iter_modules(__path__):
-        if info.name == "base" or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        method = getattr(module, "METHOD", None)
-        if not isinstance(method, Method):
-            raise TypeError(f"models/methods/{info.name}.py defines no METHOD = Method(...)")
-        if method.name != info.name:
-            raise ValueError(f"models/methods/{info.name}.py registers the name {method.name!r}; "
-                             f"a method's name is its module's")
-        found.append(method)
-    return tuple(sorted(found, key=lambda m: (m.order, m.name)))
+    return discover(__name__, __path__, "METHOD", Method, skip=("base",))
 
 
 def registry() -> Dict[str, Method]:
