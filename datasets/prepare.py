@@ -78,6 +78,7 @@ def convert(name: str, root: Path, out: Optional[Path] = None, protocol: Optiona
     note = describe(plan)
     if note:
         log.info("%s: %s", dataset.name, note)
+    source = "; ".join(sorted({src for _, src in known.values()})) if known else ""
     if known is None:
         log.warning("no published counts for %s with protocol %s: the counts above are not checked", dataset.name,
                     proto.name)
@@ -86,11 +87,10 @@ def convert(name: str, root: Path, out: Optional[Path] = None, protocol: Optiona
             raise UserError(f"{dataset.name} ({proto.name}) differs from the papers' data: {differences[0]}"
                             f"{f' (and {len(differences) - 1} more)' if len(differences) > 1 else ''}; "
                             "nothing written (drop --strict to prepare it anyway)")
-        log.warning("%s differs from the papers' data (%s) in %d class(es), e.g. %s", dataset.name,
-                    next(iter(known.values()))[1], len(differences), differences[0])
+        log.warning("%s differs from the papers' data (%s) in %d class(es), e.g. %s", dataset.name, source,
+                    len(differences), differences[0])
     else:
-        log.info("%s: every count matches the papers' data (%s)", dataset.name,
-                 next(iter(known.values()))[1])
+        log.info("%s: every count matches the papers' data (%s)", dataset.name, source)
     out = Path(out) if out is not None else Path("data") / dataset.name
     provenance = {"dataset": dataset.name, "protocol": proto.name, "reference": proto.reference,
                   "source": str(root), "counts": {cls: dict(zip(("test_normal", "test_anomalous", "train_normal",
