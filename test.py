@@ -4,6 +4,7 @@
     python test.py --method clip --data_path data/mvtec          # training-free baseline
     python test.py --checkpoint_path CKPT --image img.png        # single image(s), no masks
     python test.py --checkpoint_path CKPT --image folder --class_name bottle --thresholds results/mvtec/results.json
+    python test.py --exported exported/faprompt --runtime openvino --precision bf16 --data_path data/mvtec
 
 The model configuration comes from the checkpoint (ours or an official FAPrompt, AnomalyCLIP or
 Bayes-PFL file); flags may override the settings that do not invalidate the trained weights
@@ -18,6 +19,7 @@ from typing import Optional, Sequence
 
 from engine import cli, configure, distributed, testing
 from engine.official import apply_official_flags
+from engine.runtimes import check_torch_runtime
 from engine.test_flags import build_parser
 from utils.errors import UserError, exit_with
 from utils.log import setup_logging
@@ -31,7 +33,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes = apply_official_flags(args, "test")
     if args.image is None and args.data_path is None:
         raise UserError("pass --data_path (a dataset root with meta.json) or --image (a file or folder)")
-    method, config, backbone_cfg, checkpoint, seed_source = configure.configure_test(args)
+    if args.exported:
+        method, config, backbone_cfg, _, seed_source = configure.configure_exported(args)
+        checkpoint = None
+    else:
+        check_torch_runtime(args)
+        method, config, backbone_cfg, checkpoint, seed_source = configure.configure_test(args)
     with distributed.session(args.device) as (ctx, device):  # torchrun: each process scores a part
         distributed.quiet_other_ranks(ctx)
         cli.keep_freed_memory(device)

@@ -6,6 +6,7 @@ batches (docs/api.md).
                              thresholds="results/mvtec_faprompt/results.json")
     result = detector.score(["a.png", "b.png"])
     result.scores, result.maps, result.decisions
+    detector = Detector.load(exported="exported/faprompt", runtime="openvino", class_name="bottle")
 
 The settings are test.py's flags (``Detector.load(..., image_size=336, device="cpu")`` is
 ``test.py --image_size 336 --device cpu``), read by the same parser and checked by the same rules,
@@ -29,6 +30,7 @@ from engine import cli, configure
 from engine.evaluation import category_scores, iterate_categories
 from engine.official import apply_official_flags
 from engine.test_flags import build_parser
+from engine.runtimes import check_torch_runtime, exported_thresholds, load_exported
 from engine.testing import load_test_model
 from engine.thresholds import Decision, load_thresholds
 from utils.errors import UserError
@@ -101,9 +103,11 @@ class Detector:
              **flags: Any) -> "Detector":
         """A checkpoint of train.py or an official one (or a training-free ``method`` of the registry), with
         test.py's ``flags`` as keyword arguments (``image_size=336``, ``device="cpu"``,
-        ``batch_size=4``, ...). ``thresholds``: a results.json whose ``class_name`` thresholds
-        decide (for every call, whatever class it names); ``threshold`` / ``pixel_threshold``
-        override them."""
+        ``batch_size=4``, ...); ``exported="exported/faprompt"`` (with ``runtime`` and
+        ``precision``, as test.py's flags) loads an export of export.py instead of a checkpoint.
+        ``thresholds``: a results.json whose ``class_name`` thresholds decide (for every call,
+        whatever class it names; an export's stored ones by default); ``threshold`` /
+        ``pixel_threshold`` override them."""
         argv = ["--image", "."]
         for flag, value in (("checkpoint_path", checkpoint), ("method", method), ("class_name", class_name),
                             *flags.items()):
@@ -118,10 +122,16 @@ class Detector:
             raise UserError(f"Detector.load: {str(err).split(' (see ')[0]}; it takes test.py's flags "
                             "(python test.py --help)") from None
         apply_official_flags(args, "test")
-        method_name, config, backbone_cfg, ckpt, _ = configure.configure_test(args)
-        device = cli.resolve_device(args.device)
-        model = load_test_model(method_name, config, backbone_cfg, ckpt, args.seed, device)
-        decision = load_thresholds(str(thresholds), class_name) if thresholds else Decision()
+        if args.exported:  # an export folder (export.py) on onnxruntime or OpenVINO
+            method_name, config, backbone_cfg, manifest, _ = configure.configure_exported(args)
+            device, model = torch.device("cpu"), load_exported(args, config)
+            stored = exported_thresholds(manifest, class_name)
+        else:
+            check_torch_runtime(args)
+            method_name, config, backbone_cfg, ckpt, _ = configure.configure_test(args)
+            device = cli.resolve_device(args.device)
+            model, stored = load_test_model(method_name, config, backbone_cfg, ckpt, args.seed, device), Decision()
+        decision = load_thresholds(str(thresholds), class_name) if thresholds else stored
         if threshold is not None:
             decision.image = threshold
         if pixel_threshold is not None:

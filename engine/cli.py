@@ -166,7 +166,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch_size", type=positive_int, default=None, help="batch size")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     group.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                       help="autocast on CUDA (auto = bf16); CPU always runs fp32")
+                       help="autocast on CUDA (auto = bf16); on the CPU auto is fp32, and bf16 autocasts the "
+                            "backbone (or runs an exported model's OpenVINO graph in bfloat16)")
     group.add_argument("--seed", type=int, default=None, help="random seed")
     group.add_argument("--num_workers", type=nonnegative_int, default=None, help="data loader workers")
     group.add_argument("--compat", default="auto", choices=("auto", "ours", "official"),

@@ -26,6 +26,7 @@ import torch
 from engine import cli, distributed, validation
 from engine.official import OFFICIAL_FLAGS, apply_official_flags
 from engine.recipes import run_seed
+from engine.runtimes import read_manifest
 from models import methods
 from models.backbone import BackboneConfig
 from models.config import STRUCTURE_SWITCHES
@@ -173,6 +174,43 @@ def configure_test(args: argparse.Namespace):
         log.info("official-code compatibility on (docs/faithfulness.md)")
     cli.check_geometry(backbone_cfg, config, given)
     return method, config, backbone_cfg, checkpoint, seed_source
+
+
+# Settings an exported model takes at test time: all else is inside its graph.
+EXPORTED_OVERRIDES = frozenset({"sigma", "seed", "official_noise"})
+
+
+def configure_exported(args: argparse.Namespace):
+    """(method, config, backbone config, manifest, seed source) of ``--exported DIR``: the
+    export's settings, with the test-time ones given on top; flags that would change the graph
+    are refused (export again instead)."""
+    manifest = read_manifest(args.exported)
+    method = manifest["method"]
+    if args.checkpoint_path is not None:
+        raise UserError("--checkpoint_path and --exported: give one (an exported model holds its weights)")
+    if args.method not in (None, method):
+        raise UserError(f"--exported {args.exported} is a {method} model, not {args.method}; drop --method")
+    backbone_cfg = BackboneConfig(**manifest["backbone"])
+    for flag in ("model", "image_size", "pretrained"):
+        value = getattr(args, flag, None)
+        if value is not None and value != getattr(backbone_cfg, flag):
+            raise UserError(f"--{flag} {value}: --exported {args.exported} was exported with "
+                            f"{flag} = {getattr(backbone_cfg, flag)}; export again to change it")
+    stored = dict(manifest["config"])
+    for key, value in given_fields(args).items():
+        before = stored.get(key)
+        before = tuple(before) if isinstance(before, list) else before
+        if key not in EXPORTED_OVERRIDES and value != before:
+            raise UserError(f"--{key} cannot change for an exported model (it was exported with {key} = {before}); "
+                            "export again with it")
+        stored[key] = value
+    if args.seed is not None:
+        seed_source = "--seed"
+    else:
+        args.seed, seed_source = int(stored.get("seed", methods.get(method).test_seed)), "the export"
+    if "seed" in stored:
+        stored["seed"] = args.seed
+    return method, make_config(method, stored), backbone_cfg, manifest, seed_source
 
 
 def run_name(checkpoint) -> str:

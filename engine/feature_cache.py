@@ -131,7 +131,9 @@ def images_digest(dataset: MetaDataset, indices: Sequence[int]) -> str:
 
 
 def _precision(backbone) -> str:
-    if backbone.device.type != "cuda" or backbone.precision == "fp32":
+    """What the backbone computes in (as ``ClipBackbone.autocast`` decides)."""
+    on_cpu = backbone.device.type != "cuda"
+    if backbone.precision == "fp32" or (on_cpu and backbone.precision != "bf16"):
         return f"fp32 on {backbone.device.type}"
     return f"{'fp16' if backbone.precision == 'fp16' else 'bf16'} autocast on {backbone.device.type}"
 

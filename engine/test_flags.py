@@ -7,6 +7,7 @@ import argparse
 from engine import cli
 from engine.official import add_official_flags
 from engine.results import METRIC_CHOICES
+from engine.runtimes import RUNTIMES
 from models import methods
 from models.factory import config_class
 
@@ -42,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--image: flag images with score >= this (overrides --thresholds)")
     group.add_argument("--pixel_threshold", type=float, default=None,
                        help="--image: mask pixels with map value >= this (overrides --thresholds)")
+    group = parser.add_argument_group("exported models (docs/deployment.md)")
+    group.add_argument("--exported", default=None, help="a folder written by export.py, instead of --checkpoint_path")
+    group.add_argument("--runtime", default="auto", choices=("auto",) + RUNTIMES,
+                       help="auto: torch for a checkpoint; for --exported, openvino if it was exported to "
+                            "OpenVINO, else onnxruntime. --precision bf16 runs OpenVINO (or torch on the CPU) "
+                            "in bfloat16")
     group = parser.add_argument_group("few-shot normal references (docs/fewshot.md)")
     group.add_argument("--k_shot", type=int, default=0, help="normal reference images per category (0: zero-shot)")
     group.add_argument("--shot_seed", type=int, default=0, help="seed choosing the references of the train split")

@@ -20,6 +20,7 @@ from engine import cli, configure, distributed
 from engine.evaluation import Timer, category_scores, iterate_categories, no_timer
 from engine.fewshot import FewShotScorer, select_references
 from engine.report import Report
+from engine.runtimes import exported_thresholds, load_exported, read_manifest
 from engine.results import (COLUMN_NAMES, METRIC_CHOICES, ScoreWriter, Thresholds, decision, evaluate_category,
                             fewshot_cells, results_table, save_maps, write_results)
 from engine.thresholds import Decision, load_thresholds
@@ -42,14 +43,20 @@ def check_dataset_name(name: str, dataset: MetaDataset) -> None:
                         "or --dataset")
 
 
-def decision_thresholds(args: argparse.Namespace, info: Dict[str, Any]) -> Decision:
-    """The thresholds --image applies: --thresholds (the --class_name category), then the
-    explicit --threshold / --pixel_threshold on top."""
+def decision_thresholds(args: argparse.Namespace, info: Dict[str, Any], manifest: Optional[dict] = None) -> Decision:
+    """The thresholds --image applies: --thresholds (the --class_name category), else those an
+    exported model's manifest stores for it, then the explicit --threshold / --pixel_threshold
+    on top."""
     given = [f for f in ("thresholds", "threshold", "pixel_threshold") if getattr(args, f) is not None]
     if given and args.image is None:
         raise UserError(f"--{given[0]} applies to --image only; a dataset run finds its own thresholds "
                         "(results.json)")
-    found = load_thresholds(args.thresholds, args.class_name, info) if args.thresholds else Decision()
+    if args.thresholds:
+        found = load_thresholds(args.thresholds, args.class_name, info)
+    elif args.image is not None and manifest is not None:
+        found = exported_thresholds(manifest, args.class_name)
+    else:
+        found = Decision()
     if args.threshold is not None:
         found.image = args.threshold
     if args.pixel_threshold is not None:
@@ -85,14 +92,25 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
             check_dataset_name(args.dataset, dataset)
     else:
         dataset = ImageList(args.image, args.class_name, backbone_cfg.image_size)
-    run = configure.run_name(checkpoint) if checkpoint is not None else None
-    info = {"method": method, "checkpoint": str(args.checkpoint_path or "none (training-free)"),
+    manifest = read_manifest(args.exported) if args.exported else None
+    if manifest is not None:
+        run, source = manifest.get("run_name"), f"{manifest.get('checkpoint') or 'none (training-free)'} (exported)"
+    else:
+        run = configure.run_name(checkpoint) if checkpoint is not None else None
+        source = str(args.checkpoint_path or "none (training-free)")
+    info = {"method": method, "checkpoint": source,
             "run_name": run, "dataset": dataset_name, "data_path": str(dataset.root),
             "backbone": backbone_cfg.model, "pretrained": backbone_cfg.pretrained,
             "image_size": backbone_cfg.image_size, "seed": args.seed, "seed_from": seed_source,
             "k_shot": args.k_shot, "config": dataclasses.asdict(config),
-            "training": configure.training_summary(checkpoint)}
-    thresholds = decision_thresholds(args, info)  # bad --thresholds input fails before anything is written
+            "training": configure.training_summary(checkpoint) if manifest is None else manifest.get("training")}
+    if manifest is not None:
+        info["exported"] = str(args.exported)
+    thresholds = decision_thresholds(args, info, manifest)  # bad input fails before anything is written
+    if manifest is not None:  # a missing runtime or a damaged file fails before anything is written
+        model = load_exported(args, config)
+        model.check_classes(dataset.item_classes())
+        info.update(runtime=model.session.runtime, precision=model.session.precision)
     references = select_references(args.k_shot, args.shot_seed, args.reference_path, args.shot_weight, dataset)
     if references is not None:
         info.update(shot_seed=args.shot_seed, shot_weight=args.shot_weight, reference_source=references.source,
@@ -108,7 +126,8 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
     for note in notes:
         log.warning(note)
     log.info("seed %d (from %s)", args.seed, seed_source)
-    model = load_test_model(method, config, backbone_cfg, checkpoint, args.seed, device)
+    if manifest is None:
+        model = load_test_model(method, config, backbone_cfg, checkpoint, args.seed, device)
     batch_size = cli.default_test_batch(device) if args.batch_size is None else args.batch_size
     sigma = config.sigma
     num_workers = cli.default_workers(device) if args.num_workers is None else args.num_workers

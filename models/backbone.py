@@ -43,7 +43,7 @@ class BackboneConfig:
     image_size: int = 518
     activation: str = "auto"  # auto: QuickGELU for OpenAI weights, else the config's choice
     pos_interpolation: str = "bilinear"  # FAPrompt: bilinear; Bayes-PFL: bicubic + antialias
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16 autocasts there too)
     cache_dir: Optional[str] = None
 
 
@@ -86,7 +86,7 @@ class ClipBackbone(nn.Module):
         tokenizer: open_clip tokenizer for ``clip``.
         image_size: input size; the position grid is interpolated to ``image_size // patch``.
         pos_interpolation: ``"bilinear"`` (align_corners=False) or ``"bicubic"`` (antialias).
-        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on CUDA only).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on CUDA; on the CPU bf16 only).
     """
 
     def __init__(self, clip: nn.Module, tokenizer, image_size: int = 518,
@@ -153,11 +153,13 @@ class ClipBackbone(nn.Module):
         return self.clip.visual.conv1.weight.device
 
     def autocast(self):
-        """Autocast context for the backbone's own computations (CUDA only)."""
-        if self.device.type != "cuda" or self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast("cuda", dtype=dtype)
+        """Autocast context for the backbone's own computations: on CUDA unless ``fp32``; on the
+        CPU only for an explicit ``bf16`` (its bfloat16 instructions; fp32 stays the default)."""
+        if self.device.type == "cuda" and self.precision != "fp32":
+            return torch.autocast("cuda", dtype=torch.float16 if self.precision == "fp16" else torch.bfloat16)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def set_activation(self, activation: str) -> None:
         """Use QuickGELU or exact GELU in every MLP of both towers."""
@@ -295,8 +297,10 @@ class ClipBackbone(nn.Module):
                              f"encoder's {self.text_layers} layers")
         # Causal attention: no position after the last EOT can influence any pooled token, so
         # the sequences are cut there (for CLIP prompts that is 4-8x less text-tower work).
-        length = max(int(eot_index.max()) + 1, 1 + max((p.shape[-2] for p in deep_prompts), default=0))
-        length = min(length, embeddings.shape[1]) if self.truncate_text else embeddings.shape[1]
+        length = embeddings.shape[1]
+        if self.truncate_text:  # off in an exported graph, whose EOT positions are inputs
+            needed = max(int(eot_index.max()) + 1, 1 + max((p.shape[-2] for p in deep_prompts), default=0))
+            length = min(needed, length)
         with self.autocast():
             x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)
             for index, block in enumerate(clip.transformer.resblocks):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import ClipBackbone
+from models.text_inputs import TextInputs
 
 
 class PromptBank(nn.Module):
@@ -33,7 +34,10 @@ class PromptBank(nn.Module):
         return f"X {word.lower()}"
 
     def templates(self, backbone: ClipBackbone, words: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Word embeddings [N, L, W] of the templates and the EOT positions [N] after insertion."""
+        """Word embeddings [N, L, W] of the templates and the EOT positions [N] after insertion
+        (given as tensors by :class:`TextInputs`, or tokenised here and cached)."""
+        if isinstance(words, TextInputs):
+            return words.template("bank")
         p, q = self.context.shape[1], self.normal_state.shape[1]
         out = []
         for word in words:

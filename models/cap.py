@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbone import ClipBackbone
+from models.text_inputs import TextInputs
 
 
 class CompoundPrompts(nn.Module):
@@ -62,7 +63,10 @@ class CompoundPrompts(nn.Module):
         return f"{normal} {' '.join(['A'] * self.m)} damaged {word}."
 
     def templates(self, backbone: ClipBackbone, words: Sequence[str], abnormal: bool):
-        """Word embeddings [N, L, W] and EOT positions [N] of the templates for ``words``."""
+        """Word embeddings [N, L, W] and EOT positions [N] of the templates for ``words``
+        (given as tensors by :class:`TextInputs`, or tokenised here and cached)."""
+        if isinstance(words, TextInputs):
+            return words.template("abnormal" if abnormal else "normal")
         out = []
         for word in words:
             key = (word, abnormal, str(backbone.device))
@@ -99,7 +103,7 @@ class CompoundPrompts(nn.Module):
         """Normalised (normal, abnormal) text features of every image and sample.
 
         Args:
-            words: N prompt words, one per image.
+            words: N prompt words, one per image, or their templates (:class:`TextInputs`).
             context: [N, R, W] image-specific flow samples (added to the normal vectors).
             abnormal_state: [R, W] abnormal-state flow samples; prior: [N, W] the DAP prior β
                 (both added to the abnormal vectors).
@@ -114,17 +118,20 @@ class CompoundPrompts(nn.Module):
         for samples in (context, abnormal_state):
             if samples is not None:
                 r = samples.shape[-2]
-        n, unique = len(words), sorted(set(words))
+        given = isinstance(words, TextInputs)  # templates instead of words: one row per image
+        n, unique = len(words), words if given else sorted(set(words))
         normal_static = context is None
         abnormal_static = normal_static and abnormal_state is None and prior is None
-        static = self._cached(backbone, unique) if self.cache_static and not torch.is_grad_enabled() else None
+        cached = self.cache_static and not torch.is_grad_enabled() and not given
+        static = self._cached(backbone, unique) if cached else None
         normal, abnormal = self._encode(backbone, words if not normal_static else None,
                                         words if not abnormal_static else None, unique, r, context,
                                         abnormal_state, prior, skip_static=static is not None)
         if static is not None:
             normal = static[0] if normal_static else normal
             abnormal = static[1] if abnormal_static else abnormal
-        index = torch.tensor([unique.index(w) for w in words], device=backbone.device)
+        index = (torch.arange(n, device=backbone.device) if given else
+                 torch.tensor([unique.index(w) for w in words], device=backbone.device))
         normal = normal[index][:, None].expand(-1, r, -1) if normal_static else normal.view(n, r, -1)
         mean = abnormal.mean(1)
         mean = mean[index][:, None].expand(-1, r, -1) if abnormal_static else mean.view(n, r, -1)

@@ -23,6 +23,7 @@ from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
 from models.heads import similarity_probs, upsample_grid
 from models.interface import AnomalyModel
 from models.scoring import Prediction, ScoreRule
+from models.text_inputs import TextInputs
 
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "intact {}", "{} without defect",
                  "{} without damage", "{} with no flaws")
@@ -87,11 +88,22 @@ class ClipBaseline(AnomalyModel):
         feats = features if features is not None else self.encode_images(images)
         return [(feats.vv_proj, False)]
 
+    def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
+        """The ensemble pairs [N, 2, 1, D] of the images' words (no text depends on the image)."""
+        words = prompt_words(class_names, self.config.class_word)
+        return TextInputs({"pairs": torch.stack([self.text_features(w) for w in words])[:, :, None]})
+
     def predict(self, images: torch.Tensor, class_names: Sequence[str],
                 features: Optional[ImageFeatures] = None) -> Prediction:
+        return self._predict(images, self.text_inputs(class_names).pairs, features)
+
+    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
+        pred = self._predict(images, inputs.pairs)
+        return pred.anomaly_map, pred.class_prob, pred.map_score
+
+    def _predict(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                 features: Optional[ImageFeatures] = None) -> Prediction:
         cfg = self.config
-        words = prompt_words(class_names, cfg.class_word)
-        pairs = torch.stack([self.text_features(w) for w in words])[:, :, None]  # [N, 2, 1, D]
         feats = features if features is not None else self.encode_images(images)
         image = F.normalize(feats.cls, dim=-1)
         logits = cfg.image_logit_scale * torch.einsum("nd,ncmd->nc", image, pairs)

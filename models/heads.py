@@ -41,7 +41,7 @@ def similarity_probs(patches: torch.Tensor, pairs: torch.Tensor, temperature: fl
 def upsample_grid(values: torch.Tensor, size: int, align_corners: bool = False) -> torch.Tensor:
     """[N, P, C] grid values (row-major) → [N, C, size, size], bilinear."""
     n, p, c = values.shape
-    side = int(round(p ** 0.5))
+    side = int(p ** 0.5 + 0.5)  # not round(): a traced export sees p as a tensor
     grid = values.transpose(1, 2).reshape(n, c, side, side)
     return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=align_corners)
 

@@ -16,6 +16,7 @@ from torch import nn
 from models.backbone import ClipBackbone, ImageFeatures
 from models.losses import BatchSplit
 from models.scoring import Prediction, ScoreRule
+from models.text_inputs import TextInputs
 
 
 class NotTrainable(ValueError):
@@ -62,6 +63,23 @@ class AnomalyModel(nn.Module):
         """Patch tokens for few-shot memory banks: one entry per layer the pixel head reads,
         each (tokens [N, P, ·], ``align_corners`` of that head's upsampling)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ export (engine.export)
+    def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
+        """The word-dependent inputs of N images' text side (``models.text_inputs``), which an
+        exported graph takes in place of the class names."""
+        raise NotImplementedError
+
+    def export_outputs(self, images: torch.Tensor, inputs: TextInputs) -> Tuple[torch.Tensor, ...]:
+        """The exported graph's computation: map [N, S, S] before the blur, class probability
+        [N], and the map score [N] where it needs no category (else zeros: the engine takes the
+        top-k score from the map)."""
+        raise NotImplementedError
+
+    def noise_settings(self) -> Optional[dict]:
+        """Settings of the test-time noise stream (``models.flows.FlowNoise``: seed, samples,
+        width, official), which an exported graph takes as inputs; None without noise."""
+        return None
 
     # ------------------------------------------------------------------ training
     @property

@@ -33,6 +33,7 @@ from models.heads import ImageHead, RCAHead, similarity_probs, upsample_grid
 from models.losses import (BatchSplit, balanced_focal_loss, bank_orthogonality, batch_total, binary_focal_loss,
                            cap_orthogonality, dice_loss, focal_loss)
 from models.scoring import Prediction, ScoreRule, pair_class_prob
+from models.text_inputs import TextInputs
 
 
 @dataclass
@@ -216,12 +217,16 @@ class ZSADModel(AnomalyModel):
     def words(self, class_names: Sequence[str]) -> List[str]:
         return prompt_words(class_names, self.config.class_word)
 
-    def _flow_samples(self, feats: ImageFeatures, zero_noise: bool,
-                      split: Optional[BatchSplit] = None) -> Optional[FlowSamples]:
+    def _flow_samples(self, feats: ImageFeatures, zero_noise: bool, split: Optional[BatchSplit] = None,
+                      given: Optional[tuple] = None) -> Optional[FlowSamples]:
+        """The flows' samples; ``given``: the test-time noise (context, normal, abnormal) as
+        inputs (an exported graph) instead of the seeded stream."""
         if self.config.flows == "none":
             return None
         n, device = feats.cls.shape[0], self.backbone.device
-        if zero_noise:
+        if given is not None and not zero_noise:
+            eps = given
+        elif zero_noise:
             width = self.backbone.text_width
             eps = (torch.zeros(n, 1, width, device=device), torch.zeros(1, width, device=device),
                    torch.zeros(1, width, device=device))
@@ -234,8 +239,31 @@ class ZSADModel(AnomalyModel):
         with_kl = self.training and not zero_noise
         return self.flows(feats.cls, eps, with_kl, self.config.official_state_kl, split)
 
-    def _text(self, words: List[str], samples: Optional[FlowSamples], prior: Optional[torch.Tensor]):
-        """Text pairs [N, 2, M, D] and, for CAP, the K abnormal features."""
+    @property
+    def text_depends_on_image(self) -> bool:
+        """DAP's prior or the flows' samples enter the prompts: the text encoder runs per image."""
+        return self.config.dap or self.config.flows != "none"
+
+    def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
+        """The word-dependent text inputs of N images (``models.text_inputs``): the finished pairs
+        [N, 2, M, D] when no text depends on the image, else the prompt templates."""
+        words = self.words(class_names)
+        if not self.text_depends_on_image:
+            with torch.no_grad():
+                return TextInputs({"pairs": self._text(words, None, None)[0]})
+        if self.config.prompt_structure == "cap":
+            parts = {part: self.prompts.templates(self.backbone, words, part == "abnormal")
+                     for part in ("normal", "abnormal")}
+        else:
+            parts = {"bank": self.bank.templates(self.backbone, words)}
+        return TextInputs({f"{part}_{kind}": value for part, pair in parts.items()
+                           for kind, value in zip(("template", "eot"), pair)})
+
+    def _text(self, words, samples: Optional[FlowSamples], prior: Optional[torch.Tensor]):
+        """Text pairs [N, 2, M, D] and, for CAP, the K abnormal features; ``words``: the N
+        prompt words, or :class:`TextInputs` in their place."""
+        if isinstance(words, TextInputs) and words.pairs is not None:
+            return words.pairs, None
         samples = samples or FlowSamples()
         if self.config.prompt_structure == "cap":
             return self.prompts.pairs(self.backbone, words, samples.context, samples.abnormal, prior)
@@ -267,18 +295,22 @@ class ZSADModel(AnomalyModel):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Optional[torch.Tensor], class_names: Sequence[str],
-                features: Optional[ImageFeatures] = None, split: Optional[BatchSplit] = None) -> ModelOutput:
+                features: Optional[ImageFeatures] = None, split: Optional[BatchSplit] = None,
+                inputs: Optional[TextInputs] = None) -> ModelOutput:
         """images [N, 3, S, S] (or precomputed ``features`` of them), N raw class names; ``split``
-        when the training batch is shared by processes (the flows draw the whole batch's noise)."""
+        when the training batch is shared by processes (the flows draw the whole batch's noise);
+        ``inputs`` (of :meth:`text_inputs`, with the noise) replace the class names and the noise
+        stream (an exported graph)."""
         cfg = self.config
         feats = features if features is not None else self.encode_images(images)
-        words = self.words(class_names)
+        words = self.words(class_names) if inputs is None else inputs
+        noise = None if inputs is None else inputs.noise
         first = prior = selected = cap_features = None
         if cfg.dap:
             pairs, cap_features = self._text(words, self._flow_samples(feats, zero_noise=True), None)
             first = self._score(feats, pairs)
             prior, selected = self.dap(first.grid, self._dap_patches(feats), cfg.dap_select)
-        samples = self._flow_samples(feats, zero_noise=False, split=split)
+        samples = self._flow_samples(feats, zero_noise=False, split=split, given=noise)
         pairs, abnormal_features = self._text(words, samples, prior)
         cap_features = abnormal_features if cap_features is None else cap_features
         pair, scored = None, pairs
@@ -303,6 +335,23 @@ class ZSADModel(AnomalyModel):
         rule = self.score_rule
         map_score = out.map_score if rule.map_score == "dap_maxima" else rule.topk_scores(maps, class_names)
         return Prediction(maps, out.class_prob, map_score)
+
+    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
+        """What an exported graph computes from images [N, 3, S, S] and :class:`TextInputs`:
+        the map [N, S, S] before the blur, the class probability [N] and the map score [N] where
+        the graph can compute it (DAP's maxima; zeros for the top-k score, which depends on the
+        category and is taken from the map outside the graph)."""
+        out = self(images, [], inputs=inputs)
+        score = out.map_score if self.score_rule.map_score == "dap_maxima" else torch.zeros_like(out.class_prob)
+        return out.anomaly_map, out.class_prob, score
+
+    def noise_settings(self) -> Optional[dict]:
+        """The test-time noise stream's settings (an exported graph takes the draws as inputs)."""
+        if self.config.flows == "none":
+            return None
+        cfg = self.config
+        return {"seed": cfg.seed, "samples": cfg.sample_num, "width": self.backbone.text_width,
+                "official": cfg.official_noise}
 
     # ------------------------------------------------------------------ training
     def _map_terms(self, out: PassOutput, masks: torch.Tensor, split: Optional[BatchSplit]) -> torch.Tensor:

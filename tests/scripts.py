@@ -21,6 +21,7 @@ def _load_script(name: str):
 
 train_script = _load_script("train")
 test_script = _load_script("test")
+export_script = _load_script("export")
 FAPROMPT = ["--method", "faprompt", "--depth", "3", "--t_n_ctx", "2", "--dap_k", "4"]
 BAYES = ["--method", "bayes_pfl", "--features_list", "2", "4", "--val_sample_num", "2", "--val_fraction", "0.34"]
 
