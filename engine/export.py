@@ -83,8 +83,15 @@ def word_table(model, class_names: Sequence[str]) -> Dict[str, Any]:
     for name, word in zip(class_names, words):
         first.setdefault(word, name)
     rows = [model.text_inputs([name]).tensors for name in first.values()]
-    return {"words": list(first), "arrays": {key: torch.cat([r[key] for r in rows]).cpu().numpy()
-                                             for key in rows[0]}}
+    arrays = {key: torch.cat([r[key] for r in rows]).cpu().numpy() for key in rows[0]}
+    # the text encoder runs the templates' length: cut after the last EOT of any stored word (and
+    # after the deep prompts), as PyTorch cuts per batch (exact: attention is causal)
+    eots = [int(v.max()) for k, v in arrays.items() if k.endswith("_eot")]
+    if eots:
+        deep = [p.shape[-2] for p in getattr(getattr(model, "prompts", None), "deep_prompts", [])]
+        length = max(max(eots) + 1, 1 + max(deep, default=0))
+        arrays = {k: v[:, :length] if k.endswith("_template") else v for k, v in arrays.items()}
+    return {"words": list(first), "arrays": arrays}
 
 
 def example_inputs(model, table: Dict[str, Any], batch: int, seed: int = 0) -> Dict[str, torch.Tensor]:

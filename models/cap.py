@@ -124,6 +124,8 @@ class CompoundPrompts(nn.Module):
         abnormal_static = normal_static and abnormal_state is None and prior is None
         cached = self.cache_static and not torch.is_grad_enabled() and not given
         static = self._cached(backbone, unique) if cached else None
+        if given and "static_normal" in words.tensors:  # the word-only features, computed at export
+            static = words.tensors["static_normal"], words.tensors["static_abnormal"]
         normal, abnormal = self._encode(backbone, words if not normal_static else None,
                                         words if not abnormal_static else None, unique, r, context,
                                         abnormal_state, prior, skip_static=static is not None)

@@ -251,13 +251,19 @@ class ZSADModel(AnomalyModel):
         if not self.text_depends_on_image:
             with torch.no_grad():
                 return TextInputs({"pairs": self._text(words, None, None)[0]})
+        extra = {}
         if self.config.prompt_structure == "cap":
             parts = {part: self.prompts.templates(self.backbone, words, part == "abnormal")
                      for part in ("normal", "abnormal")}
+            if self.config.flows == "none":  # DAP alone: the first pass's prompts depend on the word only
+                with torch.no_grad():
+                    normal, abnormal = self.prompts.static_features(self.backbone, words)
+                index = torch.tensor([sorted(set(words)).index(w) for w in words], device=normal.device)
+                extra = {"static_normal": normal[index], "static_abnormal": abnormal[index]}
         else:
             parts = {"bank": self.bank.templates(self.backbone, words)}
-        return TextInputs({f"{part}_{kind}": value for part, pair in parts.items()
-                           for kind, value in zip(("template", "eot"), pair)})
+        return TextInputs({**{f"{part}_{kind}": value for part, pair in parts.items()
+                              for kind, value in zip(("template", "eot"), pair)}, **extra})
 
     def _text(self, words, samples: Optional[FlowSamples], prior: Optional[torch.Tensor]):
         """Text pairs [N, 2, M, D] and, for CAP, the K abnormal features; ``words``: the N

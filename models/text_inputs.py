@@ -8,7 +8,12 @@ takes these as inputs instead: :class:`TextInputs` carries, for N images,
     {part}_template, {part}_eot: [N, L, W] word embeddings of a prompt template and [N] its
                                EOT positions (part: ``normal``/``abnormal`` for CAP, ``bank``
                                for the prompt bank), where the text encoder runs per image;
+    static_normal, static_abnormal: [N, D], [N, K, D] CAP's features that depend on the word
+                               only (DAP's first pass), unnormalised;
     noise_context, noise_normal, noise_abnormal: [N, R, W], [R, W], [R, W] flow noise.
+
+Templates may be cut after the last EOT position of the stored words: causal attention makes
+the positions after it irrelevant, and the exported text encoder runs the length it is given.
 
 Each model says which it needs (``AnomalyModel.text_inputs``); its forward takes them in place
 of the words and the noise stream, and gives the same numbers.
