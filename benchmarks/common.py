@@ -54,7 +54,7 @@ def add_common_args(parser: argparse.ArgumentParser, iters: int = 10, warmup: in
                         help=f"input size (default {DEFAULT_IMAGE_SIZE}; {TINY_IMAGE_SIZE} for --model tiny)")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="backbone autocast: auto = bf16 on CUDA, fp32 on CPU (autocast is CUDA only)")
+                        help="backbone autocast: auto = bf16 on CUDA, fp32 on CPU (bf16 autocasts on the CPU too)")
     parser.add_argument("--tf32", action="store_true",
                         help="allow TF32 matmuls/convolutions on CUDA (affects fp32 timings)")
     parser.add_argument("--iters", type=int, default=iters, help="timed iterations")
@@ -77,9 +77,9 @@ def resolve_device(name: Optional[str]) -> torch.device:
 
 
 def effective_precision(precision: str, device: torch.device) -> str:
-    """What the backbone really computes in: its autocast runs on CUDA only."""
+    """What the backbone really computes in: on the CPU only bf16 autocasts."""
     if device.type != "cuda":
-        return "fp32"
+        return "bf16" if precision == "bf16" else "fp32"
     return "bf16" if precision == "auto" else precision
 
 

@@ -17,6 +17,7 @@ Per row: seconds per image of the job and of its model part, the speed-up over e
 largest map difference from eager fp32 (absolute, and relative to the reference maps' range)
 and the largest difference of any mean metric in points. Rows run one after another in this
 process at batch 1 (an exported graph takes one image), each after one untimed image.
+``--tower`` adds the image tower alone (``encode_images`` exported by itself) on each row.
 """
 from __future__ import annotations
 
@@ -52,7 +53,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers of the job")
     parser.add_argument("--sample_num", type=int, default=10, help="flow samples R (Bayes-PFL, fapfl)")
     parser.add_argument("--keep", default=None, help="write the export here (kept) instead of a temporary folder")
+    parser.add_argument("--tower", action="store_true",
+                        help="also time the image tower alone (encode_images) on each row, on one random image")
     return parser
+
+
+class Tower(torch.nn.Module):
+    """The method's image-tower pass (``encode_images``) as a module with tensor outputs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        feats = self.model.encode_images(image)
+        return tuple(t for t in (feats.cls, feats.cls_raw, feats.vv_proj, *feats.patch_raw.values(),
+                                 *(feats.vv_layers or {}).values()) if t is not None and t.numel())
+
+
+def tower_rows(args, settings, model, folder: Path) -> Dict[str, Dict[str, float]]:
+    """Seconds of one image through the image tower alone on each row (best of ``--iters``, after
+    one untimed call), and the largest output difference from eager fp32."""
+    from engine.export import import_runtime, tracing
+
+    image = common.random_images(1, settings["image_size"], "cpu", seed=args.seed)
+    path = folder / "tower.onnx"
+    tower = Tower(model).eval()
+    with tracing(model), torch.no_grad():
+        torch.onnx.export(tower, (image,), str(path), input_names=["image"], opset_version=17, dynamo=False)
+        reference = tower(image)
+    ov, ort = import_runtime("openvino"), import_runtime("onnxruntime")
+    threads = torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ir = ov.convert_model(str(path))
+
+    def openvino(hint):
+        compiled = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
+                                                       "INFERENCE_NUM_THREADS": threads})
+        return lambda: [np.asarray(v) for v in compiled(image.numpy()).values()]
+
+    def eager(precision):
+        def run():
+            saved = model.backbone.precision
+            model.backbone.precision = precision
+            try:
+                with torch.no_grad():
+                    return [t.numpy() for t in tower(image)]
+            finally:
+                model.backbone.precision = saved
+        return run
+
+    makers = {"eager_fp32": lambda: eager("fp32"), "eager_bf16": lambda: eager("bf16"),
+              "onnxruntime_fp32": lambda: (lambda: session.run(None, {"image": image.numpy()})),
+              "openvino_fp32": lambda: openvino("f32"), "openvino_bf16": lambda: openvino("bf16")}
+    out = {}
+    for row in args.rows:
+        run = makers[row]()
+        run()
+        times = []
+        for _ in range(max(2, args.iters)):
+            start = time.perf_counter()
+            got = run()
+            times.append(time.perf_counter() - start)
+        diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, reference))
+        out[row] = {"s": min(times), "diff": diff}
+        print(f"tower {row}: {min(times):.2f} s", flush=True)
+    return out
 
 
 def job(model, dataset, folder: Path, sigma: float, workers: int):
@@ -120,6 +188,8 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                          {"method": args.method, "config": {}, "backbone": {}})
         result["export_s"] = time.perf_counter() - start
         result["images"] = len(dataset)
+        if args.tower:
+            result["tower"] = tower_rows(args, settings, model, folder)
         reference = None
         for row in args.rows:  # one runtime at a time: each is released before the next loads
             tested = runner(row, args, settings, model, export_dir)
@@ -164,7 +234,14 @@ def report(result: Dict[str, object]) -> str:
                      f"{e['map_diff']:.2e}", f"{100 * e['map_diff_rel']:.3f} %", f"{worst[1]:.3f} ({worst[0]})"])
     table = common.format_table(rows, ["row", "job s/image", "model s/image", "job speed-up", "model speed-up",
                                        "max map diff", "of map range", "max metric diff, points"])
-    return "\n".join([head, table, "(speed-ups and differences against eager_fp32, the first row)"])
+    lines = [head, table, "(speed-ups and differences against eager_fp32, the first row)"]
+    tower = result.get("tower")
+    if tower:
+        base = tower.get("eager_fp32", {}).get("s")
+        lines.append(common.format_table(
+            [[row, e["s"], f"{base / e['s']:.2f}x" if base else "-", f"{e['diff']:.2e}"] for row, e in tower.items()],
+            ["image tower alone", "s/image", "speed-up", "max output diff"]))
+    return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:

@@ -2,7 +2,7 @@
 
 Run from the repository root: ``python benchmarks/device_check.py [--out PATH]``. Written for a
 machine with a GPU, no internet and no package registry: it first lists the Python packages it
-finds and those it misses, then runs seven parts, each guarded so that one failure keeps the
+finds and those it misses, then runs eight parts, each guarded so that one failure keeps the
 others' results. The JSON (``--out``, default ``$OUT/device_check.json`` when ``OUT`` is set,
 else ``./device_check.json``) is rewritten after every part, so a run cut short still leaves
 what it finished.
@@ -23,7 +23,10 @@ what it finished.
 6. ``job``: benchmarks/run.py on ``--job_images`` synthetic images: the whole test job per
    method against the backbone image pass alone (job/backbone, the target is <= 1.10), the
    per-image style, a training step.
-7. ``distributed`` (only when more than one GPU is visible, or with ``--processes N``): the
+7. ``deploy``: GPU inference with the image tower under ``torch.compile`` (``--compile_backend``)
+   against eager, FAPrompt and Bayes-PFL under each precision: images/s, compile time, the
+   largest map and score differences (benchmarks/checks/deploy.py).
+8. ``distributed`` (only when more than one GPU is visible, or with ``--processes N``): the
    test of a random-weight Bayes-PFL checkpoint on a synthetic set by ``python test.py`` on one
    GPU and by ``torchrun --nproc_per_node N test.py``: wall times, the speed-up, and whether
    the results agree (metrics exactly, maps to 1e-6).
@@ -33,8 +36,8 @@ two CPU cores; the smoke tests run parts of it).
 
 This file parses the flags, runs the chosen parts in order, each guarded by the Recorder, and
 prints the summary. The parts live in ``benchmarks/checks/``: ``env.py`` (1), ``kernels.py``
-(2), ``correctness.py`` (3), ``timing.py`` (4 and 6), ``memory.py`` (5), ``distributed.py``
-(7), and ``base.py`` (the Recorder and the helpers the parts share).
+(2), ``correctness.py`` (3), ``timing.py`` (4 and 6), ``memory.py`` (5), ``deploy.py`` (7),
+``distributed.py`` (8), and ``base.py`` (the Recorder and the helpers the parts share).
 
 Where open_clip is missing (the lent GPU image has torch, numpy, scipy, scikit-learn, opencv and
 regex, but not open_clip_torch, ftfy or wcwidth), the packages ``open_clip``, ``ftfy`` and
@@ -53,15 +56,16 @@ from typing import Dict, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common  # noqa: E402
-from benchmarks.checks import correctness, distributed, memory, timing  # noqa: E402
+from benchmarks.checks import correctness, deploy, distributed, memory, timing  # noqa: E402
 from benchmarks.checks.base import Recorder  # noqa: E402
 from benchmarks.checks.env import part_env  # noqa: E402
 from benchmarks.checks.kernels import part_kernels  # noqa: E402
 
-PARTS = ("env", "kernels", "correctness", "timing", "memory", "job", "distributed")
+PARTS = ("env", "kernels", "correctness", "timing", "memory", "job", "deploy", "distributed")
 # the parts that build models (open_clip needed), in the order they run
 MODEL_PARTS = {"correctness": correctness.part_correctness, "timing": timing.part_timing,
-               "memory": memory.part_memory, "job": timing.part_job, "distributed": distributed.part_distributed}
+               "memory": memory.part_memory, "job": timing.part_job, "deploy": deploy.part_deploy,
+               "distributed": distributed.part_distributed}
 
 def default_out() -> str:
     folder = os.environ.get("OUT")
@@ -84,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric_images", type=int, default=100)
     parser.add_argument("--metric_size", type=int, default=518)
     parser.add_argument("--job_images", type=int, default=64, help="images of the end-to-end job (part job)")
+    parser.add_argument("--compile_backend", default="inductor",
+                        help="torch.compile backend of part deploy (aot_eager: no code generation, for a smoke run)")
     parser.add_argument("--processes", type=int, default=None,
                         help="processes of the distributed part (default: the visible GPUs; it runs only with >1)")
     parser.add_argument("--distributed_images", type=int, default=6,
@@ -160,6 +166,10 @@ def summary(data: Dict[str, object]) -> str:
         if "per_image" in out:
             line += f", per-image style / ours {out['per_image']['s'] / out['ours']['s']:.2f}x"
         lines.append(line)
+    for key, out in data.get("deploy", {}).items():
+        lines.append(f"deploy {key}: torch.compile {out['compiled_images_per_s']:.2f} img/s vs eager "
+                     f"{out['eager_images_per_s']:.2f} ({out['speedup']:.2f}x, compile {out['compile_s']:.0f} s), "
+                     f"max map diff {out['map_diff']:.1e}")
     dist = data.get("distributed")
     if dist:
         lines.append("distributed: " + (dist["skipped"] if "skipped" in dist else

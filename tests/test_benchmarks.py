@@ -197,6 +197,35 @@ def test_end_to_end_benchmark(tmp_path):
     assert "job/backbone" in out and "per-image style / ours" in out and "one category of 5 images" in out
 
 
+def test_deploy_benchmark(tmp_path):
+    """Every CPU row of the deployment table on the tiny model: the exact rows equal eager fp32,
+    the bf16 rows differ a little, and the table prints speed-ups and differences."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    out, result = run_benchmark("deploy.py", "--model", "tiny", "--threads", "1", "--images", "4", cwd=tmp_path)
+    rows = result["rows"]
+    assert list(rows) == ["eager_fp32", "eager_bf16", "onnxruntime_fp32", "openvino_fp32", "openvino_bf16"]
+    assert result["images"] == 4 and result["export_s"] > 0
+    assert rows["eager_fp32"]["map_diff"] == 0 and rows["eager_fp32"]["speedup"] == 1
+    for exact in ("onnxruntime_fp32", "openvino_fp32"):
+        assert rows[exact]["map_diff"] < 1e-5 and max(rows[exact]["metric_diff_points"].values()) < 0.1
+    for bf16 in ("eager_bf16", "openvino_bf16"):
+        assert 0 < rows[bf16]["map_diff"] < 0.2
+    assert all(r["s"] > 0 and r["model_s"] > 0 for r in rows.values())
+    assert "job speed-up" in out and "openvino_bf16" in out
+
+
+def test_device_check_deploy_part_on_cpu(tmp_path):
+    """Part deploy runs on the CPU with a backend that generates no code (a GPU runs inductor)."""
+    _, saved = run_benchmark("device_check.py", "--quick", *TINY, "--precisions", "fp32", "--parts", "deploy",
+                             "--compile_backend", "aot_eager", cwd=tmp_path, figures="--out")
+    assert saved["errors"] == {}
+    for method in ("faprompt", "bayes_pfl"):
+        entry = saved["deploy"][f"{method}_fp32"]
+        assert entry["backend"] == "aot_eager" and entry["compiled_images_per_s"] > 0
+        assert entry["map_diff"] < 1e-5 and entry["class_prob_diff"] < 1e-5
+
+
 def test_device_check_distributed_part_on_cpu(tmp_path):
     """The part a machine with several GPUs runs, here on two gloo processes."""
     _, saved = run_benchmark("device_check.py", "--quick", *TINY, "--parts", "distributed", "--processes", "2",
