@@ -212,22 +212,16 @@ def export_model(model, out: Path, formats: Sequence[str], class_names: Sequence
 
 
 def check_export(model, out: Path, runtime_loader, formats: Sequence[str]) -> List[Dict[str, Any]]:
-    """Run every written format on fresh example inputs beside the eager model; per format the
-    largest difference of each output."""
-    manifest_words = None
+    """Run every written format beside the eager model on a fresh random image with the stored
+    word tensors; per format the largest difference of each output."""
+    with np.load(out / PROMPTS) as arrays:
+        table = {"arrays": {k: arrays[k] for k in arrays.files}}
+    inputs = example_inputs(model, table, 1, seed=1)
+    with torch.no_grad():
+        eager = model.export_outputs(inputs["image"], TextInputs({k: v for k, v in inputs.items() if k != "image"}))
     rows = []
-    table = None
     for fmt in formats:
-        runtime = "onnxruntime" if fmt == "onnx" else "openvino"
-        session = runtime_loader(out, runtime)
-        if table is None:
-            manifest_words = session.manifest["words"]
-            arrays = np.load(out / PROMPTS)
-            table = {"words": manifest_words, "arrays": {k: arrays[k] for k in arrays.files}}
-        inputs = example_inputs(model, table, 1, seed=1)
-        with torch.no_grad():
-            eager = model.export_outputs(inputs["image"], TextInputs({k: v for k, v in inputs.items()
-                                                                      if k != "image"}))
+        session = runtime_loader(out, "onnxruntime" if fmt == "onnx" else "openvino")
         got = session.run({k: v.numpy() for k, v in inputs.items()})
         rows.append({"format": fmt, **{name: float(np.abs(g - e.numpy()).max())
                                         for name, g, e in zip(OUTPUTS, got, eager)}})

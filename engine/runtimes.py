@@ -83,8 +83,6 @@ class Session:
                 expected = set(self.manifest["inputs"])  # a port can carry several names
                 self._names = [next((n for n in sorted(i.get_names()) if n in expected), i.get_any_name())
                                for i in self._session.inputs]
-        except UserError:
-            raise
         except Exception as err:  # the runtimes raise their own types for a damaged file
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise UserError(f"--exported {path}: {runtime} cannot load it ({first}); export the model again") from None
