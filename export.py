@@ -93,7 +93,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     backbone_cfg = dataclasses.replace(backbone_cfg, precision="fp32")
     thresholds = read_thresholds(args.thresholds)
     names = class_names(args, config.class_word)
-    torch.set_grad_enabled(False)
     model = load_test_model(method, config, backbone_cfg, checkpoint, args.seed, torch.device("cpu"))
     info = {"method": method, "config": _plain(config), "backbone": _plain(backbone_cfg),
             "checkpoint": str(args.checkpoint_path) if args.checkpoint_path else None,
@@ -101,7 +100,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "run_name": configure.run_name(checkpoint) if checkpoint is not None else None,
             "training": configure.training_summary(checkpoint), "thresholds_source": args.thresholds}
     out = Path(args.out)
-    manifest = export_model(model, out, args.format, names, info, thresholds)
+    with torch.no_grad():  # not set_grad_enabled: main() may run inside another program
+        manifest = export_model(model, out, args.format, names, info, thresholds)
     log.info("wrote %s (%s; %d prompt word(s)) in %.0f s", out, ", ".join(manifest["formats"]),
              len(manifest["words"]), manifest["seconds"])
     if not args.no_check:

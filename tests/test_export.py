@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine.api import Detector
 from scripts import BAYES, FAPROMPT, export_script, test_script, tiny_flags, train
@@ -53,6 +54,7 @@ def test_exported_model_equals_pytorch(method, sources, data, tiny_model, tmp_pa
     model_flags = ["--model", tiny_model, "--pretrained", "none", "--image_size", "32"]
     assert run_cli(export_script.main, [*sources[method], *model_flags, "--out", str(out),
                                         "--data_path", str(data)]) == 0
+    assert torch.is_grad_enabled()  # export.py's main leaves the caller's autograd state alone
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["method"] == method and manifest["image_size"] == 32
     assert {"model.onnx", "model.xml", "model.bin", "prompts.npz"} <= {p.name for p in out.iterdir()}
