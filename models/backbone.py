@@ -60,6 +60,8 @@ class ImageFeatures:
     vv_layers:  {layer: [B, P, D]} V-V path tokens after the selected blocks through ``ln_post``
                 and ``proj`` (AnomalyCLIP's multi-layer maps); the original path's tokens for
                 blocks before the V-V start.
+    windows:    {scale: [B, W, D]} features of every scale×scale window of patches encoded on
+                its own (WinCLIP; ``models/winclip.py``).
     """
 
     cls: torch.Tensor
@@ -68,6 +70,7 @@ class ImageFeatures:
     patch_proj: Dict[int, torch.Tensor] = field(default_factory=dict)
     vv_proj: Optional[torch.Tensor] = None
     vv_layers: Dict[int, torch.Tensor] = field(default_factory=dict)
+    windows: Dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def _quick_gelu_module() -> nn.Module:
@@ -331,6 +334,7 @@ def _to_float(features: ImageFeatures) -> ImageFeatures:
         patch_proj={k: v.float() for k, v in features.patch_proj.items()},
         vv_proj=None if features.vv_proj is None else features.vv_proj.float(),
         vv_layers={k: v.float() for k, v in features.vv_layers.items()},
+        windows={k: v.float() for k, v in features.windows.items()},
     )
 
 

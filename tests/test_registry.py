@@ -300,11 +300,11 @@ def test_registry_lists_each_module_once_in_order():
     names = methods.names()
     assert names[:4] == ("faprompt", "bayes_pfl", "fapfl", "anomalyclip") and "clip" in names
     assert methods.names(trainable=True) == ("faprompt", "bayes_pfl", "fapfl", "anomalyclip")
-    assert methods.names(trainable=False) == ("clip",)
+    assert methods.names(trainable=False) == ("clip", "winclip")
     for name, entry in methods.registry().items():
         assert entry.name == name and entry.docs == f"docs/methods/{name}.md"
     with pytest.raises(methods.UnknownMethod, match="registered: faprompt"):
-        methods.get("winclip")
+        methods.get("no_such_method")
 
 
 def test_the_combined_method_scores_as_its_switches_say():

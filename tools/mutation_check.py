@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST = ["tests/test_golden.py", "tests/test_losses.py", "tests/test_registry.py"]
+FIRST = ["tests/test_golden.py", "tests/test_winclip.py", "tests/test_losses.py", "tests/test_registry.py"]
 PHASES = [FIRST, ["tests"] + [f"--ignore={path}" for path in FIRST]]
 
 
@@ -210,6 +210,23 @@ MUTATIONS: List[Mutation] = [
              "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 4.0",
              "maps: torch.Tensor | np.ndarray, sigma: float, truncate: float = 3.0",
              "FAPrompt and Bayes-PFL blur: truncate 4"),
+    # -- WinCLIP (docs/methods/winclip.md)
+    Mutation("winclip window rows strided by the window size", "models/winclip.py",
+             "offsets = (torch.arange(size)[:, None] * grid + torch.arange(size)[None, :]).flatten()",
+             "offsets = (torch.arange(size)[:, None] * size + torch.arange(size)[None, :]).flatten()",
+             "WinCLIP: a window is s x s neighbouring patches of the grid"),
+    Mutation("winclip arithmetic mean over windows", "models/winclip.py",
+             "return cover.sum(1) / ((1 / scores) @ cover.T)", "return (scores @ cover.T) / cover.sum(1)",
+             "WinCLIP: harmonic mean of the windows covering a patch"),
+    Mutation("winclip arithmetic mean over scales", "models/winclip.py",
+             "grid = stacked.shape[0] / (1 / stacked).sum(0)", "grid = stacked.mean(0)",
+             "WinCLIP: harmonic mean over the scales and the image score"),
+    Mutation("winclip scales 2 and 4", "models/winclip.py", "scales: Tuple[int, ...] = (2, 3)",
+             "scales: Tuple[int, ...] = (2, 4)", "WinCLIP: windows of 2 and 3 patches"),
+    Mutation("winclip ensemble of normalised prompts", "models/winclip.py",
+             "pair.append(self.backbone.encode_text(self.backbone.tokenize(texts)).mean(0))",
+             "pair.append(F.normalize(self.backbone.encode_text(self.backbone.tokenize(texts)), dim=-1).mean(0))",
+             "WinCLIP (anomalib): the mean of the prompts' unnormalised features"),
 ]
 
 
