@@ -32,6 +32,7 @@ from torch import nn
 
 from datasets.names import prompt_words
 from models.flows import FlowNoise
+from models.interface import AnomalyModel
 from models.text_inputs import NOISE_NAMES, TextInputs
 from utils.errors import UserError
 from utils.io import write_json
@@ -170,6 +171,9 @@ def export_model(model, out: Path, formats: Sequence[str], class_names: Sequence
     """Write ``model`` (in eval mode, on the CPU) to the folder ``out`` in ``formats``; return the
     manifest. ``info``: what the manifest records of the source (method, configuration,
     backbone, checkpoint); ``thresholds``: per category, as in results.json."""
+    if type(model).export_outputs is AnomalyModel.export_outputs:
+        raise UserError(f"--method {info.get('method')} cannot be exported yet: its model has no export_outputs "
+                        "(docs/deployment.md)")
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise UserError(f"--format {' '.join(formats)}: choose from {', '.join(FORMATS)}")

@@ -166,6 +166,12 @@ def test_bad_exports_are_one_line(sources, data, tiny_model, tmp_path, capsys, m
     refused("--exported", str(out), needle="pip install onnxruntime")
     monkeypatch.undo()
 
+    capsys.readouterr()  # a model without an export graph (WinCLIP, for now) is refused in one line
+    assert run_cli(export_script.main, ["--method", "winclip", "--model", tiny_model, "--pretrained", "none",
+                                        "--image_size", "32", "--out", str(tmp_path / "win")]) == EXIT_USER_ERROR
+    err = [line for line in capsys.readouterr().err.splitlines() if "RANDOM" not in line and "!!!" not in line]
+    assert len(err) == 1 and "cannot be exported yet" in err[0] and not (tmp_path / "win").exists()
+
     capsys.readouterr()  # an export folder is never written over something that is not one
     foreign = tmp_path / "foreign"
     foreign.mkdir()
