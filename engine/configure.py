@@ -173,9 +173,6 @@ def configure_test(args: argparse.Namespace):
         config, backbone_cfg = apply_compat(method, config, backbone_cfg, "official")
         log.info("official-code compatibility on (docs/faithfulness.md)")
     cli.check_geometry(backbone_cfg, config, given)
-    if getattr(args, "k_shot", 0) and not method_entry(method).fewshot:
-        raise UserError(f"--k_shot: {method_entry(method).title} has no few-shot mode here yet "
-                        f"({method_entry(method).docs}); drop --k_shot")
     return method, config, backbone_cfg, checkpoint, seed_source
 
 

@@ -7,10 +7,12 @@ the official FAPrompt, Bayes-PFL and AnomalyCLIP code has no few-shot mode):
   (a ``--shot_seed`` permutation of the sorted paths, first K, so K = 1 ⊂ 4 ⊂ 16) or from
   ``--reference_path``;
 * bank: for every entry of ``model.fewshot_tokens`` (one per layer the method's pixel head
-  reads) the L2-normalised patch tokens of all references, [K·P, D];
-* few-shot map: per test patch and entry, 1 − the largest cosine similarity to the bank
-  (nearest neighbour); the mean over entries, upsampled bilinearly as the method upsamples
-  its zero-shot map;
+  reads; WinCLIP+: its patch tokens and each scale's windows) the L2-normalised tokens of all
+  references, [K·T, D];
+* few-shot map: per test token and entry, 1 − the largest cosine similarity to the bank
+  (nearest neighbour), mapped onto the patch grid by ``model.fewshot_grid`` (patches as they
+  are; WinCLIP's windows by its harmonic aggregation); the mean over entries, upsampled
+  bilinearly as the method upsamples its zero-shot map;
 * fusion: map = zero-shot map + w · few-shot map before the test-time Gaussian blur (the
   blur is linear, so this equals blurring both), and image score = zero-shot image score +
   w · the few-shot map's maximum over the grid (w = ``--shot_weight``).
@@ -34,7 +36,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -166,18 +168,27 @@ class MemoryBank:
 def build_bank(model, paths: Sequence[Path], image_size: int, batch_size: int, device,
                desc: str = "references") -> MemoryBank:
     """The bank of the reference images ``paths`` (encoded ``batch_size`` at a time)."""
+    def batches():
+        with tqdm(total=len(paths), desc=desc, unit="img", leave=False, dynamic_ncols=True) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                yield torch.stack([image_to_tensor(load_image(p), image_size) for p in chunk]).to(device)
+                bar.update(len(chunk))
+
+    return bank_from_images(model, batches())
+
+
+def bank_from_images(model, batches: Iterable[torch.Tensor]) -> MemoryBank:
+    """The bank of reference image batches [n, 3, S, S] already decoded: per entry of
+    ``model.fewshot_tokens``, the normalised tokens of every reference, [K·T, D]."""
     parts: List[List[torch.Tensor]] = []
-    with tqdm(total=len(paths), desc=desc, unit="img", leave=False, dynamic_ncols=True) as bar:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            images = torch.stack([image_to_tensor(load_image(p), image_size) for p in chunk]).to(device)
-            with torch.no_grad():
-                entries = model.fewshot_tokens(images)  # per entry ([n, P, D], align_corners)
-            for index, (tokens, _) in enumerate(entries):
-                if index == len(parts):
-                    parts.append([])
-                parts[index].append(F.normalize(tokens.float(), dim=-1).flatten(0, 1))
-            bar.update(len(chunk))
+    for images in batches:
+        with torch.no_grad():
+            entries = model.fewshot_tokens(images)  # per entry ([n, T, D], align_corners)
+        for index, (tokens, _) in enumerate(entries):
+            if index == len(parts):
+                parts.append([])
+            parts[index].append(F.normalize(tokens.float(), dim=-1).flatten(0, 1))
     return MemoryBank([torch.cat(p) for p in parts])
 
 
@@ -224,6 +235,10 @@ class FewShotScorer:
             self._banks[category] = bank
         return self._banks[category]
 
+    def use_bank(self, category: str, bank: MemoryBank) -> None:
+        """Score ``category`` against a bank built elsewhere (``bank_from_images``)."""
+        self._banks[category] = bank
+
     def banks(self, class_names: Sequence[str]) -> Dict[str, MemoryBank]:
         """The banks of a batch's categories. A dataset comes category by category, so the
         banks of the other categories are dropped."""
@@ -237,12 +252,16 @@ class FewShotScorer:
         banks = self.banks(class_names)
         with torch.no_grad():
             entries = self.model.fewshot_tokens(images, features=features)
-        n, p = entries[0][0].shape[:2]
-        grids = torch.empty(len(entries), n, p, device=entries[0][0].device)
-        for i, name in enumerate(class_names):
-            for index, (tokens, _) in enumerate(entries):  # normalised per image: no batch-sized copy
+        n = entries[0][0].shape[0]
+        grids = []
+        for index, (tokens, _) in enumerate(entries):
+            distances = torch.empty(n, tokens.shape[1], device=tokens.device)
+            for i, name in enumerate(class_names):  # normalised per image: no batch-sized copy
                 queries = F.normalize(tokens[i].float(), dim=-1)
-                grids[index, i] = nearest_distance(queries, banks[name].entries[index], self.max_elements)
+                distances[i] = nearest_distance(queries, banks[name].entries[index], self.max_elements)
+            grids.append(self.model.fewshot_grid(index, distances))  # [N, P]: windows onto patches
+        grids = torch.stack(grids)
+        p = grids.shape[-1]
         side, size = int(round(p ** 0.5)), self.image_size
         flags = [align for _, align in entries]
         maps = 0

@@ -62,6 +62,8 @@ class ImageFeatures:
                 blocks before the V-V start.
     windows:    {scale: [B, W, D]} features of every scale×scale window of patches encoded on
                 its own (WinCLIP; ``models/winclip.py``).
+    tokens:     [B, P, C] open_clip's output patch tokens (``ln_post``, not projected), which
+                WinCLIP+ compares with its references (or None).
     """
 
     cls: torch.Tensor
@@ -71,6 +73,7 @@ class ImageFeatures:
     vv_proj: Optional[torch.Tensor] = None
     vv_layers: Dict[int, torch.Tensor] = field(default_factory=dict)
     windows: Dict[int, torch.Tensor] = field(default_factory=dict)
+    tokens: Optional[torch.Tensor] = None
 
 
 def _quick_gelu_module() -> nn.Module:
@@ -335,6 +338,7 @@ def _to_float(features: ImageFeatures) -> ImageFeatures:
         vv_proj=None if features.vv_proj is None else features.vv_proj.float(),
         vv_layers={k: v.float() for k, v in features.vv_layers.items()},
         windows={k: v.float() for k, v in features.windows.items()},
+        tokens=None if features.tokens is None else features.tokens.float(),
     )
 
 

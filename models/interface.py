@@ -81,6 +81,12 @@ class AnomalyModel(nn.Module):
         width, official), which an exported graph takes as inputs; None without noise."""
         return None
 
+    def fewshot_grid(self, entry: int, distances: torch.Tensor) -> torch.Tensor:
+        """[N, T] nearest-reference distances of the tokens of ``fewshot_tokens`` entry ``entry``
+        → [N, P] patch scores; by default the tokens are the patches (WinCLIP's windows are
+        aggregated onto them)."""
+        return distances
+
     # ------------------------------------------------------------------ training
     @property
     def two_stage(self) -> bool:

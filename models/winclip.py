@@ -12,6 +12,11 @@ A window's score is the softmax probability of "abnormal" at temperature 0.07; a
 at scale s is the harmonic mean of the scores of the windows covering it; the zero-shot grid is
 the harmonic mean over the scales and the image score; it is upsampled bilinearly to the image.
 
+WinCLIP+ (``--k_shot K``) adds the references' memory through ``engine.fewshot``: the output
+patch tokens and every scale's window features of the K normal images; a test patch's or
+window's distance is 1 − its largest cosine similarity to the memory, windows are aggregated
+onto patches harmonically, and the mean over the entries is the few-shot grid.
+
 Reference: anomalib 2.7's ``WinClipModel`` (docs/methods/winclip.md records its quirks and our
 switches: ``window_attention`` and ``prompts``).
 """
@@ -28,7 +33,6 @@ from datasets.names import prompt_words
 from models.backbone import ClipBackbone, ImageFeatures
 from models.interface import AnomalyModel
 from models.scoring import Prediction, ScoreRule
-from utils.errors import UserError
 
 # The WinCLIP paper's compositional prompt ensemble (its supplementary material, Fig. 8).
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
@@ -96,10 +100,12 @@ def window_indices(grid: int, size: int) -> torch.Tensor:
 
 def harmonic_aggregation(scores: torch.Tensor, windows: torch.Tensor, patches: int) -> torch.Tensor:
     """[N, W] window scores → [N, P] patch scores: the harmonic mean of the windows covering
-    each patch (``windows`` [W, s²] their patch indices)."""
-    cover = torch.zeros(patches, windows.shape[0], dtype=scores.dtype, device=scores.device)
-    cover[windows.T.to(scores.device), torch.arange(windows.shape[0], device=scores.device)] = 1
-    return cover.sum(1) / ((1 / scores) @ cover.T)
+    each patch (``windows`` [W, s²] their patch indices). A zero score (a window equal to a
+    reference, in WinCLIP+) makes its patches 0; a patch no window covers is 0."""
+    cover = torch.zeros(patches, windows.shape[0], dtype=torch.bool, device=scores.device)
+    cover[windows.T.to(scores.device), torch.arange(windows.shape[0], device=scores.device)] = True
+    inverse = torch.where(cover, (1 / scores)[:, None, :], 0).sum(-1)  # [N, P]
+    return (cover.sum(1) / inverse).nan_to_num(nan=0.0, posinf=0.0)
 
 
 class WinClip(AnomalyModel):
@@ -130,11 +136,12 @@ class WinClip(AnomalyModel):
         return self._text[word]
 
     # ------------------------------------------------------------------ image
-    def _encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """[B, L, C] embedded tokens (CLS first) → [B, D] pooled, projected features."""
+    def _encode_tokens(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[B, L, C] embedded tokens (CLS first) → [B, D] pooled, projected features and the
+        [B, L − 1, C] output tokens (after ``ln_post``)."""
         visual = self.backbone.clip.visual
-        pooled, _ = visual._pool(visual.transformer(tokens))
-        return pooled @ visual.proj if visual.proj is not None else pooled
+        pooled, out = visual._pool(visual.transformer(tokens))
+        return (pooled @ visual.proj if visual.proj is not None else pooled), out
 
     def _window_features(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """[N, 1 + P, C] embedded image tokens → [N, W, D] features of its windows."""
@@ -142,7 +149,7 @@ class WinClip(AnomalyModel):
         index = torch.cat([torch.zeros(len(windows), 1, dtype=torch.long), windows + 1], dim=1).to(tokens.device)
         chosen = tokens[:, index]  # [N, W, 1 + s², C]
         if self.config.window_attention == "window":
-            return self._encode_tokens(chosen.flatten(0, 1)).view(n, len(windows), -1)
+            return self._encode_tokens(chosen.flatten(0, 1))[0].view(n, len(windows), -1)
         # anomalib's order (window-major), passed token-major to a batch-first transformer
         visual = self.backbone.clip.visual
         mixed = visual.transformer(chosen.transpose(0, 1).flatten(0, 1).permute(1, 0, 2)).permute(1, 0, 2)
@@ -151,14 +158,14 @@ class WinClip(AnomalyModel):
         return pooled.view(len(windows), n, -1).transpose(0, 1)
 
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
-        """The image's CLS feature (``cls`` [N, D]) and each scale's window features
-        (``windows`` {scale: [N, W, D]})."""
+        """The image's CLS feature (``cls`` [N, D]), its output patch tokens (``tokens``
+        [N, P, C]) and each scale's window features (``windows`` {scale: [N, W, D]})."""
         visual = self.backbone.clip.visual
         with self.backbone.autocast():
             tokens = visual._embeds(images.to(visual.conv1.weight.dtype))
-            cls = self._encode_tokens(tokens)
+            cls, out = self._encode_tokens(tokens)
             windows = {s: self._window_features(tokens, w).float() for s, w in self.windows.items()}
-        return ImageFeatures(cls=cls.float(), cls_raw=cls[:, :0].float(), windows=windows)
+        return ImageFeatures(cls=cls.float(), cls_raw=cls[:, :0].float(), windows=windows, tokens=out.float())
 
     # ------------------------------------------------------------------ scores
     def _probability(self, features: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -185,5 +192,17 @@ class WinClip(AnomalyModel):
         maps = F.interpolate(grid.view(-1, 1, side, side), size=(size, size), mode="bilinear", align_corners=False)
         return Prediction(maps[:, 0], image, grid.amax(1))
 
-    def fewshot_tokens(self, images, features=None):
-        raise UserError("WinCLIP+'s few-shot memory is not built yet (docs/methods/winclip.md)")
+    # ------------------------------------------------------------------ WinCLIP+
+    def fewshot_tokens(self, images: Optional[torch.Tensor],
+                       features: Optional[ImageFeatures] = None) -> List[Tuple[torch.Tensor, bool]]:
+        """WinCLIP+'s memory entries: the output patch tokens, then each scale's window features
+        (upsampled as the zero-shot map is, ``align_corners`` False)."""
+        feats = features if features is not None else self.encode_images(images)
+        return [(feats.tokens, False)] + [(feats.windows[s], False) for s in self.windows]
+
+    def fewshot_grid(self, entry: int, distances: torch.Tensor) -> torch.Tensor:
+        """Patch distances as they are; a scale's window distances onto the patches by the same
+        harmonic aggregation as the zero-shot window scores."""
+        if entry == 0:
+            return distances
+        return harmonic_aggregation(distances, list(self.windows.values())[entry - 1], self.backbone.grid_size ** 2)

@@ -93,21 +93,36 @@ def test_window_masks_and_harmonic_aggregation():
         window_indices(2, 3)
 
 
-def test_winclip_runs_through_test_py(data, common, tmp_path, capsys):
-    """--method winclip end to end (tiny model, 32 px: a 4x4 grid, windows of 2 and 3): results
-    and report.html; --k_shot is refused in one line until WinCLIP+ is built."""
+def test_winclip_runs_through_test_py(data, common, tmp_path):
+    """--method winclip end to end (tiny model, 32 px: a 4x4 grid, windows of 2 and 3), zero-shot
+    and with --k_shot 1 (WinCLIP+): results and report.html."""
     from scripts import test_script
-    from utils.errors import EXIT_USER_ERROR, run_cli
+    from utils.errors import run_cli
 
-    out = tmp_path / "winclip"
-    assert run_cli(test_script.main, ["--method", "winclip", "--data_path", str(data), "--save_path", str(out),
-                                      *common]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert results["method"] == "winclip" and results["config"]["scales"] == [2, 3]
-    assert results["mean"]["pixel_auroc"] is not None and (out / "report.html").is_file()
-    capsys.readouterr()
-    refused = tmp_path / "refused"
-    assert run_cli(test_script.main, ["--method", "winclip", "--data_path", str(data), "--save_path", str(refused),
-                                      "--k_shot", "1", *common]) == EXIT_USER_ERROR
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "no few-shot mode" in err[0] and not refused.exists()
+    for shots in ("0", "1"):
+        out = tmp_path / f"winclip_{shots}"
+        assert run_cli(test_script.main, ["--method", "winclip", "--data_path", str(data), "--save_path", str(out),
+                                          "--k_shot", shots, "--shot_weight", "0.5", *common]) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["method"] == "winclip" and results["config"]["scales"] == [2, 3]
+        assert results["k_shot"] == int(shots) and results["mean"]["pixel_auroc"] is not None
+        assert (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("run", list(MODES))
+def test_winclip_plus_equals_anomalib(golden, run):
+    """WinCLIP+ through engine.fewshot with --shot_weight 0.5: our distance 1 − cos is twice
+    WinCLIP's (1 − cos) / 2, and our fusion adds where WinCLIP averages, so the map and image
+    score are exactly twice anomalib's (the same metrics)."""
+    from engine.fewshot import FewShotScorer, References, bank_from_images
+
+    backbone, ref, word = golden
+    model = build_model("winclip", make_config("winclip", {"prompts": "anomalib", "window_attention": MODES[run]}),
+                        backbone).eval()
+    images, references = torch.from_numpy(ref["images"]), torch.from_numpy(ref["references"])
+    scorer = FewShotScorer(model, References({word: []}, "golden references"), 0.5, PRETRAINED_SIZE, 2,
+                           torch.device("cpu"))
+    scorer.use_bank(word, bank_from_images(model, [references[:1], references[1:]]))
+    pred, extra = scorer.predict(images, [word] * len(images))
+    close(pred.anomaly_map + 0.5 * extra.map, 2 * ref[f"{run}/fewshot/anomaly_map"], "WinCLIP+ map")
+    close(pred.class_prob + 0.5 * extra.score, 2 * ref[f"{run}/fewshot/image_score"], "WinCLIP+ image score")

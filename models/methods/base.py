@@ -110,7 +110,6 @@ class Method:
     test_seed: the seed of the official test script (official checkpoints; training-free runs).
     switches: the design card's switches may be set by flags (the combined model alone).
     checkpoint: official checkpoint format, or None.
-    fewshot: ``--k_shot`` works with the method (False: refused before a test starts).
     exportable: export.py can write its graph (False: refused before the model is built).
     official_flags: what a flag of the method's official scripts that has no flag of ours means for
         it: ``handler(value, fields) → note``, which sets the configuration ``fields`` it implies
@@ -133,7 +132,6 @@ class Method:
     test_seed: int = 111
     switches: bool = False
     checkpoint: Optional[OfficialCheckpoint] = None
-    fewshot: bool = True
     exportable: bool = True
     official_flags: Mapping[str, Callable[[Any, Dict[str, Any]], str]] = field(default_factory=lambda: EMPTY)
     config_class: type = ModelConfig

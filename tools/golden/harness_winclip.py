@@ -8,7 +8,8 @@ extras) and open_clip; nothing of anomalib is copied here. Its model downloads i
 ``__init__``; here ``open_clip.create_model_and_transforms`` is pointed at the golden CLIP (32 px,
 its pretrained size, so no position-grid interpolation) for the duration of the build.
 
-Two runs on the same three images of class "bottle":
+Two runs on the same three images of class "bottle", each zero-shot and few-shot (WinCLIP+,
+two reference images from the same frozen stream):
 
 * ``as_is``: anomalib as it runs on open_clip >= 2.21, whose transformers are batch-first:
   anomalib passes its windows sequence-first, so each window's tokens attend across the
@@ -40,8 +41,9 @@ IMAGES_SEED = 20261206
 
 
 def golden_images() -> np.ndarray:
-    """[3, 3, 32, 32] normalised-scale images from a frozen NumPy stream."""
-    return np.random.RandomState(IMAGES_SEED).standard_normal((3, 3, PRETRAINED_SIZE, PRETRAINED_SIZE)).astype(
+    """[5, 3, 32, 32] normalised-scale images from a frozen NumPy stream: three test images, then
+    two few-shot references."""
+    return np.random.RandomState(IMAGES_SEED).standard_normal((5, 3, PRETRAINED_SIZE, PRETRAINED_SIZE)).astype(
         np.float32)
 
 
@@ -85,8 +87,9 @@ def main() -> None:
         model = torch_model.WinClipModel(class_name=CLASS, scales=(2, 3)).eval()
     finally:
         open_clip.create_model_and_transforms = original
-    images = torch.from_numpy(golden_images())
-    out = {"images": images.numpy(), "text": model.text_embeddings.numpy()}
+    everything = torch.from_numpy(golden_images())
+    images, references = everything[:3], everything[3:]
+    out = {"images": images.numpy(), "references": references.numpy(), "text": model.text_embeddings.numpy()}
     for run in ("as_is", "seq_first"):
         visual = model.clip.visual
         if run == "seq_first":
@@ -109,10 +112,17 @@ def main() -> None:
             out[f"{run}/windows/{scale}"] = window.numpy()
         out[f"{run}/image_score"] = result.pred_score.numpy()
         out[f"{run}/anomaly_map"] = result.anomaly_map.numpy()
+        with torch.no_grad():
+            model.setup(reference_images=references)  # WinCLIP+: the references' memory
+            few = model(images)
+        model.k_shot = 0  # back to zero-shot for the next run
+        out[f"{run}/fewshot/image_score"] = few.pred_score.numpy()
+        out[f"{run}/fewshot/anomaly_map"] = few.anomaly_map.numpy()
     np.savez_compressed(args.out, **out)
     provenance = {"reference": f"anomalib {anomalib.__version__} WinClipModel (package index)",
                   "open_clip": open_clip.__version__, "torch": torch.__version__, "class_name": CLASS,
-                  "images_seed": IMAGES_SEED, "clip_checksum": checksum, "scales": [2, 3],
+                  "images_seed": IMAGES_SEED, "test_images": 3, "references": 2, "clip_checksum": checksum,
+                  "scales": [2, 3],
                   "image_size": PRETRAINED_SIZE}
     Path(args.out).with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(json.dumps(provenance, indent=2))
