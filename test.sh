@@ -17,7 +17,7 @@
 #                               Without CHECKPOINT and DATA_ROOT: the clip baseline on a miniature
 #                               demo of several datasets (./demo_paper, prepared on first use)
 #   CHECKPOINT    train.py's final.pth, or an official FAPrompt / Bayes-PFL checkpoint
-#   METHOD        a training-free method (clip) without CHECKPOINT (other methods come from CHECKPOINT)
+#   METHOD        a training-free method (clip, winclip) without CHECKPOINT (other methods come from CHECKPOINT)
 #   DATA_ROOT     folder holding one sub-folder per dataset (each with meta.json) [./data]
 #   DATA_PATH     the target dataset root (overrides DATA_ROOT/<dataset>)
 #   DATASETS      datasets of the 'others' preset      [btad mpdd dtd sdd aitex dagm elpv ...]
@@ -70,15 +70,19 @@ else
     exit 2
   fi
   model=(--method "$METHOD")
+  # a method whose reference runs at its own size (WinCLIP: 240 px) keeps it
+  own_size=$("$PYTHON" -c 'import sys; from models import methods; print(methods.get(sys.argv[1]).backbone.get("image_size", ""))' "$METHOD")
 fi
 
 # The official test settings come from the checkpoint (518 px, layers 6 12 18 24, Bayes-PFL
 # R = 10 flow samples), and so does the seed: test.py's rule (--seed, else the checkpoint's, else
 # the method's; 333 for an official Bayes-PFL file, as its test.sh) is not overridden here.
 # image size: IMAGE_SIZE if set; else a checkpoint's own (518 for the published recipes); else
-# 518, or 336 (CLIP's native size, quick on a CPU) for the training-free demo
+# 518, or 336 (CLIP's native size, quick on a CPU) for the training-free demo; a training-free
+# method with a size of its own (WinCLIP's 240 px on its ViT-B-16-plus-240) keeps it
 official=(--metrics image-pixel)
 if [[ -n "${IMAGE_SIZE:-}" ]]; then official+=(--image_size "$IMAGE_SIZE")
+elif [[ -n "${own_size:-}" ]]; then :
 elif [[ -z "$CHECKPOINT" && ( "$PRESET" == demo || ( "$PRESET" == paper && -z "$DATA_ROOT_SET" ) ) ]]; then
   official+=(--image_size 336)
 elif [[ -z "$CHECKPOINT" ]]; then official+=(--image_size 518); fi

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from datasets import raw
 from datasets.paper_demo import DEMO, generate
+from models import methods as registered
 from tools.paper_table import COLUMNS, METRICS, PAPERS, PUBLISHED, load_published, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,15 +23,19 @@ def test_published_figures_are_well_formed_and_sourced():
         assert tuple(reader.fieldnames) == COLUMNS
         rows = list(reader)
     assert len(rows) >= 30
-    methods = {paper for paper, _ in PAPERS}
+    methods = set(registered.names())
     for row in rows:
         assert row["method"] in methods and row["dataset"] in raw.names(), row
         assert row["source"] and row["table"] and row["provenance"] in ("paper", "quoted"), row
-        assert row["trained_on"] in ("mvtec", "visa") and (row["trained_on"] == "visa") == (row["dataset"] == "mvtec")
+        if registered.get(row["method"]).trainable:  # trained on the other of MVTec AD and VisA
+            assert row["trained_on"] in ("mvtec", "visa") and (row["trained_on"] == "visa") == (row["dataset"] == "mvtec")
+        else:
+            assert row["trained_on"] == "none", row
         values = [row[m] for m, _, _ in METRICS if row[m].strip()]
         assert values and all(0 < float(v) <= 100 for v in values), row
     table, sources = load_published()
-    assert {"faprompt", "anomalyclip"} <= set(sources) <= methods
+    assert {"faprompt", "anomalyclip", "winclip"} <= set(sources) <= methods
+    assert table[("winclip", "mvtec")]["pixel_auroc"] == 85.1 and table[("winclip", "isic")]["image_auroc"] is None
     assert table[("anomalyclip", "mvtec")]["image_auroc"] == 91.5 and not table[("anomalyclip", "mvtec")]["quoted"]
 
 
@@ -58,13 +63,16 @@ def test_table_puts_ours_beside_the_published_and_says_what_is_missing(tmp_path)
                          "faprompt,mvtec,visa,91.0,96.0,90.0,81.0,paper,paper,Table 1,\n"
                          "anomalyclip,mvtec,visa,91.5,96.2,91.1,81.4,quoted,a README,its table,\n"
                          "faprompt,headct,mvtec,90.0,89.0,,,paper,paper,Table 2,\n"
-                         "faprompt,btad,mvtec,90.0,89.0,,,paper,paper,Table 2,\n")
+                         "faprompt,btad,mvtec,90.0,89.0,,,paper,paper,Table 2,\n"
+                         "winclip,dtd,none,93.2,92.6,83.9,57.8,paper,a table image,its column,\n")
     _results(tmp_path / "res" / "mvtec", "faprompt", {"image_auroc": 0.925, "image_ap": 0.95,
                                                       "pixel_auroc": 0.9, "pixel_pro_legacy": 0.8})
     _results(tmp_path / "res" / "headct", "faprompt", {"image_auroc": 0.88, "image_ap": 0.9,
                                                        "pixel_auroc": None, "pixel_pro_legacy": None})
     _results(tmp_path / "res" / "btad", "faprompt", {"image_auroc": 0.95, "image_ap": 0.9, "pixel_auroc": 0.9,
                                                      "pixel_pro_legacy": 0.7}, trained_on="visa")
+    _results(tmp_path / "res" / "dtd", "winclip", {"image_auroc": 0.9, "image_ap": 0.9, "pixel_auroc": 0.85,
+                                                    "pixel_pro_legacy": 0.5})  # training-free: no training set
     (tmp_path / "data" / "visa").mkdir(parents=True)
     (tmp_path / "data" / "visa" / "meta.json").write_text("{}")  # prepared, but its run left no results
     text = write_table(tmp_path / "res", tmp_path / "data", published)
@@ -73,11 +81,13 @@ def test_table_puts_ours_beside_the_published_and_says_what_is_missing(tmp_path)
     assert table[("headct", "P-AUROC")] == ["n/a", "–", "–", "–", ""]
     assert table[("headct", "I-AUROC")] == ["88.0", "90.0", "–", "–", "-2.0"]
     assert table[("btad", "I-AUROC")][-1] == "n/c (trained on visa, paper on mvtec)"
+    assert table[("dtd", "P-AUROC")] == ["85.0", "–", "–", "–", "+1.1"]  # WinCLIP's own figure, no column
+    assert "- winclip (the difference column): a table image its column" in text
     failed = text.split("Not found (no results although prepared): ")[1].splitlines()[0]
     unprepared = text.split("Not found (no <name>/meta.json under")[1].splitlines()[0]
     assert failed == "visa" and "mpdd" in unprepared and "visa" not in unprepared and "mvtec" not in unprepared
     with open(tmp_path / "res" / "paper_table.csv", newline="") as handle:
-        assert len(list(csv.reader(handle))) == 1 + 3 * 4
+        assert len(list(csv.reader(handle))) == 1 + 4 * 4
 
 
 def test_paper_preset_runs_on_the_demo_and_shows_the_published_columns(tiny_model, tmp_path):

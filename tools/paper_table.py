@@ -144,6 +144,8 @@ def write_table(results: Path, data_root: Optional[Path], published_path: Path =
                                                      for p, _ in PAPERS)] for d in order(ours)],
                       headers=["dataset", "ours", *(name for _, name in PAPERS)], tablefmt="pipe"), "", "Sources:", ""]
     text += [f"- {name}: {sources.get(paper, 'no published figures on record')}" for paper, name in PAPERS]
+    shown = {paper for paper, _ in PAPERS}  # a tested method without a column: its figures give the difference
+    text += [f"- {m} (the difference column): {sources[m]}" for m in methods if m not in shown and m in sources]
     if unprepared:
         text += ["", f"Not found (no <name>/meta.json under {data_root}): {', '.join(unprepared)}"]
     if failed:
