@@ -167,7 +167,7 @@ def random_masks(n: int, size: int, device: torch.device | str, seed: int = 0) -
     return masks.to(device)
 
 
-POS_INTERPOLATION = {"faprompt": "bilinear", "bayes_pfl": "bicubic"}  # each method's position grid
+POS_INTERPOLATION = {"faprompt": "bilinear", "bayes_pfl": "bicubic", "winclip": "bilinear"}  # position grid
 
 
 def build_method(method: str, backbone, device: torch.device | str, seed: int = 0, **sizes):

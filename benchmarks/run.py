@@ -5,7 +5,8 @@ size, ``python benchmarks/run.py --pretrained ViT-L-14-336px.pt --images 4``. Pe
 (``--methods``, FAPrompt and Bayes-PFL with random prompt weights) on the same images:
 
 (1) backbone: ``model.encode_images`` on the images already decoded in memory, at
-    ``--batch_size``; no test job can be faster than this;
+    ``--batch_size``; no test job can be faster than this (WinCLIP, ``--methods winclip``: the
+    plain image pass, with its pass over every window reported beside it);
 (2) ours: the test job as ``test.py`` runs it (``engine.testing.run_test``): loading in
     DataLoader workers (pinned memory on a GPU), backbone, prompts, heads, maps upsampled and
     blurred on the device, metrics, results files and report.html, at ``--batch_size``;
@@ -45,13 +46,15 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-METHODS = ("faprompt", "bayes_pfl")
+METHODS = ("faprompt", "bayes_pfl", "winclip")
+TRAINING_FREE = ("winclip",)  # no per-image official style, no training step
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, iters=1, warmup=1)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["faprompt", "bayes_pfl"],
+                        help="winclip: the floor is the plain image pass, and its window passes are reported")
     parser.add_argument("--images", type=int, default=None, help="test images (default 12; 4 at full size)")
     parser.add_argument("--batch_size", type=int, default=None, help="ours (default: test.py's for the device)")
     parser.add_argument("--train_batch", type=int, default=None,
@@ -169,12 +172,12 @@ def test_job(model, dataset, device, batch_size: int, num_workers: int, folder: 
     return seconds, mean, {**clock.spent, "rest": seconds - sum(clock.spent.values())}
 
 
-def backbone_pass(model, images: torch.Tensor, device, batch_size: int) -> float:
-    """Seconds of ``encode_images`` over ``images`` (on the host) in batches."""
+def backbone_pass(encode, images: torch.Tensor, device, batch_size: int) -> float:
+    """Seconds of ``encode`` (a model's ``encode_images``) over ``images`` (on the host) in batches."""
     common.synchronize(device)
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        model.encode_images(images[i:i + batch_size].to(device, non_blocking=True))
+        encode(images[i:i + batch_size].to(device, non_blocking=True))
     common.synchronize(device)
     return time.perf_counter() - start
 
@@ -185,7 +188,8 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
     device, size = settings["device"], settings["image_size"]
     backbone = common.make_backbone(settings["model"], args.pretrained, size, device, args.precision,
                                     pos_interpolation=common.POS_INTERPOLATION[method], seed=args.seed)
-    model = common.build_method(method, backbone, device, args.seed, sample_num=args.sample_num)
+    sizes = {} if method in TRAINING_FREE else {"sample_num": args.sample_num}
+    model = common.build_method(method, backbone, device, args.seed, **sizes)
     batch = args.batch_size or cli.default_test_batch(device)
     workers = cli.default_workers(device) if args.num_workers is None else args.num_workers
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
@@ -194,19 +198,28 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
     with torch.no_grad():
         for _ in range(args.warmup):  # one-time costs: kernels, caches, allocator
             model.predict(images[:batch].to(device), [dataset.records[0]["cls_name"]] * min(batch, n))
+    # the floor: the model's one image pass; WinCLIP's re-encodes every window besides, so its
+    # floor is the plain pass and its own image pass (windows included) is reported beside it
+    floor = model.backbone.encode_image if method in TRAINING_FREE else model.encode_images
     with common.peak_memory_of(device) as memory:
-        seconds = [backbone_pass(model, images, device, batch) for _ in range(args.iters)]
+        seconds = [backbone_pass(floor, images, device, batch) for _ in range(args.iters)]
     out["backbone"] = {"s": min(seconds), "peak_bytes": memory["peak_bytes"]}
+    if method in TRAINING_FREE:
+        with common.peak_memory_of(device) as memory:
+            seconds = [backbone_pass(model.encode_images, images, device, batch) for _ in range(args.iters)]
+        tokens = sum(len(w) * (1 + w.shape[1]) for w in model.windows.values())
+        out["windows"] = {"s": min(seconds), "peak_bytes": memory["peak_bytes"],
+                          "window_tokens_per_image_token": tokens / (1 + backbone.grid_size ** 2)}
     with common.peak_memory_of(device) as memory:
         runs = [test_job(model, dataset, device, batch, workers, folder / method / "ours", not args.no_report)
                 for _ in range(args.iters)]
     out["ours"] = _job_entry(runs, memory)
-    if "per_image" not in args.skip:
+    if "per_image" not in args.skip and method not in TRAINING_FREE:
         with per_image_style(method, model) as official, common.peak_memory_of(device) as memory:
             runs = [test_job(official, dataset, device, 1, workers, folder / method / "per_image", not args.no_report)
                     for _ in range(args.iters)]
         out["per_image"] = _job_entry(runs, memory)
-    if "train" not in args.skip:
+    if "train" not in args.skip and method not in TRAINING_FREE:
         train_batch = args.train_batch or _default_train_batch(method, device, settings["model"])
         with common.peak_memory_of(device) as memory:
             steps = common.train_steps(method, backbone, device, train_batch, args.seed)
@@ -297,6 +310,7 @@ def report(result: Dict[str, object]) -> str:
     for method, out in result["methods"].items():
         n, floor = out["images"], out["backbone"]["s"]
         for key, label, batch in (("backbone", "backbone image pass", out["batch_size"]),
+                                  ("windows", "image pass with every window", out["batch_size"]),
                                   ("ours", "test job, ours", out["batch_size"]),
                                   ("per_image", "test job, per-image style", 1)):
             if key not in out:
@@ -315,6 +329,9 @@ def report(result: Dict[str, object]) -> str:
                 f"({(ours['s'] - ours['stages_s']['report']) / floor:.3f} without report.html)")
         if "per_image" in out:
             line += f", per-image style / ours {out['per_image']['s'] / ours['s']:.2f}x"
+        if "windows" in out:
+            line += (f", window passes {out['windows']['s'] / floor:.2f}x the plain pass "
+                     f"({out['windows']['window_tokens_per_image_token']:.1f}x its tokens)")
         ratios.append(line)
     table = common.format_table(rows, ["method", "what", "batch", "s/image", "images/s", "x backbone",
                                        "model+blur", "metrics", "report", "rest", "peak mem"])

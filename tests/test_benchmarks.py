@@ -197,6 +197,17 @@ def test_end_to_end_benchmark(tmp_path):
     assert "job/backbone" in out and "per-image style / ours" in out and "one category of 5 images" in out
 
 
+def test_end_to_end_benchmark_winclip(tmp_path):
+    """WinCLIP's job against the plain image pass, with its window passes reported beside it."""
+    out, result = run_benchmark("run.py", *TINY, "--threads", "1", "--images", "4", "--batch_size", "2",
+                                "--warmup", "0", "--no_report", "--methods", "winclip", cwd=tmp_path)
+    entry = result["methods"]["winclip"]
+    assert {"backbone", "windows", "ours"} <= set(entry) and "per_image" not in entry and "train" not in entry
+    # tiny model, 4x4 grid: 9 windows of 5 tokens and 4 of 10 against 17 tokens of the image
+    assert entry["windows"]["window_tokens_per_image_token"] == pytest.approx((9 * 5 + 4 * 10) / 17)
+    assert "window passes" in out
+
+
 def test_deploy_benchmark(tmp_path):
     """Every CPU row of the deployment table on the tiny model: the exact rows equal eager fp32,
     the bf16 rows differ a little, and the table prints speed-ups and differences."""
