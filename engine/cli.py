@@ -66,6 +66,10 @@ HELP = {
     "pixel_head": "fapfl: similarity | rca | both",
     "image_head": "fapfl: fixed (0.07 cosine) | class_mapping",
     "image_logit_scale": "clip baseline: logit scale of the image score",
+    "scales": "WinCLIP: window sizes in patches",
+    "prompts": "WinCLIP: the template list, paper or anomalib (its list has one template twice)",
+    "window_attention": "WinCLIP: window (each window encoded alone, the paper) or across (anomalib 2.7 on "
+                        "today's open_clip: windows attend across each other)",
 }
 
 # Fields that belong to the shared flags (defined once in add_common_flags) or are internal.
