@@ -61,10 +61,12 @@ def is_classification_only(dataset: str) -> bool:
 
 
 def prompt_words(class_names, class_word: str) -> List[str]:
-    """The word each image's prompts use: the generic "object" (FAPrompt, AnomalyCLIP) or the
-    readable class name (Bayes-PFL)."""
+    """The word each image's prompts use: the generic "object" (FAPrompt, AnomalyCLIP), the
+    readable class name (Bayes-PFL) or the class name as meta.json has it ("raw", APRIL-GAN)."""
     if class_word == "object":
         return ["object"] * len(class_names)
     if class_word == "name":
         return [readable_name(name) for name in class_names]
-    raise ValueError(f"class_word must be 'object' or 'name', got {class_word!r}")
+    if class_word == "raw":
+        return list(class_names)
+    raise ValueError(f"class_word must be 'object', 'name' or 'raw', got {class_word!r}")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST = ["tests/test_golden.py", "tests/test_winclip.py", "tests/test_losses.py", "tests/test_registry.py"]
+FIRST = ["tests/test_golden.py", "tests/test_winclip.py", "tests/test_april_gan.py", "tests/test_losses.py",
+         "tests/test_registry.py"]
 PHASES = [FIRST, ["tests"] + [f"--ignore={path}" for path in FIRST]]
 
 
@@ -228,6 +229,24 @@ MUTATIONS: List[Mutation] = [
              "pair.append(self.backbone.encode_text(self.backbone.tokenize(texts)).mean(0))",
              "pair.append(F.normalize(self.backbone.encode_text(self.backbone.tokenize(texts)), dim=-1).mean(0))",
              "WinCLIP (anomalib): the mean of the prompts' unnormalised features"),
+    # -- APRIL-GAN (docs/methods/april_gan.md)
+    Mutation("april_gan linear maps on blocks 6 12 18 23", "models/april_gan.py",
+             "features_list: Tuple[int, ...] = (6, 12, 18, 24)", "features_list: Tuple[int, ...] = (6, 12, 18, 23)",
+             "APRIL-GAN: the outputs of 1-based blocks 6, 12, 18, 24"),
+    Mutation("april_gan upsampling align_corners False", "models/april_gan.py",
+             "out.append(F.interpolate(logits.reshape(-1, 2, side, side), size=(size, size), mode=\"bilinear\",\n"
+             "                                     align_corners=True))",
+             "out.append(F.interpolate(logits.reshape(-1, 2, side, side), size=(size, size), mode=\"bilinear\",\n"
+             "                                     align_corners=False))",
+             "APRIL-GAN: bilinear with align_corners=True"),
+    Mutation("april_gan layers averaged", "models/april_gan.py",
+             "maps = sum(logits.softmax(1)[:, 1] for logits in self.layer_logits(feats, pairs))",
+             "maps = sum(logits.softmax(1)[:, 1] for logits in self.layer_logits(feats, pairs)) / len(self.linear)",
+             "APRIL-GAN: the layers' maps are summed"),
+    Mutation("april_gan tokens through ln_post", "models/april_gan.py",
+             "tokens = F.normalize(linear(feats.patch_raw[layer].float()), dim=-1)",
+             "tokens = F.normalize(linear(self.backbone.clip.visual.ln_post(feats.patch_raw[layer].float())), dim=-1)",
+             "APRIL-GAN: raw block outputs, no ln_post"),
 ]
 
 
