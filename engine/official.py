@@ -1,4 +1,5 @@
-"""Flags of the official FAPrompt, AnomalyCLIP and Bayes-PFL scripts that have no flag of the same name here.
+"""Flags of the official FAPrompt, AnomalyCLIP, Bayes-PFL and APRIL-GAN scripts that have no flag of the same
+name here.
 
 A command pasted from an official ``train.sh``/``test.sh`` must mean what it meant there or say
 in one line what replaces a flag, never fail with an argparse error. Each flag below is either
@@ -45,6 +46,14 @@ OFFICIAL_FLAGS = (
     OfficialFlag("n_ctx", ("train", "test"),
                  "FAPrompt: passed but unused by its code (prompt lengths are --normal_ctx and --abnormal_ctx); "
                  "no effect, except for --method anomalyclip (its contexts' length)", {"type": int}),
+    OfficialFlag("aug_rate", ("train",),
+                 "APRIL-GAN: the probability of its MVTec-AD 2x2 mosaic; not reproduced, no effect (--augment on "
+                 "--mosaic_prob P gives Bayes-PFL's mosaic)", {"type": float}),
+    OfficialFlag("mode", ("test",), "APRIL-GAN: zero_shot, or few_shot (as --k_shot, 10 unless given)",
+                 {"choices": ("zero_shot", "few_shot")}),
+    OfficialFlag("few_shot_features", ("test",),
+                 "APRIL-GAN: the blocks of its few-shot bank; here the bank reads --features_list, which they "
+                 "must equal", {"type": int, "nargs": "+"}),
     OfficialFlag("feature_map_layer", ("train", "test"),
                  "FAPrompt: parsed but unused by its code; no effect, except for --method anomalyclip (the "
                  "listed layers from that position on give maps)", {"type": int, "nargs": "+"}),
@@ -86,6 +95,21 @@ def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
                                 f"(ids 0..{torch.cuda.device_count() - 1})")
             else:
                 args.device = wanted
+        elif flag.name == "mode":
+            if value == "few_shot" and not args.k_shot:
+                args.k_shot = 10  # the official --k_shot default
+            if value == "zero_shot" and args.k_shot:
+                notes.append(f"--mode zero_shot: --k_shot {args.k_shot} ignored, as the official test.py does")
+                args.k_shot = 0
+            notes.append(f"--mode {value}: {'--k_shot ' + str(args.k_shot) if args.k_shot else 'zero-shot'}")
+        elif flag.name == "few_shot_features":
+            listed = args.features_list
+            if listed is not None and list(value) != list(listed):
+                raise UserError(f"--few_shot_features {shown}: the few-shot bank reads --features_list "
+                                f"{' '.join(map(str, listed))} here; pass the same layers")
+            if listed is None:
+                args.features_list = list(value)
+            notes.append(f"--few_shot_features {shown}: the bank's layers, as --features_list")
         else:
             notes.append(f"--{flag.name} {shown}: {flag.meaning}")
     return notes

@@ -93,15 +93,65 @@ def test_official_checkpoint_format_loads(golden, tmp_path):
     assert torch.equal(checkpoint.state_dict["linear.2.weight"], state["fc.2.weight"])
 
 
-def test_april_gan_trains_and_tests_end_to_end(data, common, tmp_path):
-    """One epoch on the synthetic data, then test.py zero-shot and with --k_shot 1."""
-    from scripts import test, train
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data, tiny_model):
+    """final.pth of one APRIL-GAN epoch on the synthetic data (tiny model, blocks 2 and 4)."""
+    from scripts import tiny_flags, train
 
-    save = tmp_path / "april_gan"
-    assert train(data, save, common, "--method", "april_gan", "--features_list", "2", "4", "--epochs", "1") == 0
+    save = tmp_path_factory.mktemp("april_gan")
+    assert train(data, save, tiny_flags(tiny_model), "--method", "april_gan", "--features_list", "2", "4",
+                 "--epochs", "1") == 0
+    return save / "final.pth"
+
+
+def test_april_gan_trains_and_tests_end_to_end(trained, data, common, tmp_path):
+    """test.py zero-shot and with --k_shot 1 on the one-epoch checkpoint."""
+    from scripts import test
+
     for shots in ("0", "1"):
         out = tmp_path / f"test_{shots}"
-        assert test(save / "final.pth", data, out, common, "--k_shot", shots) == 0
+        assert test(trained, data, out, common, "--k_shot", shots) == 0
         results = json.loads((out / "results.json").read_text())
         assert results["method"] == "april_gan" and results["k_shot"] == int(shots)
         assert results["mean"]["pixel_auroc"] is not None and (out / "report.html").is_file()
+
+
+def test_official_test_command_lines(trained, data, tiny_model, tmp_path, caplog):
+    """Its test_few_shot.sh / test_zero_shot.sh flags (sizes swapped for the tiny model): --mode
+    few_shot is --k_shot, --few_shot_features must be --features_list, --config_path is noted."""
+    from engine.official import apply_official_flags
+    from scripts import test_script
+    from utils.errors import UserError, run_cli
+
+    official = ["--dataset", "mvtec", "--data_path", str(data), "--checkpoint_path", str(trained),
+                "--config_path", "./open_clip/model_configs/ViT-L-14-336.json", "--model", tiny_model,
+                "--pretrained", "none", "--image_size", "32", "--features_list", "2", "4", "--num_workers", "0"]
+    few = tmp_path / "few_shot"
+    assert run_cli(test_script.main, [*official, "--save_path", str(few), "--few_shot_features", "2", "4",
+                                      "--mode", "few_shot", "--k_shot", "1", "--seed", "42"]) == 0
+    assert json.loads((few / "results.json").read_text())["k_shot"] == 1
+    zero = tmp_path / "zero_shot"
+    assert run_cli(test_script.main, [*official, "--save_path", str(zero), "--mode", "zero_shot"]) == 0
+    assert json.loads((zero / "results.json").read_text())["k_shot"] == 0
+    parser = test_script.build_parser()
+    args = parser.parse_args(["--mode", "few_shot", "--data_path", "x"])
+    notes = apply_official_flags(args, "test")
+    assert args.k_shot == 10 and any("--mode few_shot" in n for n in notes)  # the official default K
+    args = parser.parse_args(["--few_shot_features", "3", "6", "--features_list", "6", "12", "--data_path", "x"])
+    with pytest.raises(UserError, match="pass the same layers"):
+        apply_official_flags(args, "test")
+
+
+def test_official_train_command_line(data, tiny_model, tmp_path):
+    """Its train.sh flags after --method april_gan (sizes swapped for the tiny model)."""
+    from scripts import train_script
+    from utils.errors import run_cli
+
+    save = tmp_path / "exps" / "visa" / "vit_large_14_518"
+    assert run_cli(train_script.main, ["--method", "april_gan", "--dataset", "mvtec", "--train_data_path", str(data),
+                                       "--save_path", str(save), "--config_path",
+                                       "./open_clip/model_configs/ViT-L-14-336.json", "--model", tiny_model,
+                                       "--features_list", "2", "4", "--pretrained", "none", "--image_size", "32",
+                                       "--batch_size", "8", "--aug_rate", "0.2", "--print_freq", "1", "--epoch", "1",
+                                       "--save_freq", "1", "--num_workers", "0"]) == 0
+    assert (save / "final.pth").is_file()
