@@ -167,7 +167,11 @@ def random_masks(n: int, size: int, device: torch.device | str, seed: int = 0) -
     return masks.to(device)
 
 
-POS_INTERPOLATION = {"faprompt": "bilinear", "bayes_pfl": "bicubic", "winclip": "bilinear"}  # position grid
+def pos_interpolation(method: str) -> str:
+    """The method's position-grid interpolation (its registry entry's backbone setting)."""
+    from models import methods
+
+    return methods.get(method).backbone.get("pos_interpolation", "bilinear")
 
 
 def build_method(method: str, backbone, device: torch.device | str, seed: int = 0, **sizes):

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> Dict[str, object]:
                                  "settings": {**settings, "pretrained": args.pretrained},
                                  "environment": common.environment(settings["device"]), "rows": {}}
     backbone = common.make_backbone(settings["model"], args.pretrained, settings["image_size"], "cpu", "fp32",
-                                    pos_interpolation=common.POS_INTERPOLATION.get(args.method, "bilinear"),
+                                    pos_interpolation=common.pos_interpolation(args.method),
                                     seed=args.seed)
     model = common.build_method(args.method, backbone, "cpu", args.seed, **sizes(args))
     with tempfile.TemporaryDirectory(prefix="zsad_deploy_") as tmp:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import tempfile
 import time
@@ -46,15 +47,17 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-METHODS = ("faprompt", "bayes_pfl", "winclip")
-TRAINING_FREE = ("winclip",)  # no per-image official style, no training step
+METHODS = ("faprompt", "bayes_pfl", "april_gan", "winclip")
+TRAINING_FREE = ("winclip",)  # no training step
+PER_IMAGE = ("faprompt", "bayes_pfl")  # an official per-image style to compare with
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, iters=1, warmup=1)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["faprompt", "bayes_pfl"],
-                        help="winclip: the floor is the plain image pass, and its window passes are reported")
+                        help="also april_gan, winclip (its floor is the plain image pass, and its window "
+                             "passes are reported)")
     parser.add_argument("--images", type=int, default=None, help="test images (default 12; 4 at full size)")
     parser.add_argument("--batch_size", type=int, default=None, help="ours (default: test.py's for the device)")
     parser.add_argument("--train_batch", type=int, default=None,
@@ -187,8 +190,11 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
 
     device, size = settings["device"], settings["image_size"]
     backbone = common.make_backbone(settings["model"], args.pretrained, size, device, args.precision,
-                                    pos_interpolation=common.POS_INTERPOLATION[method], seed=args.seed)
-    sizes = {} if method in TRAINING_FREE else {"sample_num": args.sample_num}
+                                    pos_interpolation=common.pos_interpolation(method), seed=args.seed)
+    from models.factory import config_class
+
+    fields = {f.name for f in dataclasses.fields(config_class(method))}
+    sizes = {"sample_num": args.sample_num} if "sample_num" in fields else {}
     model = common.build_method(method, backbone, device, args.seed, **sizes)
     batch = args.batch_size or cli.default_test_batch(device)
     workers = cli.default_workers(device) if args.num_workers is None else args.num_workers
@@ -214,7 +220,7 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
         runs = [test_job(model, dataset, device, batch, workers, folder / method / "ours", not args.no_report)
                 for _ in range(args.iters)]
     out["ours"] = _job_entry(runs, memory)
-    if "per_image" not in args.skip and method not in TRAINING_FREE:
+    if "per_image" not in args.skip and method in PER_IMAGE:
         with per_image_style(method, model) as official, common.peak_memory_of(device) as memory:
             runs = [test_job(official, dataset, device, 1, workers, folder / method / "per_image", not args.no_report)
                     for _ in range(args.iters)]

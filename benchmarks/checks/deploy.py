@@ -32,7 +32,7 @@ def _timed(fn, iters: int, device) -> float:
 def compiled_vs_eager(method: str, args: argparse.Namespace, device: torch.device, model_name: str,
                       image_size: int, precision: str) -> Dict[str, object]:
     backbone = common.make_backbone(model_name, args.pretrained, image_size, device, precision,
-                                    pos_interpolation=common.POS_INTERPOLATION[method], seed=args.seed)
+                                    pos_interpolation=common.pos_interpolation(method), seed=args.seed)
     model = common.build_method(method, backbone, device, args.seed, sample_num=2 if args.quick else 10)
     images = common.random_images(args.test_batch, image_size, device, seed=args.seed)
     names = ["object"] * len(images)
