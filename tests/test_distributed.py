@@ -20,10 +20,10 @@ from engine import distributed
 from engine.evaluation import category_plan
 from models.factory import read_checkpoint
 from models.factory import learnable_state_dict
-from scripts import BAYES, FAPROMPT, train_script
+from scripts import BAYES, FAPROMPT, test_script, train_script
 from scripts import test as _test
 from scripts import train as _train
-from utils.errors import EXIT_USER_ERROR
+from utils.errors import EXIT_USER_ERROR, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +92,26 @@ def test_distributed_test_equals_single_process(extra, data, tmp_path, common):
         assert ("fewshot_score" in a) == bool(extra) and a.get("fewshot_score") == b.get("fewshot_score")
     maps = sorted((tmp_path / "single" / "maps").rglob("*.npy"))
     assert len(maps) == len(rows["single"])
+    for path in maps:
+        other = tmp_path / "multi" / "maps" / path.relative_to(tmp_path / "single" / "maps")
+        assert np.abs(np.load(path) - np.load(other)).max() <= 1e-6
+
+
+def test_distributed_winclip_plus_equals_single_process(data, tmp_path, common):
+    """WinCLIP+ (windows, their harmonic aggregation, the reference bank) under torchrun: the
+    single-process maps and metrics."""
+    flags = ["--method", "winclip", *common, "--save_maps", "--no_report", "--device", "cpu", "--k_shot", "2",
+             "--shot_weight", "0.5"]
+    assert run_cli(test_script.main, ["--data_path", str(data), "--save_path", str(tmp_path / "single"), *flags,
+                                      "--batch_size", "2"]) == 0
+    done = torchrun(tmp_path, "test.py", "--data_path", str(data), "--save_path", str(tmp_path / "multi"), *flags,
+                    "--batch_size", "3")
+    _check(done)
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+    assert multi["per_category"] == single["per_category"] and multi["mean"] == single["mean"]
+    maps = sorted((tmp_path / "single" / "maps").rglob("*.npy"))
+    assert maps
     for path in maps:
         other = tmp_path / "multi" / "maps" / path.relative_to(tmp_path / "single" / "maps")
         assert np.abs(np.load(path) - np.load(other)).max() <= 1e-6

@@ -20,12 +20,14 @@ FAPFL = ["--method", "fapfl", "--features_list", "2", "4", "--depth", "3", "--t_
 METHODS = {"faprompt": FAPROMPT, "bayes_pfl": [*BAYES, "--augment", "off", "--patience", "0"],
            "fapfl": [*FAPFL, "--augment", "off", "--patience", "0"],
            "anomalyclip": ["--method", "anomalyclip", "--depth", "3", "--n_ctx", "4", "--t_n_ctx", "2",
-                           "--features_list", "2", "4"]}
-UNVALIDATED = {"faprompt", "anomalyclip"}  # their recipes train on the whole auxiliary set
+                           "--features_list", "2", "4"],
+           "april_gan": ["--method", "april_gan", "--features_list", "2", "4"]}
+UNVALIDATED = {"faprompt", "anomalyclip", "april_gan"}  # their recipes train on the whole auxiliary set
 # what each method's encode_images keeps (tiny model: layers 2 and 4, V-V from block 2)
 FIELDS = {"faprompt": {"cls_raw", "vv_proj"}, "bayes_pfl": {"cls", "patch_raw.2", "patch_raw.4"},
           "fapfl": {"cls", "patch_raw.2", "patch_raw.4", "vv_proj"},
-          "anomalyclip": {"cls_raw", "vv_layers.2", "vv_layers.4"}}
+          "anomalyclip": {"cls_raw", "vv_layers.2", "vv_layers.4"},
+          "april_gan": {"cls", "patch_raw.2", "patch_raw.4"}}
 
 
 @pytest.fixture()

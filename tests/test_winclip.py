@@ -93,13 +93,16 @@ def test_window_masks_and_harmonic_aggregation():
         window_indices(2, 3)
 
 
-def test_winclip_runs_through_test_py(data, common, tmp_path):
+def test_winclip_runs_through_test_py(common, tmp_path):
     """--method winclip end to end (tiny model, 32 px: a 4x4 grid, windows of 2 and 3), zero-shot
-    and with --k_shot 1 (WinCLIP+): results and report.html."""
+    and with --k_shot 4 (WinCLIP+): results and report.html."""
+    from datasets.synthetic import generate
     from scripts import test_script
     from utils.errors import run_cli
 
-    for shots in ("0", "1"):
+    data = generate(tmp_path / "data", seed=3, size=64, categories=["weave", "wood"], n_train=4, n_test_good=2,
+                    n_test_defect=1)
+    for shots in ("0", "4"):
         out = tmp_path / f"winclip_{shots}"
         assert run_cli(test_script.main, ["--method", "winclip", "--data_path", str(data), "--save_path", str(out),
                                           "--k_shot", shots, "--shot_weight", "0.5", *common]) == 0
