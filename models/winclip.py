@@ -119,28 +119,35 @@ class WinClip(AnomalyModel):
             raise ValueError("WinCLIP pools the CLS token: this open_clip model pools otherwise")
         self.backbone, self.config, self.method, self.score_rule = backbone, config, method, score_rule
         self.windows = {s: window_indices(backbone.grid_size, s) for s in config.scales}
-        self._text: Dict[str, torch.Tensor] = {}
+        self._text: Dict[Tuple[str, str], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ text
     def text_features(self, word: str) -> torch.Tensor:
         """[2, D] the (normal, abnormal) ensemble features of ``word``: per state set, the mean
         of its prompts' features (cached)."""
-        if word not in self._text:
+        key = (word, str(self.backbone.device))
+        if key not in self._text:
             templates = PROMPT_SETS[self.config.prompts]
             pair = []
             for states in (NORMAL_STATES, ABNORMAL_STATES):
                 texts = [t.format(s.format(word)) for s in states for t in templates]
                 with torch.no_grad():
                     pair.append(self.backbone.encode_text(self.backbone.tokenize(texts)).mean(0))
-            self._text[word] = torch.stack(pair)
-        return self._text[word]
+            self._text[key] = torch.stack(pair)
+        return self._text[key]
 
     # ------------------------------------------------------------------ image
-    def _encode_tokens(self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _encode_tokens(self, tokens: torch.Tensor, across: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         """[B, L, C] embedded tokens (CLS first) → [B, D] pooled, projected features and the
-        [B, L − 1, C] output tokens (after ``ln_post``)."""
+        [B, L − 1, C] output tokens (after ``ln_post``). ``across``: the sequences go in
+        token-major, as anomalib passes them, so each token position attends across the B
+        sequences instead of within its own."""
         visual = self.backbone.clip.visual
-        pooled, out = visual._pool(visual.transformer(tokens))
+        if across:
+            encoded = visual.transformer(tokens.permute(1, 0, 2)).permute(1, 0, 2)
+        else:
+            encoded = visual.transformer(tokens)
+        pooled, out = visual._pool(encoded)
         return (pooled @ visual.proj if visual.proj is not None else pooled), out
 
     def _window_features(self, tokens: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
@@ -151,10 +158,7 @@ class WinClip(AnomalyModel):
         if self.config.window_attention == "window":
             return self._encode_tokens(chosen.flatten(0, 1))[0].view(n, len(windows), -1)
         # anomalib's order (window-major), passed token-major to a batch-first transformer
-        visual = self.backbone.clip.visual
-        mixed = visual.transformer(chosen.transpose(0, 1).flatten(0, 1).permute(1, 0, 2)).permute(1, 0, 2)
-        pooled, _ = visual._pool(mixed)
-        pooled = pooled @ visual.proj if visual.proj is not None else pooled
+        pooled, _ = self._encode_tokens(chosen.transpose(0, 1).flatten(0, 1), across=True)
         return pooled.view(len(windows), n, -1).transpose(0, 1)
 
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
