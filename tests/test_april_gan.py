@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from compare import close
 from engine import cli
 from models.backbone import BackboneConfig
 from models.factory import build_model, make_config, read_checkpoint
@@ -18,14 +19,6 @@ from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_go
 from tools.golden.harness_april_gan import FEATURES, linear_weights
 
 FIXTURES = Path(__file__).resolve().parent / "golden"
-
-
-def close(ours, reference, what: str, tol: float = 1e-5) -> None:
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    assert ours.shape == reference.shape, f"{what}: shape {ours.shape}, reference {reference.shape}"
-    bound = tol * max(1.0, float(np.abs(reference).max()))
-    error = float(np.abs(ours - reference).max())
-    assert error <= bound, f"{what}: max difference {error:.3g} exceeds {bound:.3g}"
 
 
 @pytest.fixture(scope="module")
