@@ -90,9 +90,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError(f"--precision {args.precision}: the export is fp32; choose bf16 when running it "
                         "(test.py --exported DIR --runtime openvino --precision bf16)")
     method, config, backbone_cfg, checkpoint, _ = configure.configure_test(args)
-    if not methods.get(method).exportable:
-        raise UserError(f"--method {method} cannot be exported yet ({methods.get(method).docs}); "
-                        "run it with test.py --method")
     backbone_cfg = dataclasses.replace(backbone_cfg, precision="fp32")
     thresholds = read_thresholds(args.thresholds)
     names = class_names(args, config.class_word)

@@ -31,6 +31,7 @@ from models.backbone import ClipBackbone, ImageFeatures
 from models.interface import AnomalyModel
 from models.losses import BatchSplit, dice_loss, focal_loss
 from models.scoring import Prediction, ScoreRule
+from models.text_inputs import TextInputs
 
 # The prompt ensemble of the APRIL-GAN report (its states and templates).
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
@@ -144,8 +145,19 @@ class AprilGan(AnomalyModel):
     # ------------------------------------------------------------------ test time
     def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str],
                 features: Optional[ImageFeatures] = None) -> Prediction:
+        return self._predict(images, self._pairs(class_names), features)
+
+    def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
+        """The text pairs [N, D, 2] of the images' class names (an exported graph's input)."""
+        return TextInputs({"pairs": self._pairs(class_names)})
+
+    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
+        pred = self._predict(images, inputs.pairs)
+        return pred.anomaly_map, pred.class_prob, pred.map_score
+
+    def _predict(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                 features: Optional[ImageFeatures] = None) -> Prediction:
         feats = features if features is not None else self.encode_images(images)
-        pairs = self._pairs(class_names)
         maps = sum(logits.softmax(1)[:, 1] for logits in self.layer_logits(feats, pairs))
         return Prediction(maps, self._class_prob(feats, pairs), maps.flatten(1).amax(1))
 

@@ -33,6 +33,7 @@ from datasets.names import prompt_words
 from models.backbone import ClipBackbone, ImageFeatures
 from models.interface import AnomalyModel
 from models.scoring import Prediction, ScoreRule
+from models.text_inputs import TextInputs
 
 # The WinCLIP paper's compositional prompt ensemble (its supplementary material, Fig. 8).
 NORMAL_STATES = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw", "{} without defect",
@@ -184,11 +185,23 @@ class WinClip(AnomalyModel):
         return image, [harmonic_aggregation(self._probability(feats.windows[s], pairs), w, patches)
                        for s, w in self.windows.items()]
 
+    def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
+        """The ensemble pairs [N, 2, D] of the images' words (an exported graph's input)."""
+        words = prompt_words(class_names, self.config.class_word)
+        return TextInputs({"pairs": torch.stack([self.text_features(w) for w in words]).float()})
+
     def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str],
                 features: Optional[ImageFeatures] = None) -> Prediction:
+        return self._predict(images, self.text_inputs(class_names).pairs, features)
+
+    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
+        pred = self._predict(images, inputs.pairs)
+        return pred.anomaly_map, pred.class_prob, pred.map_score
+
+    def _predict(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                 features: Optional[ImageFeatures] = None) -> Prediction:
+        """The zero-shot prediction against text pairs [N, 2, D]."""
         feats = features if features is not None else self.encode_images(images)
-        words = prompt_words(class_names, self.config.class_word)
-        pairs = torch.stack([self.text_features(w) for w in words]).float()  # [N, 2, D]
         image, scales = self.scale_scores(feats, pairs)
         stacked = torch.stack([image[:, None].expand_as(scales[0]), *scales])  # [1 + scales, N, P]
         grid = stacked.shape[0] / (1 / stacked).sum(0)  # harmonic mean over the scales

@@ -110,7 +110,6 @@ class Method:
     test_seed: the seed of the official test script (official checkpoints; training-free runs).
     switches: the design card's switches may be set by flags (the combined model alone).
     checkpoint: official checkpoint format, or None.
-    exportable: export.py can write its graph (False: refused before the model is built).
     official_flags: what a flag of the method's official scripts that has no flag of ours means for
         it: ``handler(value, fields) → note``, which sets the configuration ``fields`` it implies
         (AnomalyCLIP's ``--n_ctx`` is both context lengths) or raises ValueError naming what to do.
@@ -132,7 +131,6 @@ class Method:
     test_seed: int = 111
     switches: bool = False
     checkpoint: Optional[OfficialCheckpoint] = None
-    exportable: bool = True
     official_flags: Mapping[str, Callable[[Any, Dict[str, Any]], str]] = field(default_factory=lambda: EMPTY)
     config_class: type = ModelConfig
     build: Optional[Callable[..., Any]] = None

@@ -29,7 +29,6 @@ METHOD = Method(
     official=frozen({"prompts": "anomalib", "window_attention": "across"}),
     score=SCORE,
     test_seed=111,
-    exportable=False,  # no export_outputs yet (docs/deployment.md)
     config_class=WinClipConfig,
     build=build,
 )
