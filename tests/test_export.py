@@ -144,6 +144,9 @@ def test_bad_exports_are_one_line(sources, data, tiny_model, tmp_path, capsys, m
     refused("--exported", str(out), "--temperature", "0.5", needle="cannot change for an exported model")
     refused("--method", "clip", "--runtime", "onnxruntime", needle="pass --exported")
     refused("--exported", str(out), "--k_shot", "1", needle="--k_shot needs the PyTorch model")
+    # exported without --class_names: MVTec-AD's, VisA's, ... words, not the synthetic set's
+    assert "weave" not in manifest["words"]
+    refused("--exported", str(out), needle="no prompts for the word")
 
     damaged = tmp_path / "damaged"
     shutil.copytree(out, damaged)
