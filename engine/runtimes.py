@@ -10,7 +10,6 @@ OpenVINO (its CPU plugin computes in bfloat16 where the processor has the instru
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -27,8 +26,6 @@ from models.interface import AnomalyModel
 from models.scoring import Prediction
 from models.text_inputs import NOISE_NAMES
 from utils.errors import UserError
-
-log = logging.getLogger("zsad.runtime")
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
@@ -196,9 +193,7 @@ def load_exported(args, config) -> ExportedModel:
     if getattr(args, "k_shot", 0):
         raise UserError("--k_shot needs the PyTorch model (--checkpoint_path): an exported model returns maps only")
     precision = "fp32" if args.precision == "auto" else args.precision
-    model = ExportedModel(args.exported, runtime, precision, config)
-    log.info("exported %s model %s on %s (%s)", model.method, args.exported, runtime, precision)
-    return model
+    return ExportedModel(args.exported, runtime, precision, config)
 
 
 def check_torch_runtime(args) -> None:

@@ -111,6 +111,7 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
         model = load_exported(args, config)
         model.check_classes(dataset.item_classes())
         info.update(runtime=model.session.runtime, precision=model.session.precision)
+        log.info("exported %s model %s on %s (%s)", model.method, args.exported, info["runtime"], info["precision"])
     references = select_references(args.k_shot, args.shot_seed, args.reference_path, args.shot_weight, dataset)
     if references is not None:
         info.update(shot_seed=args.shot_seed, shot_weight=args.shot_weight, reference_source=references.source,
