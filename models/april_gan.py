@@ -28,7 +28,8 @@ from torch import nn
 
 from datasets.names import prompt_words
 from models.backbone import ClipBackbone, ImageFeatures
-from models.interface import AnomalyModel
+from models.ensemble import PromptEnsemble
+from models.interface import WordTextModel
 from models.losses import BatchSplit, dice_loss, focal_loss
 from models.scoring import Prediction, ScoreRule
 from models.text_inputs import TextInputs
@@ -85,7 +86,7 @@ class AprilGanOutput:
     class_prob: torch.Tensor
 
 
-class AprilGan(AnomalyModel):
+class AprilGan(WordTextModel):
     """Frozen CLIP, a fixed prompt ensemble and one trained linear map per listed layer."""
 
     def __init__(self, backbone: ClipBackbone, config: AprilGanConfig, method: str, score_rule: ScoreRule):
@@ -97,26 +98,18 @@ class AprilGan(AnomalyModel):
         self.backbone, self.config, self.method, self.score_rule = backbone, config, method, score_rule
         self.linear = nn.ModuleList([nn.Linear(backbone.vision_width, backbone.embed_dim)
                                      for _ in config.features_list])
-        self._text: Dict[Tuple[str, str], torch.Tensor] = {}
+        # per state set the normalised mean of the normalised prompt features
+        self.ensemble = PromptEnsemble(NORMAL_STATES, ABNORMAL_STATES, TEMPLATES, normalise=True)
 
     # ------------------------------------------------------------------ text
     def text_features(self, word: str) -> torch.Tensor:
-        """[D, 2] (normal, abnormal) ensemble features of ``word``: per state set, the normalised
-        mean of the normalised prompt features (cached; nothing of the text side is trained)."""
-        key = (word, str(self.backbone.device))
-        if key not in self._text:
-            columns = []
-            for states in (NORMAL_STATES, ABNORMAL_STATES):
-                texts = [t.format(s.format(word)) for s in states for t in TEMPLATES]
-                with torch.no_grad():
-                    feats = F.normalize(self.backbone.encode_text(self.backbone.tokenize(texts)), dim=-1)
-                columns.append(F.normalize(feats.mean(0), dim=-1))
-            self._text[key] = torch.stack(columns, dim=1)
-        return self._text[key]
+        """[D, 2] (normal, abnormal) ensemble features of ``word``, as columns."""
+        return self.ensemble.pair(self.backbone, word).T
 
     def _pairs(self, class_names: Sequence[str]) -> torch.Tensor:
         """[N, D, 2] the text pair of each image's class."""
-        return torch.stack([self.text_features(w) for w in prompt_words(class_names, self.config.class_word)])
+        words = prompt_words(class_names, self.config.class_word)
+        return self.ensemble.pairs(self.backbone, words).transpose(1, 2)
 
     # ------------------------------------------------------------------ image
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
@@ -143,20 +136,12 @@ class AprilGan(AnomalyModel):
         return logits.softmax(-1)[:, 1]
 
     # ------------------------------------------------------------------ test time
-    def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str],
-                features: Optional[ImageFeatures] = None) -> Prediction:
-        return self._predict(images, self._pairs(class_names), features)
-
     def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
         """The text pairs [N, D, 2] of the images' class names (an exported graph's input)."""
         return TextInputs({"pairs": self._pairs(class_names)})
 
-    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
-        pred = self._predict(images, inputs.pairs)
-        return pred.anomaly_map, pred.class_prob, pred.map_score
-
-    def _predict(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
-                 features: Optional[ImageFeatures] = None) -> Prediction:
+    def predict_pairs(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                      features: Optional[ImageFeatures] = None) -> Prediction:
         feats = features if features is not None else self.encode_images(images)
         maps = sum(logits.softmax(1)[:, 1] for logits in self.layer_logits(feats, pairs))
         return Prediction(maps, self._class_prob(feats, pairs), maps.flatten(1).amax(1))

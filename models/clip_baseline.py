@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from datasets.names import prompt_words
 from models.backbone import ClipBackbone, ImageFeatures, default_vv_start
 from models.heads import similarity_probs, upsample_grid
-from models.interface import AnomalyModel
+from models.ensemble import PromptEnsemble
+from models.interface import WordTextModel
 from models.scoring import Prediction, ScoreRule
 from models.text_inputs import TextInputs
 
@@ -53,7 +54,7 @@ class ClipBaselineConfig:
         return {f.name for f in dataclasses.fields(self)}
 
 
-class ClipBaseline(AnomalyModel):
+class ClipBaseline(WordTextModel):
     """Zero-shot CLIP anomaly detection with a prompt ensemble; nothing to train. Its image
     score is the mean of CLIP's probability and the largest grid probability (``score_rule``)."""
 
@@ -63,19 +64,7 @@ class ClipBaseline(AnomalyModel):
             raise ValueError("the baseline's map score is the largest grid probability (grid_max)")
         self.backbone, self.config, self.method, self.score_rule = backbone, config, method, score_rule
         self.vv_start = config.vv_start or default_vv_start(backbone.num_layers)
-        self._text: Dict[str, torch.Tensor] = {}
-
-    def text_features(self, word: str) -> torch.Tensor:
-        """[2, D] normalised (normal, abnormal) ensemble features of ``word`` (cached)."""
-        if word not in self._text:
-            states = []
-            for state_set in (NORMAL_STATES, ABNORMAL_STATES):
-                texts = [t.format(s.format(word)) for s in state_set for t in TEMPLATES]
-                with torch.no_grad():
-                    feats = F.normalize(self.backbone.encode_text(self.backbone.tokenize(texts)), dim=-1)
-                states.append(F.normalize(feats.mean(0), dim=-1))
-            self._text[word] = torch.stack(states)
-        return self._text[word]
+        self.ensemble = PromptEnsemble(NORMAL_STATES, ABNORMAL_STATES, TEMPLATES, normalise=True)
 
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         return self.backbone.encode_image(images, vv_start=self.vv_start)
@@ -91,18 +80,10 @@ class ClipBaseline(AnomalyModel):
     def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
         """The ensemble pairs [N, 2, 1, D] of the images' words (no text depends on the image)."""
         words = prompt_words(class_names, self.config.class_word)
-        return TextInputs({"pairs": torch.stack([self.text_features(w) for w in words])[:, :, None]})
+        return TextInputs({"pairs": self.ensemble.pairs(self.backbone, words)[:, :, None]})
 
-    def predict(self, images: torch.Tensor, class_names: Sequence[str],
-                features: Optional[ImageFeatures] = None) -> Prediction:
-        return self._predict(images, self.text_inputs(class_names).pairs, features)
-
-    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
-        pred = self._predict(images, inputs.pairs)
-        return pred.anomaly_map, pred.class_prob, pred.map_score
-
-    def _predict(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
-                 features: Optional[ImageFeatures] = None) -> Prediction:
+    def predict_pairs(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                      features: Optional[ImageFeatures] = None) -> Prediction:
         cfg = self.config
         feats = features if features is not None else self.encode_images(images)
         image = F.normalize(feats.cls, dim=-1)

@@ -109,3 +109,23 @@ class AnomalyModel(nn.Module):
     def param_groups(self, lr: Dict[str, float]) -> List[dict]:
         """Optimiser groups of the current stage at the recipe's rates."""
         raise NotTrainable(f"{self.method} has nothing to train")
+
+
+class WordTextModel(AnomalyModel):
+    """A model whose text side depends on the prompt word alone (the clip baseline, WinCLIP,
+    APRIL-GAN): ``text_inputs`` holds its text pairs, and the PyTorch prediction and the
+    exported graph both score them through :meth:`predict_pairs`."""
+
+    def predict_pairs(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                      features: Optional[ImageFeatures] = None) -> Prediction:
+        """The prediction of images [N, 3, S, S] (or their ``features``) against the N images'
+        text pairs (``text_inputs``' ``pairs``)."""
+        raise NotImplementedError
+
+    def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str],
+                features: Optional[ImageFeatures] = None) -> Prediction:
+        return self.predict_pairs(images, self.text_inputs(class_names).pairs, features)
+
+    def export_outputs(self, images: torch.Tensor, inputs: TextInputs) -> Tuple[torch.Tensor, ...]:
+        pred = self.predict_pairs(images, inputs.pairs)
+        return pred.anomaly_map, pred.class_prob, pred.map_score

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from datasets.names import prompt_words
 from models.backbone import ClipBackbone, ImageFeatures
-from models.interface import AnomalyModel
+from models.ensemble import PromptEnsemble
+from models.interface import WordTextModel
 from models.scoring import Prediction, ScoreRule
 from models.text_inputs import TextInputs
 
@@ -109,7 +110,7 @@ def harmonic_aggregation(scores: torch.Tensor, windows: torch.Tensor, patches: i
     return (cover.sum(1) / inverse).nan_to_num(nan=0.0, posinf=0.0)
 
 
-class WinClip(AnomalyModel):
+class WinClip(WordTextModel):
     """WinCLIP's zero-shot model on a frozen CLIP; nothing to train."""
 
     def __init__(self, backbone: ClipBackbone, config: WinClipConfig, method: str, score_rule: ScoreRule):
@@ -120,22 +121,13 @@ class WinClip(AnomalyModel):
             raise ValueError("WinCLIP pools the CLS token: this open_clip model pools otherwise")
         self.backbone, self.config, self.method, self.score_rule = backbone, config, method, score_rule
         self.windows = {s: window_indices(backbone.grid_size, s) for s in config.scales}
-        self._text: Dict[Tuple[str, str], torch.Tensor] = {}
+        # per state set the mean of its prompts' unnormalised features
+        self.ensemble = PromptEnsemble(NORMAL_STATES, ABNORMAL_STATES, PROMPT_SETS[config.prompts], normalise=False)
 
     # ------------------------------------------------------------------ text
     def text_features(self, word: str) -> torch.Tensor:
-        """[2, D] the (normal, abnormal) ensemble features of ``word``: per state set, the mean
-        of its prompts' features (cached)."""
-        key = (word, str(self.backbone.device))
-        if key not in self._text:
-            templates = PROMPT_SETS[self.config.prompts]
-            pair = []
-            for states in (NORMAL_STATES, ABNORMAL_STATES):
-                texts = [t.format(s.format(word)) for s in states for t in templates]
-                with torch.no_grad():
-                    pair.append(self.backbone.encode_text(self.backbone.tokenize(texts)).mean(0))
-            self._text[key] = torch.stack(pair)
-        return self._text[key]
+        """[2, D] the (normal, abnormal) ensemble features of ``word``."""
+        return self.ensemble.pair(self.backbone, word)
 
     # ------------------------------------------------------------------ image
     def _encode_tokens(self, tokens: torch.Tensor, across: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -188,18 +180,10 @@ class WinClip(AnomalyModel):
     def text_inputs(self, class_names: Sequence[str]) -> TextInputs:
         """The ensemble pairs [N, 2, D] of the images' words (an exported graph's input)."""
         words = prompt_words(class_names, self.config.class_word)
-        return TextInputs({"pairs": torch.stack([self.text_features(w) for w in words]).float()})
+        return TextInputs({"pairs": self.ensemble.pairs(self.backbone, words).float()})
 
-    def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str],
-                features: Optional[ImageFeatures] = None) -> Prediction:
-        return self._predict(images, self.text_inputs(class_names).pairs, features)
-
-    def export_outputs(self, images: torch.Tensor, inputs: TextInputs):
-        pred = self._predict(images, inputs.pairs)
-        return pred.anomaly_map, pred.class_prob, pred.map_score
-
-    def _predict(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
-                 features: Optional[ImageFeatures] = None) -> Prediction:
+    def predict_pairs(self, images: Optional[torch.Tensor], pairs: torch.Tensor,
+                      features: Optional[ImageFeatures] = None) -> Prediction:
         """The zero-shot prediction against text pairs [N, 2, D]."""
         feats = features if features is not None else self.encode_images(images)
         image, scales = self.scale_scores(feats, pairs)
