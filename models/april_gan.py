@@ -115,10 +115,7 @@ class AprilGan(WordTextModel):
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         """The CLS feature (``ln_post`` and ``proj``) and the raw tokens of ``features_list``."""
         feats = self.backbone.encode_image(images, layers=self.config.features_list)
-        # contiguous, as a feature cache returns them: the linear maps' weight gradients then take
-        # the same path with and without the cache (bit-identical training)
-        return ImageFeatures(cls=feats.cls, cls_raw=feats.cls[:, :0],
-                             patch_raw={layer: t.contiguous() for layer, t in feats.patch_raw.items()})
+        return ImageFeatures(cls=feats.cls, cls_raw=feats.cls[:, :0], patch_raw=feats.patch_raw)
 
     def layer_logits(self, feats: ImageFeatures, pairs: torch.Tensor) -> List[torch.Tensor]:
         """Per layer the logits [N, 2, S, S]: 100 · norm(linear(tokens)) · T, upsampled."""

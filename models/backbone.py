@@ -255,6 +255,9 @@ class ClipBackbone(nn.Module):
                         raw[index] = x[:, 1:]
                     if index in vv_layers:
                         vv_tokens[index] = (x if vv is None else vv)[:, 1:]
+            # contiguous, as a feature cache returns them: a method's trained layers on them then take
+            # the same kernels with and without the cache (bit-identical training; APRIL-GAN's maps)
+            raw = {layer: t.contiguous() for layer, t in raw.items()}
             # The CLS rows are projected together with all tokens of their images: the rows of
             # a [B, C] @ [C, D] product depend on B (GEMM kernels for small M differ), those of
             # a [B·L, C] one do not, so the features do not depend on the batch they were
