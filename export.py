@@ -26,7 +26,7 @@ from datasets.names import KNOWN_CATEGORIES
 from engine import cli, configure
 from engine.export import FORMATS, check_export, export_model, file_digest
 from engine.official import add_official_flags, apply_official_flags
-from engine.runtimes import open_session
+from engine.runtimes import Session
 from engine.testing import load_test_model
 from models import methods
 from models.factory import config_class
@@ -105,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log.info("wrote %s (%s; %d prompt word(s)) in %.0f s", out, ", ".join(manifest["formats"]),
              len(manifest["words"]), manifest["seconds"])
     if not args.no_check:
-        rows = check_export(model, out, open_session, manifest["formats"])
+        rows = check_export(model, out, Session, manifest["formats"])
         log.info("largest difference from PyTorch on a random image:\n%s", tabulate(
             [[r["format"]] + [f"{r[k]:.2e}" for k in ("anomaly_map", "class_prob", "map_score")] for r in rows],
             headers=["format", "map", "class prob", "map score"], tablefmt="github"))

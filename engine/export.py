@@ -217,7 +217,8 @@ def export_model(model, out: Path, formats: Sequence[str], class_names: Sequence
 
 def check_export(model, out: Path, runtime_loader, formats: Sequence[str]) -> List[Dict[str, Any]]:
     """Run every written format beside the eager model on a fresh random image with the stored
-    word tensors; per format the largest difference of each output."""
+    word tensors; per format the largest difference of each output. ``runtime_loader(out,
+    runtime)`` opens a graph: ``engine.runtimes.Session``, passed in as that module imports this one."""
     with np.load(out / PROMPTS) as arrays:
         table = {"arrays": {k: arrays[k] for k in arrays.files}}
     inputs = example_inputs(model, table, 1, seed=1)

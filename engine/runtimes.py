@@ -93,10 +93,6 @@ class Session:
         return [np.asarray(result[output]) for output in self._session.outputs]
 
 
-def open_session(directory, runtime: str, precision: str = "fp32") -> Session:
-    return Session(Path(directory), runtime, precision)
-
-
 class ExportedModel(AnomalyModel):
     """An exported model behind the engine's model interface (test time only).
 
