@@ -19,7 +19,6 @@ from typing import Optional, Sequence
 
 from engine import cli, configure, distributed, testing
 from engine.official import apply_official_flags
-from engine.runtimes import check_torch_runtime
 from engine.test_flags import build_parser
 from utils.errors import UserError, exit_with
 from utils.log import setup_logging
@@ -33,16 +32,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     notes = apply_official_flags(args, "test")
     if args.image is None and args.data_path is None:
         raise UserError("pass --data_path (a dataset root with meta.json) or --image (a file or folder)")
+    checkpoint = manifest = None
     if args.exported:
-        method, config, backbone_cfg, _, seed_source = configure.configure_exported(args)
-        checkpoint = None
+        method, config, backbone_cfg, manifest, seed_source = configure.configure_exported(args)
     else:
-        check_torch_runtime(args)
         method, config, backbone_cfg, checkpoint, seed_source = configure.configure_test(args)
     with distributed.session(args.device) as (ctx, device):  # torchrun: each process scores a part
         distributed.quiet_other_ranks(ctx)
         cli.keep_freed_memory(device)
-        return testing.run(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ctx, device)
+        return testing.run(args, notes, method, config, backbone_cfg, checkpoint, seed_source, ctx, device, manifest)
 
 
 if __name__ == "__main__":

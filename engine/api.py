@@ -30,7 +30,7 @@ from engine import cli, configure
 from engine.evaluation import category_scores, iterate_categories
 from engine.official import apply_official_flags
 from engine.test_flags import build_parser
-from engine.runtimes import check_torch_runtime, exported_thresholds, load_exported
+from engine.runtimes import exported_thresholds, load_exported
 from engine.testing import load_test_model
 from engine.thresholds import Decision, load_thresholds
 from utils.errors import UserError
@@ -124,10 +124,9 @@ class Detector:
         apply_official_flags(args, "test")
         if args.exported:  # an export folder (export.py) on onnxruntime or OpenVINO
             method_name, config, backbone_cfg, manifest, _ = configure.configure_exported(args)
-            device, model = torch.device("cpu"), load_exported(args, config)
+            device, model = torch.device("cpu"), load_exported(args, config, manifest)
             stored = exported_thresholds(manifest, class_name)
         else:
-            check_torch_runtime(args)
             method_name, config, backbone_cfg, ckpt, _ = configure.configure_test(args)
             device = cli.resolve_device(args.device)
             model, stored = load_test_model(method_name, config, backbone_cfg, ckpt, args.seed, device), Decision()

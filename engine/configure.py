@@ -26,7 +26,7 @@ import torch
 from engine import cli, distributed, validation
 from engine.official import OFFICIAL_FLAGS, apply_official_flags
 from engine.recipes import run_seed
-from engine.runtimes import read_manifest
+from engine.runtimes import check_torch_runtime, read_manifest
 from models import methods
 from models.backbone import BackboneConfig
 from models.config import STRUCTURE_SWITCHES
@@ -131,7 +131,9 @@ def official_values(args: argparse.Namespace) -> Dict[str, Any]:
 # ---------------------------------------------------------------------- test.py
 def configure_test(args: argparse.Namespace):
     """(method, config, backbone config, checkpoint or None, seed source) from the checkpoint and
-    flags; ``args.seed`` is set by the seed rule."""
+    flags; ``args.seed`` is set by the seed rule. A checkpoint runs on PyTorch: ``--runtime``
+    onnxruntime/openvino are refused here (they need ``--exported``)."""
+    check_torch_runtime(args)
     checkpoint = read_checkpoint(args.checkpoint_path) if args.checkpoint_path else None
     if checkpoint is None:
         free = methods.names(trainable=False)

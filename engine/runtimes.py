@@ -52,9 +52,10 @@ def read_manifest(directory: Path, flag: str = "--exported") -> Dict[str, Any]:
 class Session:
     """One compiled graph: :meth:`run` maps named numpy inputs to the three outputs."""
 
-    def __init__(self, directory: Path, runtime: str, precision: str = "fp32", threads: Optional[int] = None):
+    def __init__(self, directory: Path, runtime: str, precision: str = "fp32", threads: Optional[int] = None,
+                 manifest: Optional[Dict[str, Any]] = None):
         self.directory, self.runtime, self.precision = Path(directory), runtime, precision
-        self.manifest = read_manifest(directory)
+        self.manifest = manifest if manifest is not None else read_manifest(directory)
         fmt = "onnx" if runtime == "onnxruntime" else "openvino"
         if runtime not in PRECISIONS:
             raise UserError(f"--runtime {runtime}: an exported model runs on {' or '.join(PRECISIONS)}")
@@ -99,12 +100,14 @@ class ExportedModel(AnomalyModel):
     Args:
         directory: the export folder; runtime: ``onnxruntime`` or ``openvino``;
         precision: ``fp32`` or (OpenVINO) ``bf16``; config: the method configuration the
-        engine runs with (the manifest's, with test-time settings such as ``sigma`` on top).
+        engine runs with (the manifest's, with test-time settings such as ``sigma`` on top);
+        manifest: the folder's, where the caller has read it already.
     """
 
-    def __init__(self, directory, runtime: str, precision: str = "fp32", config=None):
+    def __init__(self, directory, runtime: str, precision: str = "fp32", config=None,
+                 manifest: Optional[Dict[str, Any]] = None):
         super().__init__()
-        self.session = Session(Path(directory), runtime, precision)
+        self.session = Session(Path(directory), runtime, precision, manifest=manifest)
         manifest = self.manifest = self.session.manifest
         self.method = manifest["method"]
         self.config = config if config is not None else make_config(self.method, manifest["config"])
@@ -176,10 +179,10 @@ class ExportedModel(AnomalyModel):
                         "returns maps only")
 
 
-def load_exported(args, config) -> ExportedModel:
-    """test.py's exported model: ``args.exported`` on ``args.runtime`` (auto: OpenVINO where it
-    was exported to it, else onnxruntime) at ``args.precision`` (auto: fp32)."""
-    manifest = read_manifest(args.exported)
+def load_exported(args, config, manifest: Dict[str, Any]) -> ExportedModel:
+    """test.py's exported model: ``args.exported`` (whose ``manifest`` configure read) on
+    ``args.runtime`` (auto: OpenVINO where it was exported to it, else onnxruntime) at
+    ``args.precision`` (auto: fp32)."""
     runtime = args.runtime
     if runtime == "torch":
         raise UserError("--runtime torch runs a checkpoint (--checkpoint_path); --exported runs on onnxruntime "
@@ -189,7 +192,7 @@ def load_exported(args, config) -> ExportedModel:
     if getattr(args, "k_shot", 0):
         raise UserError("--k_shot needs the PyTorch model (--checkpoint_path): an exported model returns maps only")
     precision = "fp32" if args.precision == "auto" else args.precision
-    return ExportedModel(args.exported, runtime, precision, config)
+    return ExportedModel(args.exported, runtime, precision, config, manifest)
 
 
 def check_torch_runtime(args) -> None:

@@ -20,7 +20,7 @@ from engine import cli, configure, distributed
 from engine.evaluation import Timer, category_scores, iterate_categories, no_timer
 from engine.fewshot import FewShotScorer, select_references
 from engine.report import Report
-from engine.runtimes import exported_thresholds, load_exported, read_manifest
+from engine.runtimes import exported_thresholds, load_exported
 from engine.results import (COLUMN_NAMES, METRIC_CHOICES, ScoreWriter, Thresholds, decision, evaluate_category,
                             fewshot_cells, results_table, save_maps, write_results)
 from engine.thresholds import Decision, load_thresholds
@@ -82,8 +82,9 @@ def load_test_model(method: str, config, backbone_cfg: BackboneConfig, checkpoin
 
 
 def run(args: argparse.Namespace, notes: List[str], method: str, config, backbone_cfg: BackboneConfig, checkpoint,
-        seed_source: str, ctx: distributed.Context, device: torch.device) -> int:
-    """Test (or score ``--image`` inputs) in this process, one of several under torchrun."""
+        seed_source: str, ctx: distributed.Context, device: torch.device, manifest: Optional[dict] = None) -> int:
+    """Test (or score ``--image`` inputs) in this process, one of several under torchrun: the
+    ``checkpoint``'s model, or with ``args.exported`` the export whose ``manifest`` configure read."""
     dataset_name = args.dataset or (Path(args.data_path).name if args.data_path else "images")
     kinds = METRIC_CHOICES[args.metrics]
     if args.image is None:
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
             check_dataset_name(args.dataset, dataset)
     else:
         dataset = ImageList(args.image, args.class_name, backbone_cfg.image_size)
-    manifest = read_manifest(args.exported) if args.exported else None
     if manifest is not None:
         run, source = manifest.get("run_name"), f"{manifest.get('checkpoint') or 'none (training-free)'} (exported)"
     else:
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, notes: List[str], method: str, config, backbon
         info["exported"] = str(args.exported)
     thresholds = decision_thresholds(args, info, manifest)  # bad input fails before anything is written
     if manifest is not None:  # a missing runtime or a damaged file fails before anything is written
-        model = load_exported(args, config)
+        model = load_exported(args, config, manifest)
         model.check_classes(dataset.item_classes())
         info.update(runtime=model.session.runtime, precision=model.session.precision)
         log.info("exported %s model %s on %s (%s)", model.method, args.exported, info["runtime"], info["precision"])
