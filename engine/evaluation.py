@@ -25,7 +25,7 @@ from tqdm import tqdm
 from datasets.meta import MetaDataset, collate
 from engine import distributed
 from engine.fewshot import FewShotScorer
-from models.scoring import ScoreRule, fuse_image_scores
+from models.scoring import ScoreRule, fuse_image_scores, minmax
 from utils.errors import UserError
 from utils.filters import gaussian_blur
 from utils.metrics import image_metrics, pixel_metrics
@@ -251,11 +251,17 @@ def category_scores(cat: CategoryOutputs, rule: ScoreRule, shot_weight: float = 
     fusion without masks where the category's anomalous images have none (classification-only
     data; Bayes-PFL then uses the class probability alone), and a lone image, which min-max
     cannot scale, scored by its class probability. A few-shot run adds ``shot_weight`` times the
-    few-shot score."""
+    few-shot score, or, by APRIL-GAN's rule (``rule.fewshot``), scores 0.5·(p_cls + min-max of
+    the final maps' maxima)."""
     anomalous_masks = [h for h, label in zip(cat.has_mask, cat.labels) if label == 1]
     fusion = rule.fusion_for(len(cat.paths), masked=not anomalous_masks or any(anomalous_masks))
     scores = fuse_image_scores(torch.tensor(cat.class_prob, dtype=torch.float64),
                                torch.tensor(cat.map_score, dtype=torch.float64), fusion)
+    if cat.fewshot_score and rule.fewshot == "final_max":
+        class_prob = torch.tensor(cat.class_prob, dtype=torch.float64)
+        if len(cat.paths) < 2:
+            return class_prob
+        return 0.5 * (class_prob + minmax(cat.maps.flatten(1).amax(1).double()))
     if cat.fewshot_score:
         scores = scores + shot_weight * torch.tensor(cat.fewshot_score, dtype=torch.float64)
     return scores

@@ -17,9 +17,10 @@ the official FAPrompt, Bayes-PFL and AnomalyCLIP code has no few-shot mode):
   blur is linear, so this equals blurring both), and image score = zero-shot image score +
   w · the few-shot map's maximum over the grid (w = ``--shot_weight``).
 
-APRIL-GAN sums the layers where we average (w then does not depend on the number of
-layers), always upsamples with ``align_corners=True``, and scores images by
-0.5·(p_cls + min-max(max of the summed map)).
+This is the score rule ``fewshot="add"`` (models.scoring.ScoreRule), where w does not depend
+on the number of layers. APRIL-GAN's own rule (``fewshot="final_max"``, its preset) sums the
+entries' maps instead of averaging them and scores images by 0.5·(p_cls + min-max over the
+category of each image's final-map maximum), as its test.py does.
 
 Cost: the bank of a category is built once, when its first test batch arrives, and dropped
 when the next category starts (at 518 px on ViT-L, K = 16: 21 904 rows per entry, 342 MiB
@@ -270,6 +271,8 @@ class FewShotScorer:
             up = F.interpolate(group.sum(0).view(n, 1, side, side), size=(size, size), mode="bilinear",
                                align_corners=flag)
             maps = maps + up[:, 0]
+        if self.model.score_rule.fewshot == "final_max":  # its test.py sums the layers' maps
+            return FewShotOutput(maps, grids.sum(0).amax(1))
         return FewShotOutput(maps / len(entries), grids.mean(0).amax(1))
 
     def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str], features=None):

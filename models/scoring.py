@@ -13,6 +13,7 @@ import torch
 
 FUSIONS = ("mean", "minmax", "class", "prob")
 MAP_SCORES = ("dap_maxima", "topk", "grid_max")
+FEWSHOT_RULES = ("add", "final_max")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class ScoreRule:
         anomalous images have no masks (classification-only data). A fusion over the category
         (``minmax``, ``class``) scores a lone image by its class probability (``prob``), as
         min-max cannot scale one value.
+    fewshot: how a few-shot run (engine.fewshot) joins the reference distances in:
+        ``add``: the few-shot map is the mean over the bank's entries; the final map is the
+        zero-shot map + w·that map, the image score the fused score + w·its grid maximum;
+        ``final_max``: APRIL-GAN's test.py: the entries' maps are summed, and the image score is
+        0.5·(p_cls + min-max over the category of each image's final-map maximum).
     """
 
     fusion: str
@@ -37,9 +43,10 @@ class ScoreRule:
     topk: int = 2000
     small_topk: int = 20
     small_classes: FrozenSet[str] = frozenset()
+    fewshot: str = "add"
 
     def __post_init__(self) -> None:
-        for value, allowed in ((self.fusion, FUSIONS), (self.map_score, MAP_SCORES),
+        for value, allowed in ((self.fusion, FUSIONS), (self.map_score, MAP_SCORES), (self.fewshot, FEWSHOT_RULES),
                                (self.fusion_without_masks or self.fusion, FUSIONS)):
             if value not in allowed:
                 raise ValueError(f"score rule: {value!r} is none of {allowed}")

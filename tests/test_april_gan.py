@@ -1,7 +1,7 @@
 """APRIL-GAN against the official code (ByChelsea/VAND-APRIL-GAN), stage by stage, on the golden
 tiny CLIP (fixtures: tools/golden/harness_april_gan.py): text ensemble, image feature, raw layer
-tokens, per-layer maps, the summed map, the image probability, a training step's loss and
-gradients; its official checkpoint format loads."""
+tokens, per-layer maps, the summed map, the image probability, the few-shot maps and scores, a
+training step's loss and gradients; its official checkpoint format loads."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,8 @@ import torch
 
 from compare import close
 from engine import cli
+from engine.evaluation import CategoryOutputs, category_scores, predict_maps
+from engine.fewshot import FewShotScorer, References, bank_from_images
 from models.backbone import BackboneConfig
 from models.factory import build_model, make_config, read_checkpoint
 from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
@@ -57,6 +59,25 @@ def test_april_gan_test_time_equals_the_official_code(golden):
         pred = model.predict(images, [word] * 3)
     close(pred.anomaly_map, ref["anomaly_map"], "summed map")
     close(pred.class_prob, ref["class_prob"], "image probability")
+
+
+def test_april_gan_few_shot_equals_the_official_code(golden):
+    """Its few-shot mode at the engine's default --shot_weight 1 (score rule ``final_max``): the
+    summed layers' nearest-reference maps, the final map and the image scores."""
+    model, ref, word = golden
+    model.eval()
+    images = torch.from_numpy(ref["images"])
+    scorer = FewShotScorer(model, References({}, "golden"), 1.0, IMAGE_SIZE, 2, torch.device("cpu"))
+    scorer.use_bank(word, bank_from_images(model, [torch.from_numpy(ref["references"])]))
+    maps, pred, shot = predict_maps(model, images, [word] * 3, 0.0, scorer)
+    close(maps - pred.anomaly_map, ref["fewshot_map"], "few-shot map (layers summed)")
+    close(maps, ref["fewshot_final_map"], "final map")
+    cat = CategoryOutputs(word, 3, IMAGE_SIZE)
+    cat.add(maps, torch.zeros_like(maps, dtype=torch.bool), [True] * 3, [1, 1, 0], pred.class_prob.tolist(),
+            pred.map_score.tolist(), ["a", "b", "c"], shot.tolist())
+    close(category_scores(cat, model.score_rule, scorer.weight), ref["fewshot_image_score"],
+          "image score 0.5(p + minmax(max of final map))")
+    assert len(ref["fewshot_image_score"]) == 3
 
 
 def test_april_gan_training_step_equals_the_official_code(golden):
@@ -148,3 +169,28 @@ def test_official_train_command_line(data, tiny_model, tmp_path):
                                        "--batch_size", "8", "--aug_rate", "0.2", "--print_freq", "1", "--epoch", "1",
                                        "--save_freq", "1", "--num_workers", "0"]) == 0
     assert (save / "final.pth").is_file()
+
+
+def test_mosaic_follows_the_official_recipe(tmp_path):
+    """APRIL-GAN's 2x2 mosaic (tiles by defect type): 0.2 when training on MVTec-AD, with no other
+    augmentation; none on VisA; --augment off drops it; --aug_rate is --mosaic_prob on MVTec-AD
+    and, as in its code, nothing elsewhere."""
+    from engine.configure import configure_train
+    from scripts import train_script
+    from utils.errors import UserError
+
+    def plan(*argv):
+        args, run = configure_train(train_script.build_parser(),
+                                    ["--method", "april_gan", "--save_path", str(tmp_path), *argv])
+        dataset = args.dataset or Path(args.train_data_path).name
+        return run.mosaic_prob(args.mosaic_prob, dataset), run
+
+    mosaic, run = plan("--train_data_path", "data/mvtec")
+    assert mosaic == 0.2 and not run.augment and run.recipe.mosaic_pool == "defect_types"
+    assert plan("--train_data_path", "data/visa")[0] == 0.0
+    assert plan("--train_data_path", "data/mvtec", "--augment", "off")[0] == 0.0
+    assert plan("--dataset", "mvtec", "--train_data_path", "x", "--aug_rate", "0.5")[0] == 0.5
+    mosaic, run = plan("--dataset", "visa", "--train_data_path", "x", "--aug_rate", "0.5")
+    assert mosaic == 0.0 and any("--aug_rate 0.5: no effect" in note for note in run.notes)
+    with pytest.raises(UserError, match="--aug_rate 0.5 and --mosaic_prob 0.3 disagree"):
+        plan("--dataset", "mvtec", "--train_data_path", "x", "--aug_rate", "0.5", "--mosaic_prob", "0.3")

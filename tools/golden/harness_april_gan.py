@@ -1,5 +1,6 @@
 """Record the official APRIL-GAN code (ByChelsea/VAND-APRIL-GAN) on the golden tiny CLIP: the
-reference arrays of tests/test_april_gan.py.
+reference arrays of tests/test_april_gan.py (zero-shot, a training step, and the few-shot mode
+with two references).
 
     python tools/golden/harness_april_gan.py --official /path/to/VAND-APRIL-GAN \
         --out tests/golden/april_gan_official.npz
@@ -35,6 +36,7 @@ ROOT = HERE.parents[1]
 CLASS = "bottle"
 IMAGES_SEED = 20261207
 LINEAR_SEED = 20261208
+REFERENCE_SEED = 20261209
 FEATURES = (6, 12, 18, 24)
 
 
@@ -46,6 +48,11 @@ def golden_images(size: int) -> np.ndarray:
     masks[0, 4:20, 10:30] = 1
     masks[1, 30:44, 2:12] = 1
     return images, masks
+
+
+def reference_images(size: int) -> np.ndarray:
+    """[2, 3, S, S] few-shot reference images from a frozen stream."""
+    return np.random.RandomState(REFERENCE_SEED).standard_normal((2, 3, size, size)).astype(np.float32)
 
 
 def linear_weights(width: int, embed: int, layers: int):
@@ -66,6 +73,39 @@ def patched_checkout(official: Path) -> Path:
         raise SystemExit(f"{path}: expected one .to('cuda') to patch")
     path.write_text(source.replace(".to('cuda')", ".to(x.device)"))
     return work
+
+
+def few_shot(model, images, out, torch, F) -> None:
+    """Its few-shot mode with the layers of test_few_shot.sh (--few_shot_features 6 12 18 24):
+    few_shot.py:19-27 (the bank: each reference's raw tokens, concatenated per layer) and
+    test.py:187-201 and 232-249 (per image and layer 1 − the nearest reference's cosine,
+    scikit-learn's, upsampled with align_corners True; the layers summed and added to the
+    zero-shot map; image score 0.5·(p + min-max of the final maps' maxima))."""
+    from sklearn.metrics import pairwise
+
+    references = torch.from_numpy(reference_images(images.shape[-1]))
+    out["references"] = references.numpy()
+    with torch.no_grad():
+        features = [model.encode_image(r[None], list(FEATURES))[1] for r in references]
+        bank = [torch.cat([f[i][0, 1:, :] for f in features], dim=0) for i in range(len(FEATURES))]
+        final = []
+        for i, image in enumerate(images):
+            tokens = model.encode_image(image[None], list(FEATURES))[1]
+            maps = []
+            for index, p in enumerate(tokens):
+                cos = pairwise.cosine_similarity(bank[index].cpu(), p[0, 1:, :].cpu())
+                side = int(np.sqrt(cos.shape[1]))
+                grid = torch.tensor(np.min(1 - cos, 0).reshape(1, 1, side, side))
+                maps.append(F.interpolate(grid, size=images.shape[-1], mode="bilinear",
+                                          align_corners=True)[0].numpy())
+            few = np.sum(maps, axis=0)
+            out.setdefault("fewshot_map", []).append(few[0])
+            final.append(out["anomaly_map"][i] + few[0])
+    out["fewshot_map"] = np.stack(out["fewshot_map"])
+    out["fewshot_final_map"] = np.stack(final)
+    maxima = np.array([np.max(m) for m in final])
+    maxima = (maxima - maxima.min()) / (maxima.max() - maxima.min())
+    out["fewshot_image_score"] = 0.5 * (out["class_prob"] + maxima)
 
 
 def main() -> None:
@@ -128,6 +168,7 @@ def main() -> None:
                                    dim=1))
         out[f"probs/{layer}"] = probs[-1].detach().numpy()
     out["anomaly_map"] = sum(p[:, 1] for p in probs).detach().numpy()
+    few_shot(model, images, out, torch, F)
     focal, dice = FocalLoss(), BinaryDiceLoss()
     loss = sum(focal(p, masks) + dice(p[:, 1, :, :], masks) for p in probs)
     loss.backward()
@@ -140,7 +181,8 @@ def main() -> None:
                                            text=True).stdout.strip() or "unknown"
     provenance = {"reference": "ByChelsea/VAND-APRIL-GAN", "commit": commit, "open_clip": "vendored 2.16 (its copy)",
                   "torch": torch.__version__, "class_name": CLASS, "images_seed": IMAGES_SEED,
-                  "linear_seed": LINEAR_SEED, "features_list": list(FEATURES), "image_size": IMAGE_SIZE,
+                  "linear_seed": LINEAR_SEED, "reference_seed": REFERENCE_SEED,
+                  "features_list": list(FEATURES), "image_size": IMAGE_SIZE,
                   "patched": "open_clip/transformer.py: .to('cuda') -> .to(x.device) (an unused attention sum)"}
     Path(args.out).with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(json.dumps(provenance, indent=2))
