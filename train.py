@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--augment", default="auto", choices=("auto", "on", "off"),
                        help="official Bayes-PFL augmentation (auto: on for bayes_pfl and fapfl)")
     group.add_argument("--mosaic_prob", type=cli.probability, default=None,
-                       help="2x2 mosaic probability (auto: 0.4 with MVTec as auxiliary set and augmentation on)")
+                       help="2x2 mosaic probability (auto: the recipe's on MVTec-AD: 0.4 with augmentation "
+                            "on, Bayes-PFL's; APRIL-GAN 0.2, its only augmentation; 0 elsewhere)")
     group = parser.add_argument_group("feature cache (the frozen image tower runs once per image)")
     group.add_argument("--feature_cache", default="auto", choices=MODES,
                        help="reuse the first epoch's image features in later epochs: memory, disk "

@@ -4,7 +4,8 @@ The official code uses albumentations on the image and mask together:
 ``Rotate(limit=30, p=.5)``, ``RandomRotate90(p=.5)``, ``RandomBrightnessContrast(p=.5)``,
 ``GaussNoise(p=.5)``, ``OneOf([Blur(3), ColorJitter, GaussianBlur], p=.5)``, plus a 2x2 mosaic
 of anomalous images (40 % of the time, only when MVTec is the auxiliary set; the caller picks
-``mosaic_prob``). Here the image is a ``tv_tensors.Image`` and the mask a ``tv_tensors.Mask``
+``mosaic_prob``). APRIL-GAN's mosaic (tiles by defect type, 20 % on MVTec-AD) runs alone, the
+pipeline off. Here the image is a ``tv_tensors.Image`` and the mask a ``tv_tensors.Mask``
 passed through one ``v2.Compose``: geometric ops move both identically (the mask always with
 nearest interpolation), photometric ops touch the image only. Differences from the official
 albumentations pipeline:
@@ -34,6 +35,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+
+MOSAIC_POOLS = ("anomalous", "defect_types")
 
 
 class _ImageOnly(v2.Transform):
@@ -144,23 +148,36 @@ class TrainAugment:
     """``MetaDataset`` augment hook: ``(pil_image, pil_mask_L, record, dataset) -> (image, mask,
     info)``; ``info`` is ``{"label": 1, "has_mask": ...}`` after a mosaic, else ``{}``.
 
-    ``mosaic_prob``: probability of replacing the sample by a 2x2 mosaic of 4 random anomalous
-    images of its class (official 0.4 with MVTec as auxiliary set, else 0). ``enabled=False``
-    returns the inputs unchanged. ``geometric``/``photometric``/``interpolation`` exist for
-    tests and ablations.
+    ``mosaic_prob``: probability of replacing the sample by a 2x2 mosaic of 4 random images of
+    its class, drawn by ``mosaic_pool``:
+
+    * ``anomalous``: 4 of its anomalous images (Bayes-PFL; official 0.4 with MVTec as auxiliary
+      set, else 0);
+    * ``defect_types``: each tile a random defect type of the class ("good" included), then a
+      random image of that type (APRIL-GAN's ``--aug_rate``, 0.2 on MVTec-AD; its code lists the
+      category's test folders, which are the records here).
+
+    The mosaic is anomalous when one of its tiles is (APRIL-GAN keeps the replaced sample's
+    label; its loss reads masks only). ``enabled=False`` returns the inputs unchanged.
+    ``geometric``/``photometric`` (the Bayes-PFL pipeline; both off for a mosaic alone) and
+    ``interpolation`` exist for the recipes, tests and ablations.
     """
 
     def __init__(self, mosaic_prob: float = 0.0, enabled: bool = True, seed: Optional[int] = None,
                  geometric: bool = True, photometric: bool = True,
-                 interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> None:
+                 interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+                 mosaic_pool: str = "anomalous") -> None:
         if not 0.0 <= mosaic_prob <= 1.0:
             raise ValueError(f"mosaic_prob must be in [0, 1], got {mosaic_prob}")
-        self.mosaic_prob = float(mosaic_prob)
+        if mosaic_pool not in MOSAIC_POOLS:
+            raise ValueError(f"mosaic_pool must be one of {MOSAIC_POOLS}, got {mosaic_pool!r}")
+        self.mosaic_prob, self.mosaic_pool = float(mosaic_prob), mosaic_pool
         self.enabled = enabled
         self.seed = seed
         self._py = random.Random(seed) if seed is not None else None
         self.pipeline = build_pipeline(geometric, photometric, interpolation)
         self._anomalous: Dict[Tuple[int, str], List[int]] = {}
+        self._by_type: Dict[Tuple[int, str], List[List[int]]] = {}
 
     def __call__(self, image: Image.Image, mask: Image.Image,
                  record: Optional[Dict[str, Any]] = None,
@@ -182,13 +199,35 @@ class TrainAugment:
             if picked:
                 pairs = [dataset.load_pair(r) for r in picked]
                 image, mask = mosaic([p[0] for p in pairs], [p[1] for p in pairs])
-                info = {"label": 1, "has_mask": all(dataset.record_has_mask(r) for r in picked)}
+                info = {"label": int(any(int(r["anomaly"]) == 1 for r in picked)),
+                        "has_mask": all(dataset.record_has_mask(r) for r in picked)}
         img_t = tv_tensors.Image(TF.pil_to_tensor(image.convert("RGB")))
         mask_t = tv_tensors.Mask(TF.pil_to_tensor(mask.convert("L")))
         img_t, mask_t = self.pipeline(img_t, mask_t)
         return TF.to_pil_image(img_t), TF.to_pil_image(mask_t), info
 
     def _pick_mosaic(self, record, dataset, rng) -> List[Dict[str, Any]]:
+        """4 records of ``record``'s class by ``mosaic_pool``."""
+        if self.mosaic_pool == "defect_types":
+            return self._pick_by_type(record, dataset, rng)
+        return self._pick_anomalous(record, dataset, rng)
+
+    def _pick_by_type(self, record, dataset, rng) -> List[Dict[str, Any]]:
+        """Per tile a random defect type of the class, then a random record of it (with
+        replacement, as APRIL-GAN draws)."""
+        cls = str(record["cls_name"])
+        key = (id(dataset), cls)
+        if key not in self._by_type:
+            types: Dict[str, List[int]] = {}
+            for i, r in enumerate(dataset.records):
+                if str(r["cls_name"]) == cls:
+                    types.setdefault(str(r.get("specie_name") or ("good" if int(r["anomaly"]) == 0 else "bad")),
+                                     []).append(i)
+            self._by_type[key] = [types[t] for t in sorted(types)]
+        pools = self._by_type[key]
+        return [dataset.records[rng.choice(rng.choice(pools))] for _ in range(4)] if pools else []
+
+    def _pick_anomalous(self, record, dataset, rng) -> List[Dict[str, Any]]:
         """4 anomalous records of ``record``'s class (with replacement if fewer than 4)."""
         cls = str(record["cls_name"])
         key = (id(dataset), cls)

@@ -254,12 +254,15 @@ class TrainPlan:
     augment: bool = False
     resume: Any = None  # the Checkpoint to resume, or None
     notes: List[str] = field(default_factory=list)  # warnings for the log
+    augment_off: bool = False  # --augment off
 
     def mosaic_prob(self, flag: Optional[float], dataset: str) -> float:
-        """``--mosaic_prob``, else the recipe's for the auxiliary ``dataset`` (0 without augmentation)."""
+        """``--mosaic_prob``, else the recipe's for the auxiliary ``dataset``: with augmentation
+        on, or where the mosaic is the recipe's only augmentation unless ``--augment off``."""
         if flag is not None:
             return flag
-        return self.recipe.mosaic_prob.get(dataset, 0.0) if self.augment else 0.0
+        applies = self.augment or (self.recipe.mosaic_alone and not self.augment_off)
+        return self.recipe.mosaic_prob.get(dataset, 0.0) if applies else 0.0
 
 
 def save_path(args: argparse.Namespace) -> Path:
@@ -368,4 +371,4 @@ def configure_train(parser: argparse.ArgumentParser,
     lr = _learning_rates(args, method, recipe, notes)
     augment = recipe.augment if args.augment == "auto" else args.augment == "on"
     return args, TrainPlan(method, recipe, config, backbone_cfg, device, protocol, epochs, batch_size, lr, fields,
-                           augment, resume, notes)
+                           augment, resume, notes, augment_off=args.augment == "off")

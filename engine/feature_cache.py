@@ -390,8 +390,9 @@ def _resolve_mode(request: CacheRequest, need: int, per_image: int, images: int,
 
 
 def cache_wanted(request: CacheRequest, augment: bool) -> bool:
-    """Whether to open caches (checked before anything is built). Augmentation makes an
-    explicit ``memory``/``disk`` request a user error and turns ``auto`` off, saying so."""
+    """Whether to open caches (checked before anything is built). Augmentation (``augment``: the
+    pipeline or the 2x2 mosaic) makes an explicit ``memory``/``disk`` request a user error and
+    turns ``auto`` off, saying so."""
     if request.mode not in MODES:
         raise UserError(f"--feature_cache {request.mode}: choose one of {', '.join(MODES)}")
     if request.dtype not in DTYPES:
@@ -401,9 +402,9 @@ def cache_wanted(request: CacheRequest, augment: bool) -> bool:
         return False
     if augment:
         if request.mode != "auto":
-            raise UserError(f"--feature_cache {request.mode} needs --augment off: augmentation changes "
-                            "the images every epoch, so their features cannot be reused")
-        log.info("feature cache off: augmentation is on (the images change every epoch)")
+            raise UserError(f"--feature_cache {request.mode} needs --augment off and no mosaic (--mosaic_prob 0): "
+                            "augmentation changes the images every epoch, so their features cannot be reused")
+        log.info("feature cache off: augmentation or the mosaic is on (the images change every epoch)")
         return False
     return True
 

@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 
-from engine.cli import nonnegative_int
+from datasets.names import canonical_dataset
+from engine.cli import nonnegative_int, probability
 from utils.errors import UserError
 
 
@@ -47,8 +48,8 @@ OFFICIAL_FLAGS = (
                  "FAPrompt: passed but unused by its code (prompt lengths are --normal_ctx and --abnormal_ctx); "
                  "no effect, except for --method anomalyclip (its contexts' length)", {"type": int}),
     OfficialFlag("aug_rate", ("train",),
-                 "APRIL-GAN: the probability of its MVTec-AD 2x2 mosaic; not reproduced, no effect (--augment on "
-                 "--mosaic_prob P gives Bayes-PFL's mosaic)", {"type": float}),
+                 "APRIL-GAN: the probability of its 2x2 mosaic when training on MVTec-AD, as --mosaic_prob "
+                 "(no effect on other datasets, as in its code)", {"type": probability}),
     OfficialFlag("mode", ("test",), "APRIL-GAN: zero_shot, or few_shot (as --k_shot, 10 unless given)",
                  {"choices": ("zero_shot", "few_shot")}),
     OfficialFlag("few_shot_features", ("test",),
@@ -102,6 +103,15 @@ def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
                 notes.append(f"--mode zero_shot: --k_shot {args.k_shot} ignored, as the official test.py does")
                 args.k_shot = 0
             notes.append(f"--mode {value}: {'--k_shot ' + str(args.k_shot) if args.k_shot else 'zero-shot'}")
+        elif flag.name == "aug_rate":
+            dataset = canonical_dataset(args.dataset or os.path.basename(os.path.normpath(args.train_data_path)))
+            if dataset != "mvtec":
+                notes.append(f"--aug_rate {value}: no effect, the official code tiles mosaics of MVTec-AD only")
+            elif args.mosaic_prob is not None and args.mosaic_prob != value:
+                raise UserError(f"--aug_rate {value} and --mosaic_prob {args.mosaic_prob} disagree; pass one of them")
+            else:
+                args.mosaic_prob = value
+                notes.append(f"--aug_rate {value}: the 2x2 mosaic probability, as --mosaic_prob {value}")
         elif flag.name == "few_shot_features":
             listed = args.features_list
             if listed is not None and list(value) != list(listed):

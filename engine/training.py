@@ -32,14 +32,16 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
     mosaic = run.mosaic_prob(args.mosaic_prob, canonical_dataset(dataset_name))
     request = CacheRequest(args.feature_cache, args.cache_dtype,
                            Path(args.feature_cache_dir or save_path(args) / "feature_cache"))
-    use_cache = cache_wanted(request, run.augment)
+    use_cache = cache_wanted(request, run.augment or mosaic > 0)
     full = MetaDataset(args.train_data_path, "test", classes=args.train_classes, image_size=backbone_cfg.image_size)
     train_records, val_set = validation.validation_split(
         run.protocol, full, backbone_cfg.image_size, args.seed, args.val_fraction, dataset_name, args.val_data_path,
         args.val_dataset, args.val_classes, run.recipe.target_validation)
     train_set = MetaDataset(full.root, "test", image_size=backbone_cfg.image_size, check_files=False,
                             records=train_records if train_records is not None else full.records,
-                            augment=TrainAugment(mosaic_prob=mosaic) if run.augment else None)
+                            augment=TrainAugment(mosaic_prob=mosaic, geometric=run.augment, photometric=run.augment,
+                                                 mosaic_pool=run.recipe.mosaic_pool)
+                            if run.augment or mosaic > 0 else None)
 
     folder = cli.ensure_writable(save_path(args)) if ctx.is_main else save_path(args)
     if ctx.is_main:  # nothing is written before every input is checked; rank 0 writes

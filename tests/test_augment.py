@@ -133,3 +133,42 @@ def test_mosaic_function_pastes_in_row_major_order():
     a, m = np.asarray(img), np.asarray(msk)
     assert a[0, 0, 0] == 10 and a[0, 4, 0] == 20 and a[3, 0, 0] == 30 and a[3, 4, 0] == 40
     assert m[3:, :4].all() and m.sum() == 255 * 12
+
+
+def test_defect_type_mosaic_draws_a_type_then_an_image(tmp_path: Path):
+    """APRIL-GAN's pool: each tile a uniform defect type of the class ("good" included), then a
+    uniform image of it; a mosaic of normal tiles stays normal."""
+    recs = []
+    for name, kind, count in (("good", 0, 9), ("crack", 1, 1), ("hole", 1, 2)):
+        for i in range(count):
+            level = {"good": 10, "crack": 100, "hole": 200}[name] + i
+            Image.fromarray(np.full((8, 8, 3), level, np.uint8)).save(tmp_path / f"{name}{i}.png")
+            if kind:
+                Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / f"{name}{i}_mask.png")
+            recs.append({"img_path": f"{name}{i}.png", "mask_path": f"{name}{i}_mask.png" if kind else "",
+                         "cls_name": "obj", "specie_name": name, "anomaly": kind})
+    recs.append({"img_path": "good0.png", "mask_path": "", "cls_name": "other", "specie_name": "good", "anomaly": 0})
+    (tmp_path / "meta.json").write_text(json.dumps({"test": {"obj": recs[:-1], "other": recs[-1:]}}))
+    ds = MetaDataset(tmp_path, image_size=16)
+    aug = TrainAugment(mosaic_prob=1.0, seed=3, geometric=False, photometric=False, mosaic_pool="defect_types")
+    counts = {"good": 0, "crack": 0, "hole": 0}
+    labels = set()
+    for _ in range(150):  # (seeded)
+        img, msk, info = aug(*ds.load_pair(ds.records[0]), ds.records[0], ds)
+        a, m = np.asarray(img), np.asarray(msk)
+        assert a.shape == (16, 16, 3)
+        tiles = [int(a[y, x, 0]) for y, x in ((0, 0), (0, 8), (8, 0), (8, 8))]
+        names = ["good" if t < 100 else "crack" if t < 200 else "hole" for t in tiles]
+        for name, (y, x) in zip(names, ((0, 0), (0, 8), (8, 0), (8, 8))):
+            counts[name] += 1
+            assert (m[y:y + 8, x:x + 8] == (0 if name == "good" else 255)).all()
+        assert info["label"] == int(names != ["good"] * 4) and info["has_mask"]
+        labels.add(info["label"])
+    # by type, each type a third of the 600 tiles (by image, "good" would be 9 in 12)
+    assert all(150 <= c <= 250 for c in counts.values()), counts
+    assert labels == {1} or labels == {0, 1}
+    other = ds.records[-1]  # a class of normal images alone: its mosaic stays normal
+    assert other["cls_name"] == "other"
+    assert aug(*ds.load_pair(other), other, ds)[2] == {"label": 0, "has_mask": True}
+    with pytest.raises(ValueError, match="mosaic_pool"):
+        TrainAugment(mosaic_pool="tiles")

@@ -176,8 +176,13 @@ def test_augmentation_refuses_the_cache(data, tmp_path, common, caplog):
     caplog.clear()
     assert _train(data, tmp_path / "b", common, *argv, "--patience", "0") == 0  # auto
     messages = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feature cache")]
-    assert messages == ["feature cache off: augmentation is on (the images change every epoch)"]
+    assert messages == ["feature cache off: augmentation or the mosaic is on (the images change every epoch)"]
     assert not (tmp_path / "b" / "feature_cache").exists()
+    # a mosaic alone changes the images too
+    caplog.clear()
+    mosaic = [*BAYES, "--epochs", "1", "--augment", "off", "--mosaic_prob", "0.5"]
+    assert _train(data, tmp_path / "c", common, *mosaic, "--feature_cache", "memory") == EXIT_USER_ERROR
+    assert "needs --augment off and no mosaic" in caplog.text
 
 
 def test_auto_follows_the_budget(data, tmp_path, common, caplog, monkeypatch):

@@ -60,7 +60,9 @@ class Recipe:
     target_validation: default categories of the ``target`` protocol, by auxiliary dataset:
         ``{aux: (target dataset, [categories])}``.
     augment: the Bayes-PFL augmentation on by default; ``mosaic_prob``: the 2x2 mosaic probability
-        by (canonical) auxiliary dataset while augmentation is on, 0 for the others.
+        by (canonical) auxiliary dataset while augmentation is on, 0 for the others;
+        ``mosaic_pool``: how its tiles are drawn (datasets.augment.TrainAugment); ``mosaic_alone``:
+        the mosaic applies with the augmentation off too (APRIL-GAN: its only augmentation).
     """
 
     epochs: int
@@ -73,6 +75,8 @@ class Recipe:
     target_validation: Mapping[str, Tuple[str, Tuple[str, ...]]] = field(default_factory=lambda: EMPTY)
     augment: bool = False
     mosaic_prob: Mapping[str, float] = field(default_factory=lambda: EMPTY)
+    mosaic_pool: str = "anomalous"
+    mosaic_alone: bool = False
 
     @property
     def single_rate(self) -> bool:
