@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-METHODS = ("faprompt", "bayes_pfl", "april_gan", "winclip")
+METHODS = ("faprompt", "bayes_pfl", "april_gan", "vcp_clip", "winclip")
 TRAINING_FREE = ("winclip",)  # no training step
 PER_IMAGE = ("faprompt", "bayes_pfl")  # an official per-image style to compare with
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, iters=1, warmup=1)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["faprompt", "bayes_pfl"],
-                        help="also april_gan, winclip (its floor is the plain image pass, and its window "
+                        help="also april_gan, vcp_clip, winclip (its floor is the plain image pass, and its window "
                              "passes are reported)")
     parser.add_argument("--images", type=int, default=None, help="test images (default 12; 4 at full size)")
     parser.add_argument("--batch_size", type=int, default=None, help="ours (default: test.py's for the device)")

@@ -37,7 +37,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 
-MOSAIC_POOLS = ("anomalous", "defect_types")
+MOSAIC_POOLS = ("anomalous", "defect_types", "records")
 
 
 class _ImageOnly(v2.Transform):
@@ -155,7 +155,8 @@ class TrainAugment:
       set, else 0);
     * ``defect_types``: each tile a random defect type of the class ("good" included), then a
       random image of that type (APRIL-GAN's ``--aug_rate``, 0.2 on MVTec-AD; its code lists the
-      category's test folders, which are the records here).
+      category's test folders, which are the records here);
+    * ``records``: 4 distinct images of the class, any label (AdaCLIP, 0.2 on MVTec-AD).
 
     The mosaic is anomalous when one of its tiles is (APRIL-GAN keeps the replaced sample's
     label; its loss reads masks only). ``enabled=False`` returns the inputs unchanged.
@@ -210,6 +211,10 @@ class TrainAugment:
         """4 records of ``record``'s class by ``mosaic_pool``."""
         if self.mosaic_pool == "defect_types":
             return self._pick_by_type(record, dataset, rng)
+        if self.mosaic_pool == "records":
+            cls = str(record["cls_name"])
+            pool = [r for r in dataset.records if str(r["cls_name"]) == cls]
+            return rng.sample(pool, 4) if len(pool) >= 4 else [rng.choice(pool) for _ in range(4)]
         return self._pick_anomalous(record, dataset, rng)
 
     def _pick_by_type(self, record, dataset, rng) -> List[Dict[str, Any]]:

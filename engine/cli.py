@@ -70,6 +70,14 @@ HELP = {
     "prompts": "WinCLIP: the template list, paper or anomalib (its list has one template twice)",
     "window_attention": "WinCLIP: window (each window encoded alone, the paper) or across (anomalib 2.7 on "
                         "today's open_clip: windows attend across each other)",
+    "prompt_len": "VCP-CLIP: Pre-VCP class tokens r",
+    "deep_prompt_len": "VCP-CLIP: learned text prompt tokens n per text block",
+    "total_d_layer_len": "VCP-CLIP: text blocks after the first with their own prompt tokens (unset: all; 0: none)",
+    "use_global": "VCP-CLIP: Pre-VCP adds the global image feature (on); a bare --use_global turns it off, as "
+                  "the official store_false flag does",
+    "post_heads": "VCP-CLIP: attention heads of Post-VCP",
+    "map_weight": "VCP-CLIP: weight of the linear branch in the map (Post-VCP: 1 - it)",
+    "prompt_dropout": "VCP-CLIP: dropout on the text prompt tokens while training",
 }
 
 # Fields that belong to the shared flags (defined once in add_common_flags) or are internal.
@@ -114,7 +122,10 @@ nonnegative_float = _number(float, 0, False)
 fraction = _number(float, 0, False, 1, True)  # [0, 1)
 probability = _number(float, 0, False, 1, False)  # [0, 1]
 # Method fields with another range than "integer >= 1" / "number > 0".
-_FIELD_TYPES = {"sigma": nonnegative_float}
+_FIELD_TYPES = {"sigma": nonnegative_float, "total_d_layer_len": nonnegative_int, "map_weight": probability,
+                "prompt_dropout": fraction}
+# argparse settings beyond the type: VCP-CLIP's official --use_global is a bare store_false switch
+_FIELD_KWARGS = {"use_global": {"nargs": "?", "const": False}}
 
 
 def _flag_type(hint: Any):
@@ -155,6 +166,7 @@ def add_method_flags(parser: argparse.ArgumentParser, config_classes: List[type]
                 kwargs.update(type=_bool, metavar="{on,off}")
             else:
                 kwargs["type"] = _FIELD_TYPES.get(f.name, {int: positive_int, float: positive_float}.get(kind, kind))
+            kwargs.update(_FIELD_KWARGS.get(f.name, {}))
             group.add_argument(f"--{f.name}", *ALIASES.get(f.name, ()), **kwargs)
 
 

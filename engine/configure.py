@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from datasets.names import canonical_dataset
 from engine import cli, distributed, validation
 from engine.official import OFFICIAL_FLAGS, apply_official_flags
 from engine.recipes import run_seed
@@ -273,14 +274,14 @@ def save_path(args: argparse.Namespace) -> Path:
 
 def _learning_rates(args: argparse.Namespace, method: str, recipe: methods.Recipe,
                     notes: List[str]) -> Dict[str, float]:
-    """The rates per parameter group. ``--learning_rate`` sets a one-group recipe's rate; a
-    recipe of parameter groups ignores it, as the official Bayes-PFL code does."""
+    """The rates per parameter group. ``--learning_rate`` sets the rate of a recipe's ``all``
+    group (VCP-CLIP keeps its temperatures' own); a recipe of Bayes-PFL's parameter groups
+    ignores it, as the official Bayes-PFL code does."""
     lr = dict(recipe.lr)
     if recipe.single_rate:
         if args.learning_rate is not None:
             lr["all"] = args.learning_rate
-        return lr
-    if args.learning_rate is not None:
+    elif args.learning_rate is not None:
         flags = ", ".join(f"--{GROUP_RATE_FLAGS[group]}" for group in lr)
         notes.append(f"--learning_rate {args.learning_rate:g} has no effect on {method} (as in the official "
                      f"Bayes-PFL code): its parameter groups have their own rates, set by {flags}")
@@ -329,7 +330,8 @@ def configure_train(parser: argparse.ArgumentParser,
     entry = method_entry(method)
     if explicit_method is None and method != trainable[0] and resume is None:
         notes.append(f"--method {method}: inferred from its flags (pass --method to choose)")
-    recipe = entry.recipe
+    auxiliary = args.dataset or (Path(args.train_data_path).name if args.train_data_path else "")
+    recipe = entry.recipe.on(canonical_dataset(auxiliary))  # the official settings for that dataset
     args.seed = recipe.seed if args.seed is None else args.seed
     device = cli.resolve_device(args.device)
     compat = "ours" if args.compat == "auto" else args.compat

@@ -389,16 +389,22 @@ def _resolve_mode(request: CacheRequest, need: int, per_image: int, images: int,
                    f"the {human_size(disk)} free in {request.directory}")
 
 
-def cache_wanted(request: CacheRequest, augment: bool) -> bool:
+def cache_wanted(request: CacheRequest, augment: bool, blocker: str = "") -> bool:
     """Whether to open caches (checked before anything is built). Augmentation (``augment``: the
-    pipeline or the 2x2 mosaic) makes an explicit ``memory``/``disk`` request a user error and
-    turns ``auto`` off, saying so."""
+    pipeline or the 2x2 mosaic), or a method whose trained parts change the image tower's outputs
+    (``blocker`` says why), makes an explicit ``memory``/``disk`` request a user error and turns
+    ``auto`` off, saying so."""
     if request.mode not in MODES:
         raise UserError(f"--feature_cache {request.mode}: choose one of {', '.join(MODES)}")
     if request.dtype not in DTYPES:
         raise UserError(f"--cache_dtype {request.dtype}: choose one of {', '.join(DTYPES)}")
     if request.mode == "off":
         log.info("feature cache off (--feature_cache off)")
+        return False
+    if blocker:
+        if request.mode != "auto":
+            raise UserError(f"--feature_cache {request.mode}: {blocker}; drop the flag")
+        log.info("feature cache off: %s", blocker)
         return False
     if augment:
         if request.mode != "auto":

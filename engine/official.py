@@ -1,5 +1,5 @@
-"""Flags of the official FAPrompt, AnomalyCLIP, Bayes-PFL and APRIL-GAN scripts that have no flag of the same
-name here.
+"""Flags of the official FAPrompt, AnomalyCLIP, Bayes-PFL, APRIL-GAN and VCP-CLIP scripts that have no flag of
+the same name here.
 
 A command pasted from an official ``train.sh``/``test.sh`` must mean what it meant there or say
 in one line what replaces a flag, never fail with an argparse error. Each flag below is either
@@ -50,6 +50,12 @@ OFFICIAL_FLAGS = (
     OfficialFlag("aug_rate", ("train",),
                  "APRIL-GAN: the probability of its 2x2 mosaic when training on MVTec-AD, as --mosaic_prob "
                  "(no effect on other datasets, as in its code)", {"type": probability}),
+    OfficialFlag("group_id_list", ("train",),
+                 "VCP-CLIP: which 3-way split of the auxiliary categories to train on; its default 2 is every "
+                 "category (as here); a part of them is --train_classes", {"type": int, "nargs": "+"}),
+    OfficialFlag("resume_checkpoint_path", ("train",),
+                 "VCP-CLIP: start training from a saved model's weights; not supported (--resume continues an "
+                 "interrupted run of ours)"),
     OfficialFlag("mode", ("test",), "APRIL-GAN: zero_shot, or few_shot (as --k_shot, 10 unless given)",
                  {"choices": ("zero_shot", "few_shot")}),
     OfficialFlag("few_shot_features", ("test",),
@@ -112,6 +118,15 @@ def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
             else:
                 args.mosaic_prob = value
                 notes.append(f"--aug_rate {value}: the 2x2 mosaic probability, as --mosaic_prob {value}")
+        elif flag.name == "group_id_list":
+            if list(value) != [2]:
+                raise UserError(f"--group_id_list {shown}: VCP-CLIP's groups 0 and 1 train on a third of the auxiliary "
+                                "categories; name the categories with --train_classes instead (group 2, every "
+                                "category, is the default here)")
+            notes.append("--group_id_list 2: every category of the auxiliary set, as here by default")
+        elif flag.name == "resume_checkpoint_path":
+            raise UserError(f"--resume_checkpoint_path {value}: starting from another run's weights is not supported; "
+                            "--resume continues an interrupted run of ours")
         elif flag.name == "few_shot_features":
             listed = args.features_list
             if listed is not None and list(value) != list(listed):

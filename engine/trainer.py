@@ -65,6 +65,7 @@ class TrainSettings:
     save_path: Path
     lr: Dict[str, float]  # per parameter-group name ("all" for single-group methods)
     betas: tuple = (0.5, 0.999)
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled decay (AdaCLIP), else Adam
     warmup: float = 0.1  # fraction of the steps, cosine schedule (two-stage models only)
     patience: int = 3
     num_workers: int = 0
@@ -199,7 +200,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _build_optimizer(self) -> None:
-        self.optimizer = torch.optim.Adam(self.model.param_groups(self.settings.lr), betas=self.settings.betas)
+        groups, betas = self.model.param_groups(self.settings.lr), self.settings.betas
+        decay = self.settings.weight_decay
+        if decay > 0:  # AdaCLIP's AdamW
+            self.optimizer = torch.optim.AdamW(groups, betas=betas, weight_decay=decay)
+        else:
+            self.optimizer = torch.optim.Adam(groups, betas=betas)
         self.scheduler = None
         if self.two_stage and self.state.stage == 1:  # the official schedule drives stage 1 only
             self.scheduler = cosine_with_warmup(self.optimizer, self.settings.epochs * self.steps_per_epoch,

@@ -17,7 +17,7 @@ from engine.configure import TrainPlan, save_path
 from engine.evaluation import validation_scores
 from engine.feature_cache import CacheRequest, cache_wanted, open_caches
 from engine.trainer import Trainer, TrainSettings
-from models.factory import build_model
+from models.factory import build_model, method_entry
 from utils.log import setup_logging
 
 log = logging.getLogger("zsad.train")
@@ -32,7 +32,8 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
     mosaic = run.mosaic_prob(args.mosaic_prob, canonical_dataset(dataset_name))
     request = CacheRequest(args.feature_cache, args.cache_dtype,
                            Path(args.feature_cache_dir or save_path(args) / "feature_cache"))
-    use_cache = cache_wanted(request, run.augment or mosaic > 0)
+    blocker = method_entry(method).cache_blocker
+    use_cache = cache_wanted(request, run.augment or mosaic > 0, blocker(run.config) if blocker else "")
     full = MetaDataset(args.train_data_path, "test", classes=args.train_classes, image_size=backbone_cfg.image_size)
     train_records, val_set = validation.validation_split(
         run.protocol, full, backbone_cfg.image_size, args.seed, args.val_fraction, dataset_name, args.val_data_path,
@@ -64,7 +65,8 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
         log.warning("no validation: early stopping and stage 2 are off (only stage 1 is trained)")
     num_workers = cli.default_workers(run.device) if args.num_workers is None else args.num_workers
     settings = TrainSettings(epochs=run.epochs, batch_size=run.batch_size, seed=args.seed, save_path=folder,
-                             lr=run.lr, betas=run.recipe.betas, warmup=args.warmup, patience=args.patience,
+                             lr=run.lr, betas=run.recipe.betas, weight_decay=run.recipe.weight_decay,
+                             warmup=args.warmup, patience=args.patience,
                              num_workers=num_workers, keep_checkpoints=args.keep_checkpoints,
                              save_freq=args.save_freq, stage2_epochs=args.stage2_epochs,
                              interrupt_after_epoch=args.interrupt_after_epoch)

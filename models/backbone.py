@@ -30,7 +30,7 @@ from models.clip_loading import build_clip, check_supported
 
 log = logging.getLogger("zsad.backbone")
 
-POS_INTERPOLATIONS = ("bilinear", "bicubic")
+POS_INTERPOLATIONS = ("bilinear", "bicubic", "bicubic_plain")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -64,6 +64,9 @@ class ImageFeatures:
                 its own (WinCLIP; ``models/winclip.py``).
     tokens:     [B, P, C] open_clip's output patch tokens (``ln_post``, not projected), which
                 WinCLIP+ compares with its references (or None).
+    cls_plain:  [B, D] ``ln_post(CLS) @ proj`` of the tower without prompts, where ``cls`` and
+                ``patch_raw`` come from a pass with visual prompts (AdaCLIP makes its dynamic
+                prompts from it), or None.
     """
 
     cls: torch.Tensor
@@ -74,6 +77,7 @@ class ImageFeatures:
     vv_layers: Dict[int, torch.Tensor] = field(default_factory=dict)
     windows: Dict[int, torch.Tensor] = field(default_factory=dict)
     tokens: Optional[torch.Tensor] = None
+    cls_plain: Optional[torch.Tensor] = None
 
 
 def _quick_gelu_module() -> nn.Module:
@@ -91,7 +95,9 @@ class ClipBackbone(nn.Module):
         clip: an ``open_clip.CLIP`` with a ViT image tower and the standard text tower.
         tokenizer: open_clip tokenizer for ``clip``.
         image_size: input size; the position grid is interpolated to ``image_size // patch``.
-        pos_interpolation: ``"bilinear"`` (align_corners=False) or ``"bicubic"`` (antialias).
+        pos_interpolation: ``"bilinear"`` (align_corners=False), ``"bicubic"`` (antialias) or
+            ``"bicubic_plain"`` (bicubic without antialias: AdaCLIP; upsampling, it differs from
+            ``bicubic``, whose antialiased kernel is another cubic).
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast on CUDA; on the CPU bf16 only).
     """
 
@@ -150,7 +156,7 @@ class ClipBackbone(nn.Module):
                                  align_corners=False)
         else:
             grid = F.interpolate(grid, size=(self.grid_size, self.grid_size), mode="bicubic",
-                                 align_corners=False, antialias=True)
+                                 align_corners=False, antialias=self.pos_interpolation == "bicubic")
         grid = grid.permute(0, 2, 3, 1).reshape(self.grid_size * self.grid_size, -1)
         return torch.cat([pos[:1].float(), grid], dim=0).to(pos.dtype)
 
@@ -272,6 +278,42 @@ class ClipBackbone(nn.Module):
             )
         return _to_float(features)
 
+    def encode_image_prompted(self, images: torch.Tensor, layers: Sequence[int], prompts: Sequence[torch.Tensor],
+                              prompt_dtype: Optional[torch.dtype] = None) -> ImageFeatures:
+        """One image pass with learned tokens in the sequence (AdaCLIP's visual prompts).
+
+        ``prompts[0]`` [B, n, C] is appended after the patch tokens at the input of block 1;
+        ``prompts[j]`` replaces those n tokens at the input of block j + 1; after block
+        ``len(prompts)`` they stay in the sequence (attended to, never read out). The tower's
+        embedding step runs without gradients; the blocks are differentiable with respect to
+        the prompts. ``prompt_dtype``: round the prompts through it first (official AdaCLIP:
+        float16).
+
+        Returns ``cls`` (``ln_post(CLS) @ proj``) and ``patch_raw`` of ``layers`` (CLS and the
+        prompt tokens removed); the other fields stay empty.
+        """
+        visual = self.clip.visual
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(f"expected images of {self.image_size}px, got {tuple(images.shape)}")
+        if not prompts or len(prompts) > self.num_layers:
+            raise ValueError(f"visual prompts for 1..{self.num_layers} blocks, got {len(prompts)}")
+        length = prompts[0].shape[1]
+        raw = {}
+        with self.autocast():
+            with torch.no_grad():
+                x = visual._embeds(images.to(visual.conv1.weight.dtype))
+            for index, block in enumerate(visual.transformer.resblocks, start=1):
+                if index <= len(prompts):
+                    prompt = prompts[index - 1] if prompt_dtype is None else prompts[index - 1].to(prompt_dtype)
+                    x = torch.cat([x if index == 1 else x[:, :-length], prompt.to(x.dtype)], dim=1)
+                x, _ = self._block(block, x)
+                if index in layers:
+                    raw[index] = x[:, 1:x.shape[1] - length]
+            # all tokens projected, the CLS row taken: batch-independent rows (see encode_image)
+            cls = (visual.ln_post(x) @ visual.proj)[:, 0]
+        return ImageFeatures(cls=cls.float(), cls_raw=cls[:, :0].float(),
+                             patch_raw={layer: t.float() for layer, t in raw.items()})
+
     # ------------------------------------------------------------------ text side
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [N, context_length] with open_clip's tokenizer."""
@@ -283,7 +325,8 @@ class ClipBackbone(nn.Module):
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_index: torch.Tensor,
                                deep_prompts: Optional[Sequence[torch.Tensor]] = None,
-                               deep_prompt_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                               deep_prompt_dtype: Optional[torch.dtype] = None, positioned: bool = False,
+                               final_norm: Optional[nn.Module] = None) -> torch.Tensor:
         """Encode prompts given as token embeddings; differentiable w.r.t. the inputs.
 
         Args:
@@ -294,6 +337,10 @@ class ClipBackbone(nn.Module):
                 position embedding.
             deep_prompt_dtype: round each sequence's copy of the deep prompts through this
                 dtype first (official FAPrompt: float16).
+            positioned: the embeddings already hold the position embedding (VCP-CLIP adds it
+                before it inserts its prompt tokens, which then shift the words).
+            final_norm: a layer norm applied to the pooled token before ``ln_final`` (VCP-CLIP's
+                learned ``prompt_norm``).
         Returns:
             [N, D] text features (not normalised).
         """
@@ -311,7 +358,9 @@ class ClipBackbone(nn.Module):
             needed = max(int(eot_index.max()) + 1, 1 + max((p.shape[-2] for p in deep_prompts), default=0))
             length = min(needed, length)
         with self.autocast():
-            x = embeddings[:, :length] + clip.positional_embedding[:length].to(embeddings.dtype)
+            x = embeddings[:, :length]
+            if not positioned:
+                x = x + clip.positional_embedding[:length].to(embeddings.dtype)
             for index, block in enumerate(clip.transformer.resblocks):
                 if 1 <= index <= len(deep_prompts):
                     prompt = deep_prompts[index - 1]
@@ -323,6 +372,8 @@ class ClipBackbone(nn.Module):
                     x = torch.cat([x[:, :1], prompt.to(x.dtype), x[:, 1 + length:]], dim=1)
                 x, _ = self._block(block, x, causal=True)
             pooled = x[torch.arange(n_seq, device=x.device), eot_index]
+            if final_norm is not None:
+                pooled = final_norm(pooled)
             features = clip.ln_final(pooled) @ clip.text_projection
         return features.float()
 

@@ -11,8 +11,8 @@ from typing import FrozenSet, Sequence
 
 import torch
 
-FUSIONS = ("mean", "minmax", "class", "prob")
-MAP_SCORES = ("dap_maxima", "topk", "grid_max")
+FUSIONS = ("mean", "minmax", "class", "prob", "map")
+MAP_SCORES = ("dap_maxima", "topk", "grid_max", "branch_topk")
 FEWSHOT_RULES = ("add", "final_max")
 
 
@@ -24,7 +24,9 @@ class ScoreRule:
         ``dap_maxima``: FAPrompt's (2·max of the first pass's grid + max of the final one) / 3;
         ``topk``: the mean of the ``topk`` highest values of the unblurred map (``small_topk`` for
         the categories in ``small_classes``: Bayes-PFL's rule for small defects);
-        ``grid_max``: the largest grid probability (the training-free baseline).
+        ``grid_max``: the largest grid probability (the training-free baseline);
+        ``branch_topk``: the sum over the model's two branch maps of their ``topk`` means,
+        computed by the model (VCP-CLIP).
     fusion: how a category's class probabilities and map scores become image scores
         (:func:`fuse_image_scores`); ``fusion_without_masks``: the fusion for a category whose
         anomalous images have no masks (classification-only data). A fusion over the category
@@ -111,8 +113,12 @@ def fuse_image_scores(class_prob: torch.Tensor, map_score: torch.Tensor, fusion:
     mean:   0.5·(p_cls + map score) per image (FAPrompt's fused score);
     minmax: 0.5·minmax(p_cls) + 0.5·minmax(map score) over the category (Bayes-PFL);
     class:  minmax(p_cls) alone (Bayes-PFL on classification-only datasets);
-    prob:   p_cls as it is (AnomalyCLIP; and a lone image, which min-max cannot scale).
+    prob:   p_cls as it is (AnomalyCLIP; and a lone image, which min-max cannot scale);
+    map:    minmax(map score) alone, for a model without an image head (VCP-CLIP); a lone
+            image keeps its map score.
     """
+    if fusion == "map":
+        return minmax(map_score) if len(map_score) > 1 else map_score
     if fusion == "mean":
         return 0.5 * (class_prob + map_score)
     if fusion == "minmax":

@@ -174,7 +174,7 @@ def test_official_train_command_line(data, tiny_model, tmp_path):
 def test_mosaic_follows_the_official_recipe(tmp_path):
     """APRIL-GAN's 2x2 mosaic (tiles by defect type): 0.2 when training on MVTec-AD, with no other
     augmentation; none on VisA; --augment off drops it; --aug_rate is --mosaic_prob on MVTec-AD
-    and, as in its code, nothing elsewhere."""
+    and, as in its code, nothing elsewhere. Its epochs by auxiliary set: 3 on MVTec-AD, 15 on VisA."""
     from engine.configure import configure_train
     from scripts import train_script
     from utils.errors import UserError
@@ -187,7 +187,9 @@ def test_mosaic_follows_the_official_recipe(tmp_path):
 
     mosaic, run = plan("--train_data_path", "data/mvtec")
     assert mosaic == 0.2 and not run.augment and run.recipe.mosaic_pool == "defect_types"
-    assert plan("--train_data_path", "data/visa")[0] == 0.0
+    assert run.epochs == 3  # its train.sh on MVTec-AD
+    mosaic, run = plan("--train_data_path", "data/visa")
+    assert mosaic == 0.0 and run.epochs == 15
     assert plan("--train_data_path", "data/mvtec", "--augment", "off")[0] == 0.0
     assert plan("--dataset", "mvtec", "--train_data_path", "x", "--aug_rate", "0.5")[0] == 0.5
     mosaic, run = plan("--dataset", "visa", "--train_data_path", "x", "--aug_rate", "0.5")

@@ -22,7 +22,8 @@ FAPFL = ["--method", "fapfl", "--features_list", "2", "4", "--depth", "3", "--t_
 TRAINED = {"faprompt": FAPROMPT, "anomalyclip": ["--method", "anomalyclip", "--depth", "3", "--n_ctx", "4",
                                                  "--t_n_ctx", "2", "--features_list", "2", "4"],
            "bayes_pfl": [*BAYES, "--sample_num", "2", "--patience", "0"], "fapfl": FAPFL,
-           "april_gan": ["--method", "april_gan", "--features_list", "2", "4"]}
+           "april_gan": ["--method", "april_gan", "--features_list", "2", "4"],
+           "vcp_clip": ["--method", "vcp_clip", "--features_list", "2", "4"]}
 METHODS = ["clip", "winclip", *TRAINED]
 
 

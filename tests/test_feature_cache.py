@@ -21,13 +21,14 @@ METHODS = {"faprompt": FAPROMPT, "bayes_pfl": [*BAYES, "--augment", "off", "--pa
            "fapfl": [*FAPFL, "--augment", "off", "--patience", "0"],
            "anomalyclip": ["--method", "anomalyclip", "--depth", "3", "--n_ctx", "4", "--t_n_ctx", "2",
                            "--features_list", "2", "4"],
-           "april_gan": ["--method", "april_gan", "--features_list", "2", "4"]}
-UNVALIDATED = {"faprompt", "anomalyclip", "april_gan"}  # their recipes train on the whole auxiliary set
+           "april_gan": ["--method", "april_gan", "--features_list", "2", "4"],
+           "vcp_clip": ["--method", "vcp_clip", "--features_list", "2", "4", "--augment", "off"]}
+UNVALIDATED = {"faprompt", "anomalyclip", "april_gan", "vcp_clip"}  # their recipes train on the whole auxiliary set
 # what each method's encode_images keeps (tiny model: layers 2 and 4, V-V from block 2)
 FIELDS = {"faprompt": {"cls_raw", "vv_proj"}, "bayes_pfl": {"cls", "patch_raw.2", "patch_raw.4"},
           "fapfl": {"cls", "patch_raw.2", "patch_raw.4", "vv_proj"},
           "anomalyclip": {"cls_raw", "vv_layers.2", "vv_layers.4"},
-          "april_gan": {"cls", "patch_raw.2", "patch_raw.4"}}
+          "april_gan": {"cls", "patch_raw.2", "patch_raw.4"}, "vcp_clip": {"cls", "patch_raw.2", "patch_raw.4"}}
 
 
 @pytest.fixture()

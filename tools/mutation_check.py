@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST = ["tests/test_golden.py", "tests/test_winclip.py", "tests/test_april_gan.py", "tests/test_losses.py",
-         "tests/test_registry.py"]
+FIRST = ["tests/test_golden.py", "tests/test_winclip.py", "tests/test_april_gan.py", "tests/test_vcp_clip.py",
+         "tests/test_losses.py", "tests/test_registry.py"]
 PHASES = [FIRST, ["tests"] + [f"--ignore={path}" for path in FIRST]]
 
 
@@ -247,6 +247,27 @@ MUTATIONS: List[Mutation] = [
              "tokens = F.normalize(linear(feats.patch_raw[layer].float()), dim=-1)",
              "tokens = F.normalize(linear(self.backbone.clip.visual.ln_post(feats.patch_raw[layer].float())), dim=-1)",
              "APRIL-GAN: raw block outputs, no ln_post"),
+    Mutation("april_gan few-shot layers averaged", "engine/fewshot.py",
+             "            return FewShotOutput(maps, grids.sum(0).amax(1))",
+             "            return FewShotOutput(maps / len(entries), grids.sum(0).amax(1))",
+             "APRIL-GAN few-shot: the layers' distance maps are summed"),
+    # -- VCP-CLIP (docs/methods/vcp_clip.md)
+    Mutation("vcp_clip Post-VCP attention scaled by 1/sqrt(d)", "models/vcp_clip.py",
+             "out = F.scaled_dot_product_attention(q, k, v, scale=1.0)",
+             "out = F.scaled_dot_product_attention(q, k, v)",
+             "VCP-CLIP: Post-VCP attention without the 1/sqrt(d) scale"),
+    Mutation("vcp_clip no prompt_norm before ln_final", "models/vcp_clip.py",
+             "eot, final_norm = eot + prompt_len, self.text_prompts.norm",
+             "eot, final_norm = eot + prompt_len, None", "VCP-CLIP: prompt_norm, then ln_final, on the EOT token"),
+    Mutation("vcp_clip pooled before the class tokens' shift", "models/vcp_clip.py",
+             "eot = eots.repeat_interleave(n) + r - 1", "eot = eots.repeat_interleave(n)",
+             "VCP-CLIP: the r class tokens replace one placeholder, so the EOT moves by r - 1"),
+    Mutation("vcp_clip map weights swapped", "models/vcp_clip.py",
+             "map_weight: float = 0.2", "map_weight: float = 0.8",
+             "VCP-CLIP: 0.2 linear branch + 0.8 Post-VCP"),
+    Mutation("vcp_clip Pre-VCP without the global feature", "models/vcp_clip.py",
+             "return query + self.conv(image_feature[:, None]) if self.use_global else query",
+             "return query", "VCP-CLIP: class tokens = query + conv1d(global image feature)"),
 ]
 
 

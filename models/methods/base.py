@@ -63,6 +63,8 @@ class Recipe:
         by (canonical) auxiliary dataset while augmentation is on, 0 for the others;
         ``mosaic_pool``: how its tiles are drawn (datasets.augment.TrainAugment); ``mosaic_alone``:
         the mosaic applies with the augmentation off too (APRIL-GAN: its only augmentation).
+    by_dataset: the official train scripts' other settings for an auxiliary dataset
+        (canonical name → ``epochs`` and/or ``lr``), e.g. APRIL-GAN's 3 epochs on MVTec-AD.
     """
 
     epochs: int
@@ -70,6 +72,7 @@ class Recipe:
     seed: int
     lr: Mapping[str, float]
     betas: Tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay (AdaCLIP), else Adam
     validation: str = "none"
     official_validation: Optional[str] = None
     target_validation: Mapping[str, Tuple[str, Tuple[str, ...]]] = field(default_factory=lambda: EMPTY)
@@ -77,6 +80,14 @@ class Recipe:
     mosaic_prob: Mapping[str, float] = field(default_factory=lambda: EMPTY)
     mosaic_pool: str = "anomalous"
     mosaic_alone: bool = False
+    by_dataset: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
+
+    def on(self, dataset: str) -> "Recipe":
+        """The recipe for training on the (canonical) auxiliary ``dataset``."""
+        changes = dict(self.by_dataset.get(dataset, {}))
+        if "lr" in changes:
+            changes["lr"] = frozen({**self.lr, **changes["lr"]})
+        return dataclasses.replace(self, **changes) if changes else self
 
     @property
     def single_rate(self) -> bool:
@@ -117,6 +128,8 @@ class Method:
     official_flags: what a flag of the method's official scripts that has no flag of ours means for
         it: ``handler(value, fields) → note``, which sets the configuration ``fields`` it implies
         (AnomalyCLIP's ``--n_ctx`` is both context lengths) or raises ValueError naming what to do.
+    cache_blocker: ``cache_blocker(config)`` → why the feature cache cannot apply to a
+        configuration (its trained parts change the image tower's outputs), or "".
     config_class / build: the configuration dataclass and ``build(backbone, config, method)``,
         by default :class:`models.config.ModelConfig` and :class:`models.model.ZSADModel`.
     """
@@ -136,6 +149,7 @@ class Method:
     switches: bool = False
     checkpoint: Optional[OfficialCheckpoint] = None
     official_flags: Mapping[str, Callable[[Any, Dict[str, Any]], str]] = field(default_factory=lambda: EMPTY)
+    cache_blocker: Optional[Callable[[Any], str]] = None
     config_class: type = ModelConfig
     build: Optional[Callable[..., Any]] = None
 
