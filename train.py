@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     trainable = methods.names(trainable=True)
     group.add_argument("--method", default=None, choices=trainable,
                        help=f"default: the first of {', '.join(trainable)} to which every method flag given applies")
-    group.add_argument("--train_data_path", required=True, help="auxiliary dataset root (with meta.json)")
+    group.add_argument("--train_data_path", nargs="+", default=None,
+                       help="auxiliary dataset root (with meta.json); several are trained on together")
     group.add_argument("--dataset", default=None, help="auxiliary dataset name (default: the folder name)")
     group.add_argument("--train_classes", nargs="+", default=None, help="train on these categories only")
     group.add_argument("--save_path", default=None, help="checkpoint folder (default checkpoints/<dataset>_<method>)")

@@ -59,14 +59,23 @@ case "$PRESET" in
     ;;
   *) echo "train.sh: unknown PRESET=$PRESET (visa2mvtec, mvtec2visa, demo)" >&2; exit 2 ;;
 esac
-if [[ ! -f "$root/meta.json" ]]; then
-  echo "train.sh: $root/meta.json not found. Set DATA_ROOT or TRAIN_DATA_PATH, and prepare the data with" >&2
-  echo "          $PYTHON -m datasets.prepare --layout {visa,mvtec} --root $root" >&2
-  exit 2
-fi
+# the datasets the method's official scripts train on together with this one (AdaCLIP: MVTec-AD +
+# ColonDB, VisA + ClinicDB), from DATA_ROOT
+companions=$("$PYTHON" -c 'import sys; from models import methods
+print(" ".join(methods.get(sys.argv[1]).recipe.companions.get(sys.argv[2], ())))' "$METHOD" "$name")
+roots=("$root")
+dataset=(--dataset "$name")
+for extra in $companions; do roots+=("$DATA_ROOT/$extra"); name=$name+$extra; dataset=(); done
+for folder in "${roots[@]}"; do
+  if [[ ! -f "$folder/meta.json" ]]; then
+    echo "train.sh: $folder/meta.json not found. Set DATA_ROOT or TRAIN_DATA_PATH, and prepare the data with" >&2
+    echo "          $PYTHON -m datasets.prepare --layout {visa,mvtec} --root $folder  (docs/datasets.md)" >&2
+    exit 2
+  fi
+done
 
 save=$SAVE_ROOT/${name}_${METHOD}
-"$PYTHON" train.py "${common[@]}" "${recipe[@]}" --dataset "$name" --train_data_path "$root" \
+"$PYTHON" train.py "${common[@]}" "${recipe[@]}" "${dataset[@]}" --train_data_path "${roots[@]}" \
   --save_path "$save" "$@"
 echo "train.sh: final checkpoint $save/final.pth"
 if [[ "$PRESET" == demo ]]; then

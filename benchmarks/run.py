@@ -47,8 +47,11 @@ import torch  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-METHODS = ("faprompt", "bayes_pfl", "april_gan", "vcp_clip", "winclip")
+METHODS = ("faprompt", "bayes_pfl", "april_gan", "vcp_clip", "adaclip", "winclip")
 TRAINING_FREE = ("winclip",)  # no training step
+# their own image pass is more than one plain pass (WinCLIP: windows; AdaCLIP: the plain pass that
+# makes its dynamic prompts, then the prompted one): the floor is the plain pass, theirs beside it
+PLAIN_FLOOR = ("winclip", "adaclip")
 PER_IMAGE = ("faprompt", "bayes_pfl")  # an official per-image style to compare with
 
 
@@ -56,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(parser, iters=1, warmup=1)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["faprompt", "bayes_pfl"],
-                        help="also april_gan, vcp_clip, winclip (its floor is the plain image pass, and its window "
-                             "passes are reported)")
+                        help="also april_gan, vcp_clip, adaclip, winclip (for the last two the floor is the plain "
+                             "image pass; WinCLIP's window passes and AdaCLIP's two passes are reported beside it)")
     parser.add_argument("--images", type=int, default=None, help="test images (default 12; 4 at full size)")
     parser.add_argument("--batch_size", type=int, default=None, help="ours (default: test.py's for the device)")
     parser.add_argument("--train_batch", type=int, default=None,
@@ -206,10 +209,14 @@ def measure_method(method: str, args, settings, dataset, folder: Path) -> Dict[s
             model.predict(images[:batch].to(device), [dataset.records[0]["cls_name"]] * min(batch, n))
     # the floor: the model's one image pass; WinCLIP's re-encodes every window besides, so its
     # floor is the plain pass and its own image pass (windows included) is reported beside it
-    floor = model.backbone.encode_image if method in TRAINING_FREE else model.encode_images
+    floor = model.backbone.encode_image if method in PLAIN_FLOOR else model.encode_images
     with common.peak_memory_of(device) as memory:
         seconds = [backbone_pass(floor, images, device, batch) for _ in range(args.iters)]
     out["backbone"] = {"s": min(seconds), "peak_bytes": memory["peak_bytes"]}
+    if method == "adaclip":
+        with common.peak_memory_of(device) as memory, torch.no_grad():
+            seconds = [backbone_pass(model.encode_images, images, device, batch) for _ in range(args.iters)]
+        out["own_pass"] = {"s": min(seconds), "peak_bytes": memory["peak_bytes"]}
     if method in TRAINING_FREE:
         with common.peak_memory_of(device) as memory:
             seconds = [backbone_pass(model.encode_images, images, device, batch) for _ in range(args.iters)]
@@ -317,6 +324,7 @@ def report(result: Dict[str, object]) -> str:
         n, floor = out["images"], out["backbone"]["s"]
         for key, label, batch in (("backbone", "backbone image pass", out["batch_size"]),
                                   ("windows", "image pass with every window", out["batch_size"]),
+                                  ("own_pass", "plain + prompted image passes", out["batch_size"]),
                                   ("ours", "test job, ours", out["batch_size"]),
                                   ("per_image", "test job, per-image style", 1)):
             if key not in out:
@@ -335,6 +343,8 @@ def report(result: Dict[str, object]) -> str:
                 f"({(ours['s'] - ours['stages_s']['report']) / floor:.3f} without report.html)")
         if "per_image" in out:
             line += f", per-image style / ours {out['per_image']['s'] / ours['s']:.2f}x"
+        if "own_pass" in out:
+            line += f", its plain + prompted passes {out['own_pass']['s'] / floor:.2f}x the plain pass"
         if "windows" in out:
             line += (f", window passes {out['windows']['s'] / floor:.2f}x the plain pass "
                      f"({out['windows']['window_tokens_per_image_token']:.1f}x its tokens)")

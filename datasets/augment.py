@@ -159,7 +159,9 @@ class TrainAugment:
     * ``records``: 4 distinct images of the class, any label (AdaCLIP, 0.2 on MVTec-AD).
 
     The mosaic is anomalous when one of its tiles is (APRIL-GAN keeps the replaced sample's
-    label; its loss reads masks only). ``enabled=False`` returns the inputs unchanged.
+    label; its loss reads masks only). ``mosaic_classes``: the classes whose samples may become
+    mosaics (those of the auxiliary set with a mosaic rate, when several are trained on together);
+    None: all. ``enabled=False`` returns the inputs unchanged.
     ``geometric``/``photometric`` (the Bayes-PFL pipeline; both off for a mosaic alone) and
     ``interpolation`` exist for the recipes, tests and ablations.
     """
@@ -167,12 +169,13 @@ class TrainAugment:
     def __init__(self, mosaic_prob: float = 0.0, enabled: bool = True, seed: Optional[int] = None,
                  geometric: bool = True, photometric: bool = True,
                  interpolation: InterpolationMode = InterpolationMode.BILINEAR,
-                 mosaic_pool: str = "anomalous") -> None:
+                 mosaic_pool: str = "anomalous", mosaic_classes: Optional[frozenset] = None) -> None:
         if not 0.0 <= mosaic_prob <= 1.0:
             raise ValueError(f"mosaic_prob must be in [0, 1], got {mosaic_prob}")
         if mosaic_pool not in MOSAIC_POOLS:
             raise ValueError(f"mosaic_pool must be one of {MOSAIC_POOLS}, got {mosaic_pool!r}")
         self.mosaic_prob, self.mosaic_pool = float(mosaic_prob), mosaic_pool
+        self.mosaic_classes = mosaic_classes
         self.enabled = enabled
         self.seed = seed
         self._py = random.Random(seed) if seed is not None else None
@@ -194,7 +197,9 @@ class TrainAugment:
 
     def _run(self, image, mask, record, dataset, rng) -> Tuple[Image.Image, Image.Image, dict]:
         info: Dict[str, Any] = {}
-        if self.mosaic_prob > 0 and record is not None and dataset is not None \
+        eligible = record is not None and (self.mosaic_classes is None
+                                           or str(record["cls_name"]) in self.mosaic_classes)
+        if self.mosaic_prob > 0 and eligible and dataset is not None \
                 and rng.random() < self.mosaic_prob:
             picked = self._pick_mosaic(record, dataset, rng)
             if picked:

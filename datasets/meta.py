@@ -311,3 +311,26 @@ def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
     if "index" in batch[0]:
         out["index"] = torch.tensor([b["index"] for b in batch], dtype=torch.long)
     return out
+
+
+def combine(parts: Sequence["MetaDataset"]) -> "MetaDataset":
+    """One training set of several auxiliary datasets' records (AdaCLIP trains on MVTec-AD and
+    ColonDB together): the first dataset's root; the other datasets' paths made absolute (a path
+    joined to an absolute one is that path). A class name in two of them is a :class:`UserError`."""
+    if len(parts) == 1:
+        return parts[0]
+    seen: Dict[str, Path] = {}
+    records: List[Dict[str, Any]] = []
+    for part in parts:
+        for cls in part.classes:
+            if cls in seen:
+                raise UserError(f"class '{cls}' is in {seen[cls]} and in {part.root}; the datasets trained on "
+                                "together need distinct class names (--train_classes can leave one out)")
+            seen[cls] = part.root
+        for rec in part.records:
+            rec = dict(rec)
+            for key in ("img_path", "mask_path"):
+                rec[key] = part.abs_path(rec[key]) if rec[key] else ""
+            records.append(rec)
+    first = parts[0]
+    return MetaDataset(first.root, first.split, image_size=first.image_size, records=records, check_files=False)

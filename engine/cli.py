@@ -78,6 +78,14 @@ HELP = {
     "post_heads": "VCP-CLIP: attention heads of Post-VCP",
     "map_weight": "VCP-CLIP: weight of the linear branch in the map (Post-VCP: 1 - it)",
     "prompt_dropout": "VCP-CLIP: dropout on the text prompt tokens while training",
+    "prompting_depth": "AdaCLIP: blocks J of each tower with prompt tokens",
+    "prompting_length": "AdaCLIP: prompt tokens n per block",
+    "prompting_type": "AdaCLIP: S static, D dynamic (from the image), SD their sum",
+    "prompting_branch": "AdaCLIP: the prompted towers, V image, L text, VL both",
+    "use_hsf": "AdaCLIP: hybrid semantic fusion of the most abnormal patches into the image score",
+    "k_clusters": "AdaCLIP: k-means clusters of HSF (5k patches are clustered)",
+    "prompt_fp16": "AdaCLIP: round the prompt tokens through float16, as the official code",
+    "row_dice": "official AdaCLIP: a batch of one image gets dice losses over its rows",
 }
 
 # Fields that belong to the shared flags (defined once in add_common_flags) or are internal.

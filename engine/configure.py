@@ -266,10 +266,14 @@ class TrainPlan:
         return self.recipe.mosaic_prob.get(dataset, 0.0) if applies else 0.0
 
 
+def auxiliary_name(args: argparse.Namespace) -> str:
+    """``--dataset``, else the auxiliary folders' names joined by "+" (``mvtec+colondb``)."""
+    return args.dataset or "+".join(Path(root).name for root in args.train_data_path or [])
+
+
 def save_path(args: argparse.Namespace) -> Path:
     """``--save_path``, else ``checkpoints/<dataset>_<method>``."""
-    name = args.dataset or Path(args.train_data_path).name
-    return Path(args.save_path or f"checkpoints/{name}_{args.method}")
+    return Path(args.save_path or f"checkpoints/{auxiliary_name(args)}_{args.method}")
 
 
 def _learning_rates(args: argparse.Namespace, method: str, recipe: methods.Recipe,
@@ -326,12 +330,14 @@ def configure_train(parser: argparse.ArgumentParser,
             raise UserError(f"--resume {args.resume}: a {resume.method} checkpoint, not --method {explicit_method}")
         args.method = resume.method
     notes = apply_official_flags(args, "train")
+    if not args.train_data_path:  # not argparse's required: AdaCLIP's --training_data says what to pass first
+        raise UserError("--train_data_path is required: the auxiliary dataset root (with meta.json); several "
+                        "roots are trained on together")
     method = args.method
     entry = method_entry(method)
     if explicit_method is None and method != trainable[0] and resume is None:
         notes.append(f"--method {method}: inferred from its flags (pass --method to choose)")
-    auxiliary = args.dataset or (Path(args.train_data_path).name if args.train_data_path else "")
-    recipe = entry.recipe.on(canonical_dataset(auxiliary))  # the official settings for that dataset
+    recipe = entry.recipe.on(canonical_dataset(auxiliary_name(args)))  # the official settings for that dataset
     args.seed = recipe.seed if args.seed is None else args.seed
     device = cli.resolve_device(args.device)
     compat = "ours" if args.compat == "auto" else args.compat

@@ -56,6 +56,19 @@ OFFICIAL_FLAGS = (
     OfficialFlag("resume_checkpoint_path", ("train",),
                  "VCP-CLIP: start training from a saved model's weights; not supported (--resume continues an "
                  "interrupted run of ours)"),
+    OfficialFlag("training_data", ("train",),
+                 "AdaCLIP: the auxiliary datasets by name under its config.py DATA_ROOT; here their folders are "
+                 "--train_data_path (several are trained on together)", {"nargs": "+"}),
+    OfficialFlag("testing_data", ("train", "test"),
+                 "AdaCLIP: train.py evaluates this target set every epoch and keeps the best (no effect here: the "
+                 "last epoch is kept); test.py's target set by name, which is --data_path here"),
+    OfficialFlag("ckt_path", ("test",), "AdaCLIP: the checkpoint, as --checkpoint_path"),
+    OfficialFlag("save_fig", ("train", "test"), "AdaCLIP: write pictures; test.py --save_vis does (no effect)"),
+    OfficialFlag("testing_model", ("test",), "AdaCLIP: dataset (--data_path) or image (--image)",
+                 {"choices": ("dataset", "image")}),
+    OfficialFlag("exp_indx", ("train",), "AdaCLIP: a name suffix of its output folders; no effect", {"type": int}),
+    OfficialFlag("valid_freq", ("train",), "AdaCLIP: epochs between its target-set evaluations; no effect",
+                 {"type": int}),
     OfficialFlag("mode", ("test",), "APRIL-GAN: zero_shot, or few_shot (as --k_shot, 10 unless given)",
                  {"choices": ("zero_shot", "few_shot")}),
     OfficialFlag("few_shot_features", ("test",),
@@ -110,7 +123,7 @@ def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
                 args.k_shot = 0
             notes.append(f"--mode {value}: {'--k_shot ' + str(args.k_shot) if args.k_shot else 'zero-shot'}")
         elif flag.name == "aug_rate":
-            dataset = canonical_dataset(args.dataset or os.path.basename(os.path.normpath(args.train_data_path)))
+            dataset = canonical_dataset(args.dataset or os.path.basename(os.path.normpath(args.train_data_path[0])))
             if dataset != "mvtec":
                 notes.append(f"--aug_rate {value}: no effect, the official code tiles mosaics of MVTec-AD only")
             elif args.mosaic_prob is not None and args.mosaic_prob != value:
@@ -118,6 +131,23 @@ def apply_official_flags(args: argparse.Namespace, script: str) -> List[str]:
             else:
                 args.mosaic_prob = value
                 notes.append(f"--aug_rate {value}: the 2x2 mosaic probability, as --mosaic_prob {value}")
+        elif flag.name == "training_data":
+            if not args.train_data_path:
+                raise UserError(f"--training_data {shown}: AdaCLIP finds these under its config.py DATA_ROOT; pass "
+                                "their folders instead: --train_data_path " +
+                                " ".join(f"DATA/{name}" for name in value))
+            notes.append(f"--training_data {shown}: the folders of --train_data_path are trained on")
+        elif flag.name == "testing_data" and script == "test":
+            if args.data_path is None and args.image is None:
+                raise UserError(f"--testing_data {value}: AdaCLIP finds it under its config.py DATA_ROOT; pass its "
+                                f"folder instead: --data_path DATA/{value}")
+            notes.append(f"--testing_data {value}: --data_path {args.data_path} is tested")
+        elif flag.name == "ckt_path":
+            if args.checkpoint_path not in (None, value):
+                raise UserError(f"--ckt_path {value} and --checkpoint_path {args.checkpoint_path} disagree; pass one")
+            args.checkpoint_path = value
+        elif flag.name == "testing_model" and value == "image" and args.image is None:
+            raise UserError("--testing_model image: pass the image file or folder with --image")
         elif flag.name == "group_id_list":
             if list(value) != [2]:
                 raise UserError(f"--group_id_list {shown}: VCP-CLIP's groups 0 and 1 train on a third of the auxiliary "

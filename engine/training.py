@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 from datasets.augment import TrainAugment
-from datasets.meta import MetaDataset
+from datasets.meta import MetaDataset, combine
 from datasets.names import canonical_dataset
 from engine import cli, distributed, validation
-from engine.configure import TrainPlan, save_path
+from engine.configure import TrainPlan, auxiliary_name, save_path
 from engine.evaluation import validation_scores
 from engine.feature_cache import CacheRequest, cache_wanted, open_caches
 from engine.trainer import Trainer, TrainSettings
@@ -28,20 +28,29 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
     distributed.quiet_other_ranks(ctx)
     cli.keep_freed_memory(run.device)
     method, backbone_cfg = run.method, run.backbone
-    dataset_name = args.dataset or Path(args.train_data_path).name
-    mosaic = run.mosaic_prob(args.mosaic_prob, canonical_dataset(dataset_name))
+    dataset_name = auxiliary_name(args)
+    parts = [MetaDataset(root, "test", image_size=backbone_cfg.image_size) for root in args.train_data_path]
+    # the mosaic rate of each auxiliary set (several: by folder name), applied to its own classes
+    names = [dataset_name] if len(parts) == 1 else [Path(root).name for root in args.train_data_path]
+    rates = [run.mosaic_prob(args.mosaic_prob, canonical_dataset(name)) for name in names]
+    mosaic = max(rates)
+    mosaic_classes = None if min(rates) == mosaic else \
+        frozenset(c for part, rate in zip(parts, rates) if rate > 0 for c in part.classes)
     request = CacheRequest(args.feature_cache, args.cache_dtype,
                            Path(args.feature_cache_dir or save_path(args) / "feature_cache"))
     blocker = method_entry(method).cache_blocker
     use_cache = cache_wanted(request, run.augment or mosaic > 0, blocker(run.config) if blocker else "")
-    full = MetaDataset(args.train_data_path, "test", classes=args.train_classes, image_size=backbone_cfg.image_size)
+    full = combine(parts)
+    if args.train_classes is not None:
+        full = MetaDataset(full.root, "test", classes=args.train_classes, image_size=backbone_cfg.image_size,
+                           records=full.records, check_files=False)
     train_records, val_set = validation.validation_split(
         run.protocol, full, backbone_cfg.image_size, args.seed, args.val_fraction, dataset_name, args.val_data_path,
         args.val_dataset, args.val_classes, run.recipe.target_validation)
     train_set = MetaDataset(full.root, "test", image_size=backbone_cfg.image_size, check_files=False,
                             records=train_records if train_records is not None else full.records,
                             augment=TrainAugment(mosaic_prob=mosaic, geometric=run.augment, photometric=run.augment,
-                                                 mosaic_pool=run.recipe.mosaic_pool)
+                                                 mosaic_pool=run.recipe.mosaic_pool, mosaic_classes=mosaic_classes)
                             if run.augment or mosaic > 0 else None)
 
     folder = cli.ensure_writable(save_path(args)) if ctx.is_main else save_path(args)
@@ -54,7 +63,7 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
         log.warning(note)
     log.info("method %s, configuration %s", method, run.config)
     log.info("training on %d images of %s (%d categories)%s; augmentation %s, mosaic %.2f",
-             len(train_set), full.root, len(train_set.classes),
+             len(train_set), " + ".join(str(part.root) for part in parts), len(train_set.classes),
              f", validating on {len(val_set)}" if val_set is not None else ", no validation",
              "on" if run.augment else "off", mosaic)
 
@@ -76,7 +85,8 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
         lambda m: validation_scores(m, val_set, run.device, run.batch_size, num_workers, args.val_sample_num,
                                     cache=caches.get("val"), ctx=ctx))
     trainer = Trainer(model, train_set, settings, backbone_cfg, run.device, validate,
-                      run_info={"dataset": dataset_name, "train_data_path": str(full.root), "args": vars(args)},
+                      run_info={"dataset": dataset_name, "train_data_path": [str(part.root) for part in parts],
+                                "args": vars(args)},
                       cache=caches.get("train"), ctx=ctx)
     if run.resume is not None:
         trainer.resume(run.resume.training, run.resume.state_dict)

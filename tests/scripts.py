@@ -41,3 +41,17 @@ def test(ckpt, data, save, common, *extra) -> int:
 
 
 test.__test__ = False  # not a pytest test
+
+
+def zero_and_one_shot(checkpoint, data, save, common, method: str) -> None:
+    """test.py on ``checkpoint`` zero-shot and with ``--k_shot 1``: each run writes results for
+    ``method`` with image and pixel metrics, and report.html."""
+    import json
+
+    for shots in ("0", "1"):
+        out = save / f"test_{shots}"
+        assert test(checkpoint, data, out, common, "--k_shot", shots) == 0
+        results = json.loads((out / "results.json").read_text())
+        assert results["method"] == method and results["k_shot"] == int(shots)
+        assert results["mean"]["pixel_auroc"] is not None and results["mean"]["image_auroc"] is not None
+        assert (out / "report.html").is_file()

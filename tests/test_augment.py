@@ -172,3 +172,12 @@ def test_defect_type_mosaic_draws_a_type_then_an_image(tmp_path: Path):
     assert aug(*ds.load_pair(other), other, ds)[2] == {"label": 0, "has_mask": True}
     with pytest.raises(ValueError, match="mosaic_pool"):
         TrainAugment(mosaic_pool="tiles")
+
+
+def test_mosaic_only_for_the_eligible_classes(mosaic_root: Path):
+    """With several auxiliary sets, only the classes of the one with a mosaic rate get mosaics."""
+    ds = MetaDataset(mosaic_root, image_size=40)
+    record = ds.records[0]
+    for classes, expected in ((frozenset({"other"}), {}), (frozenset({"obj"}), {"label": 1, "has_mask": True})):
+        aug = TrainAugment(mosaic_prob=1.0, seed=0, geometric=False, photometric=False, mosaic_classes=classes)
+        assert aug(*ds.load_pair(record), record, ds)[2] == expected

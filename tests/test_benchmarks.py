@@ -197,15 +197,17 @@ def test_end_to_end_benchmark(tmp_path):
     assert "job/backbone" in out and "per-image style / ours" in out and "one category of 5 images" in out
 
 
-def test_end_to_end_benchmark_winclip_april_gan_and_vcp_clip(tmp_path):
+def test_end_to_end_benchmark_winclip_april_gan_vcp_clip_and_adaclip(tmp_path):
     """WinCLIP's job against the plain image pass, with its window passes reported beside it;
-    APRIL-GAN's and VCP-CLIP's jobs and training steps against their image pass."""
+    APRIL-GAN's and VCP-CLIP's jobs and training steps against their image pass; AdaCLIP's against
+    the plain pass, with its two passes beside it."""
     out, result = run_benchmark("run.py", *TINY, "--threads", "1", "--images", "4", "--batch_size", "2",
                                 "--train_batch", "2", "--warmup", "0", "--no_report", "--methods", "winclip",
-                                "april_gan", "vcp_clip", cwd=tmp_path)
-    for method in ("april_gan", "vcp_clip"):
+                                "april_gan", "vcp_clip", "adaclip", cwd=tmp_path)
+    for method in ("april_gan", "vcp_clip", "adaclip"):
         entry = result["methods"][method]
         assert {"backbone", "ours", "train"} <= set(entry) and "per_image" not in entry and entry["train"]["s"] > 0
+    assert result["methods"]["adaclip"]["own_pass"]["s"] > 0 and "plain + prompted passes" in out
     entry = result["methods"]["winclip"]
     assert {"backbone", "windows", "ours"} <= set(entry) and "per_image" not in entry and "train" not in entry
     # tiny model, 4x4 grid: 9 windows of 5 tokens and 4 of 10 against 17 tokens of the image

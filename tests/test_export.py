@@ -123,6 +123,22 @@ def test_exported_image_scores_and_stored_thresholds(sources, data, tiny_model, 
         assert (exported.decisions == reference.decisions).all() and exported.masks is not None
 
 
+def test_adaclip_export_is_refused_in_one_line(data, tiny_model, tmp_path, capsys):
+    """AdaCLIP's image score clusters patches with scikit-learn's k-means, which no graph holds: it
+    has no export_outputs, and export.py says so before it writes anything."""
+    save = tmp_path / "adaclip"
+    assert train(data, save, tiny_flags(tiny_model), "--method", "adaclip", "--features_list", "2", "4",
+                 "--prompting_depth", "3", "--k_clusters", "2", "--epochs", "1") == 0
+    capsys.readouterr()
+    out = tmp_path / "exported"
+    assert run_cli(export_script.main, ["--checkpoint_path", str(save / "final.pth"), "--model", tiny_model,
+                                        "--pretrained", "none", "--image_size", "32", "--out", str(out),
+                                        "--data_path", str(data)]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()  # after the random-weights banner
+    assert "--method adaclip cannot be exported" in err[-1], err
+    assert not out.exists()
+
+
 def test_bad_exports_are_one_line(sources, data, tiny_model, tmp_path, capsys, monkeypatch):
     out = tmp_path / "exported"
     assert run_cli(export_script.main, ["--method", "clip", "--model", tiny_model, "--pretrained", "none",

@@ -299,7 +299,8 @@ def test_parameter_initialisations_follow_the_official_code(backbone):
 def test_registry_lists_each_module_once_in_order():
     names = methods.names()
     assert names[:4] == ("faprompt", "bayes_pfl", "fapfl", "anomalyclip") and "clip" in names
-    assert methods.names(trainable=True) == ("faprompt", "bayes_pfl", "fapfl", "anomalyclip", "april_gan", "vcp_clip")
+    assert methods.names(trainable=True) == ("faprompt", "bayes_pfl", "fapfl", "anomalyclip", "april_gan", "vcp_clip",
+                                             "adaclip")
     assert methods.names(trainable=False) == ("clip", "winclip")
     for name, entry in methods.registry().items():
         assert entry.name == name and entry.docs == f"docs/methods/{name}.md"

@@ -156,17 +156,11 @@ def trained(tmp_path_factory, data, tiny_model):
 
 def test_vcp_clip_trains_and_tests_end_to_end(trained, data, common, tmp_path):
     """test.py zero-shot and with --k_shot 1 on the one-epoch checkpoint: results and report."""
-    from scripts import test
+    from scripts import zero_and_one_shot
 
     stored = torch.load(trained, map_location="cpu", weights_only=True)
     assert stored["method"] == "vcp_clip" and "text_prompts.deep" in stored["state_dict"]
-    for shots in ("0", "1"):
-        out = tmp_path / f"test_{shots}"
-        assert test(trained, data, out, common, "--k_shot", shots) == 0
-        results = json.loads((out / "results.json").read_text())
-        assert results["method"] == "vcp_clip" and results["k_shot"] == int(shots)
-        assert results["mean"]["pixel_auroc"] is not None and results["mean"]["image_auroc"] is not None
-        assert (out / "report.html").is_file()
+    zero_and_one_shot(trained, data, tmp_path, common, "vcp_clip")
 
 
 def test_official_command_lines(data, trained, tiny_model, tmp_path, caplog):

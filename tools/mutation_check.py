@@ -30,7 +30,7 @@ from typing import List
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST = ["tests/test_golden.py", "tests/test_winclip.py", "tests/test_april_gan.py", "tests/test_vcp_clip.py",
-         "tests/test_losses.py", "tests/test_registry.py"]
+         "tests/test_adaclip.py", "tests/test_losses.py", "tests/test_registry.py"]
 PHASES = [FIRST, ["tests"] + [f"--ignore={path}" for path in FIRST]]
 
 
@@ -268,6 +268,26 @@ MUTATIONS: List[Mutation] = [
     Mutation("vcp_clip Pre-VCP without the global feature", "models/vcp_clip.py",
              "return query + self.conv(image_feature[:, None]) if self.use_global else query",
              "return query", "VCP-CLIP: class tokens = query + conv1d(global image feature)"),
+    # -- AdaCLIP (docs/methods/adaclip.md)
+    Mutation("adaclip text prompts from block 1", "models/adaclip.py",
+             "per_block = self.text_prompts(plain_cls.float())[1:]  # block 1 sees the plain sentence",
+             "per_block = self.text_prompts(plain_cls.float())[:-1]",
+             "AdaCLIP: text blocks 2..J get the prompt tokens of positions 2..J"),
+    Mutation("adaclip visual prompts not rounded through fp16", "models/adaclip.py",
+             "feats = self.backbone.encode_image_prompted(images, layers, self.visual_prompts(plain.float()), dtype)",
+             "feats = self.backbone.encode_image_prompted(images, layers, self.visual_prompts(plain.float()))",
+             "AdaCLIP: prompts rounded through float16 (.half())"),
+    Mutation("adaclip HSF weight 0.5", "models/adaclip.py",
+             "image = F.normalize(0.2 * self.hybrid_fusion(tokens, logits) + 0.8 * cls, dim=1)",
+             "image = F.normalize(0.5 * self.hybrid_fusion(tokens, logits) + 0.5 * cls, dim=1)",
+             "AdaCLIP: 0.2 clustered + 0.8 global feature"),
+    Mutation("adaclip test map: softmax per block, then the mean", "models/adaclip.py",
+             "mean = torch.stack([self._upsample(x) for x in logits]).mean(0).softmax(1)",
+             "mean = torch.stack([self._upsample(x).softmax(1) for x in logits]).mean(0)",
+             "AdaCLIP at test time: the blocks' logits averaged, then one softmax"),
+    Mutation("adaclip dice per image", "models/adaclip.py",
+             "rows = self.config.row_dice and masks.shape[0] == 1  # [H, W]: each row a sample",
+             "rows = False", "official AdaCLIP: a batch of one image gets row-wise dice"),
 ]
 
 

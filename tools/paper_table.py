@@ -39,7 +39,6 @@ PAPERS = (("faprompt", "FAPrompt"), ("bayes_pfl", "Bayes-PFL"), ("anomalyclip", 
 COLUMNS = ("method", "dataset", "trained_on", "image_auroc", "image_ap", "pixel_auroc", "pixel_pro", "provenance",
            "source", "table", "note")
 PROVENANCE = ("paper", "quoted")  # from the paper's own table, or quoted from it by a third party (marked *)
-TRAINED_ON = ("mvtec", "visa")
 
 Published = Dict[Tuple[str, str], Dict[str, Any]]
 

@@ -65,6 +65,8 @@ class Recipe:
         the mosaic applies with the augmentation off too (APRIL-GAN: its only augmentation).
     by_dataset: the official train scripts' other settings for an auxiliary dataset
         (canonical name → ``epochs`` and/or ``lr``), e.g. APRIL-GAN's 3 epochs on MVTec-AD.
+    companions: the datasets trained on together with an auxiliary dataset by the official
+        scripts (AdaCLIP: MVTec-AD with ColonDB, VisA with ClinicDB); train.sh adds them.
     """
 
     epochs: int
@@ -81,6 +83,7 @@ class Recipe:
     mosaic_pool: str = "anomalous"
     mosaic_alone: bool = False
     by_dataset: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: EMPTY)
+    companions: Mapping[str, Tuple[str, ...]] = field(default_factory=lambda: EMPTY)
 
     def on(self, dataset: str) -> "Recipe":
         """The recipe for training on the (canonical) auxiliary ``dataset``."""
