@@ -1,5 +1,5 @@
-"""Flags of the official FAPrompt, AnomalyCLIP, Bayes-PFL, APRIL-GAN and VCP-CLIP scripts that have no flag of
-the same name here.
+"""Flags of the official FAPrompt, AnomalyCLIP, Bayes-PFL, APRIL-GAN, VCP-CLIP and AdaCLIP scripts that have no
+flag of the same name here.
 
 A command pasted from an official ``train.sh``/``test.sh`` must mean what it meant there or say
 in one line what replaces a flag, never fail with an argparse error. Each flag below is either

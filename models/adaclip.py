@@ -204,14 +204,11 @@ class AdaClip(AnomalyModel):
         """The unprompted pass (its global feature makes the dynamic prompts), then the prompted
         one: its global feature and raw tokens of ``features_list``."""
         layers = self.config.features_list
-        if self.visual_prompts is None and "D" not in self.config.prompting_type:
+        if self.visual_prompts is None:  # a prompt-free tower: the one pass is both
             feats = self.backbone.encode_image(images, layers=layers)
             return ImageFeatures(cls=feats.cls, cls_raw=feats.cls[:, :0], patch_raw=feats.patch_raw,
                                  cls_plain=feats.cls)
         plain = self.backbone.encode_image(images).cls
-        if self.visual_prompts is None:
-            feats = self.backbone.encode_image(images, layers=layers)
-            return ImageFeatures(cls=feats.cls, cls_raw=feats.cls[:, :0], patch_raw=feats.patch_raw, cls_plain=plain)
         dtype = torch.float16 if self.config.prompt_fp16 else None
         feats = self.backbone.encode_image_prompted(images, layers, self.visual_prompts(plain.float()), dtype)
         feats.cls_plain = plain
@@ -242,7 +239,8 @@ class AdaClip(AnomalyModel):
             onehot = onehot.to(stacked.dtype)
             sums = onehot.T @ sum(c[b] for c in chosen)  # [k_clusters, D]
             counts = onehot.sum(0)[:, None] * len(chosen)
-            centres.append((sums / counts).mean(0))
+            filled = counts[:, 0] > 0  # k-means leaves a cluster empty only on repeated points
+            centres.append((sums[filled] / counts[filled]).mean(0))
         return F.normalize(torch.stack(centres), dim=1)
 
     def scores(self, feats: ImageFeatures, class_names: Sequence[str]):
