@@ -30,7 +30,7 @@ from engine.recipes import run_seed
 from engine.runtimes import check_torch_runtime, read_manifest
 from models import methods
 from models.backbone import BackboneConfig
-from models.config import STRUCTURE_SWITCHES
+from models.config import STRUCTURE_SWITCHES, ModelConfig
 from models.factory import apply_compat, make_config, method_entry, read_checkpoint
 from utils.errors import UserError
 
@@ -76,10 +76,12 @@ def check_applicable(method: str, config, given: Dict[str, Any]) -> None:
     if not entry.trainable:
         return
     stray = set(given) - config.relevant_fields() - STRUCTURE_SWITCHES - {"features_list"}
-    if stray:
+    if stray and isinstance(config, ModelConfig):
         parts = f"prompt structure {config.prompt_structure}, DAP {'on' if config.dap else 'off'}, " \
                 f"flows {config.flows}, pixel head {config.pixel_head}"
         raise _not_applicable(method, stray, f"its parts: {parts}")
+    if stray:  # a model of its own: a setting its other settings leave unused (AdaCLIP's k without HSF)
+        raise _not_applicable(method, stray, "unused under its other settings")
 
 
 def method_config(method: str, fields: Dict[str, Any]):

@@ -229,6 +229,8 @@ class Trainer:
         set_rng_state(per_rank[self.ctx.rank] if len(per_rank) == self.ctx.world_size else training["rng"])
         if training.get("model_rng") is not None:
             self.stream.state = dict(training["model_rng"])
+        if training.get("model_random_state") is not None:
+            self.model.set_random_state(training["model_random_state"])
         log.info("resuming after epoch %d (stage %d)", self.state.epoch, self.state.stage)
 
     def _loader(self, epoch: int) -> DataLoader:
@@ -254,6 +256,7 @@ class Trainer:
             training = {"state": self.state.__dict__, "optimizer": self.optimizer.state_dict(),
                         "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
                         "rng": rng_state(), "model_rng": self.stream.state,
+                        "model_random_state": self.model.random_state(),
                         "rng_per_rank": per_rank if self.ctx.enabled else None,
                         "settings": {k: str(v) for k, v in self.settings.__dict__.items()},
                         "run": self.run_info}

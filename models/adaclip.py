@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import torch
@@ -245,7 +245,8 @@ class AdaClip(AnomalyModel):
 
     def scores(self, feats: ImageFeatures, class_names: Sequence[str]):
         """(per block the logits [N, P, 2], the image probabilities [N, 2])."""
-        text = self.text_features(class_names, feats.cls_plain)
+        # a prompt-free tower's one pass is the plain one (a feature cache does not keep cls_plain)
+        text = self.text_features(class_names, feats.cls if feats.cls_plain is None else feats.cls_plain)
         cls, tokens = self.projected(feats)
         logits = [100.0 * t @ text for t in tokens]
         image = cls
@@ -258,6 +259,16 @@ class AdaClip(AnomalyModel):
         side, size = self.backbone.grid_size, self.backbone.image_size
         grid = logits.transpose(1, 2).reshape(-1, 2, side, side)
         return F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=True)
+
+    def random_state(self) -> Dict[str, Any]:
+        """HSF's k-means generator, for a checkpoint (a resumed run clusters as the interrupted one)."""
+        _, keys, position, has_gauss, gauss = self._kmeans_rng.get_state()
+        return {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+    def set_random_state(self, state: Dict[str, Any]) -> None:
+        self._kmeans_rng.set_state(("MT19937", state["keys"].numpy().astype(np.uint32), state["position"],
+                                    state["has_gauss"], state["gauss"]))
 
     # ------------------------------------------------------------------ test time
     def start_evaluation(self, seed: Optional[int] = None, sample_num: Optional[int] = None) -> None:

@@ -54,6 +54,14 @@ class AnomalyModel(nn.Module):
         its seeded stream (``seed``, else its configuration's) with ``sample_num`` samples per
         image (else its configuration's)."""
 
+    def random_state(self) -> Optional[Dict[str, Any]]:
+        """A random stream the model keeps outside torch's (AdaCLIP's k-means), as tensors and
+        numbers, for a checkpoint to carry; None without one."""
+        return None
+
+    def set_random_state(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`random_state` (a resumed run then draws what the interrupted one would)."""
+
     def skip_noise(self, images: int) -> None:
         """Advance the test-time noise past ``images`` images that another process scores, so
         every image gets the noise of its dataset position."""

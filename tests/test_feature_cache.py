@@ -22,13 +22,18 @@ METHODS = {"faprompt": FAPROMPT, "bayes_pfl": [*BAYES, "--augment", "off", "--pa
            "anomalyclip": ["--method", "anomalyclip", "--depth", "3", "--n_ctx", "4", "--t_n_ctx", "2",
                            "--features_list", "2", "4"],
            "april_gan": ["--method", "april_gan", "--features_list", "2", "4"],
-           "vcp_clip": ["--method", "vcp_clip", "--features_list", "2", "4", "--augment", "off"]}
-UNVALIDATED = {"faprompt", "anomalyclip", "april_gan", "vcp_clip"}  # their recipes train on the whole auxiliary set
+           "vcp_clip": ["--method", "vcp_clip", "--features_list", "2", "4", "--augment", "off"],
+           # AdaCLIP with text prompts only: its image tower stays prompt-free, so the cache applies
+           "adaclip": ["--method", "adaclip", "--features_list", "2", "4", "--prompting_depth", "3",
+                       "--prompting_branch", "L", "--k_clusters", "2"]}
+# their recipes train on the whole auxiliary set
+UNVALIDATED = {"faprompt", "anomalyclip", "april_gan", "vcp_clip", "adaclip"}
 # what each method's encode_images keeps (tiny model: layers 2 and 4, V-V from block 2)
 FIELDS = {"faprompt": {"cls_raw", "vv_proj"}, "bayes_pfl": {"cls", "patch_raw.2", "patch_raw.4"},
           "fapfl": {"cls", "patch_raw.2", "patch_raw.4", "vv_proj"},
           "anomalyclip": {"cls_raw", "vv_layers.2", "vv_layers.4"},
-          "april_gan": {"cls", "patch_raw.2", "patch_raw.4"}, "vcp_clip": {"cls", "patch_raw.2", "patch_raw.4"}}
+          "april_gan": {"cls", "patch_raw.2", "patch_raw.4"}, "vcp_clip": {"cls", "patch_raw.2", "patch_raw.4"},
+          "adaclip": {"cls", "patch_raw.2", "patch_raw.4"}}
 
 
 @pytest.fixture()
