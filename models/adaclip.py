@@ -137,9 +137,7 @@ class AdaClip(AnomalyModel):
     def __init__(self, backbone: ClipBackbone, config: AdaClipConfig, method: str, score_rule: ScoreRule):
         super().__init__()
         config.validate()
-        bad = [layer for layer in config.features_list if not 1 <= layer <= backbone.num_layers]
-        if bad:
-            raise ValueError(f"features_list {list(config.features_list)} outside 1..{backbone.num_layers}")
+        backbone.check_layers(config.features_list)
         depth = config.prompting_depth
         if depth > min(backbone.num_layers, backbone.text_layers):
             raise ValueError(f"prompting_depth {depth} exceeds the towers' blocks")

@@ -92,9 +92,7 @@ class AprilGan(WordTextModel):
     def __init__(self, backbone: ClipBackbone, config: AprilGanConfig, method: str, score_rule: ScoreRule):
         super().__init__()
         config.validate()
-        bad = [layer for layer in config.features_list if not 1 <= layer <= backbone.num_layers]
-        if bad:
-            raise ValueError(f"features_list {list(config.features_list)} outside 1..{backbone.num_layers}")
+        backbone.check_layers(config.features_list)
         self.backbone, self.config, self.method, self.score_rule = backbone, config, method, score_rule
         self.linear = nn.ModuleList([nn.Linear(backbone.vision_width, backbone.embed_dim)
                                      for _ in config.features_list])

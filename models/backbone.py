@@ -221,6 +221,11 @@ class ClipBackbone(nn.Module):
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
         return x, vv
 
+    def check_layers(self, layers: Sequence[int]) -> None:
+        """A method's ``features_list`` must name blocks of this tower (1-based): else ValueError."""
+        if any(not 1 <= layer <= self.num_layers for layer in layers):
+            raise ValueError(f"features_list {list(layers)} outside 1..{self.num_layers}")
+
     # ------------------------------------------------------------------ image side
     def encode_image(self, images: torch.Tensor, layers: Sequence[int] = (),
                      vv_start: Optional[int] = None, vv_layers: Sequence[int] = ()) -> ImageFeatures:

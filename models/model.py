@@ -106,9 +106,8 @@ class ZSADModel(AnomalyModel):
         if cfg.prompt_structure == "cap" and cfg.depth - 1 >= backbone.text_layers:
             raise ValueError(f"--depth {cfg.depth} needs more than {backbone.text_layers} text layers")
         needs_layers = cfg.uses_rca or cfg.two_stage or (cfg.uses_similarity and cfg.similarity_layers == "features")
-        bad = [layer for layer in cfg.features_list if not 1 <= layer <= backbone.num_layers]
-        if needs_layers and bad:
-            raise ValueError(f"features_list {list(cfg.features_list)} outside 1..{backbone.num_layers}")
+        if needs_layers:
+            backbone.check_layers(cfg.features_list)
         self.backbone, self.config = backbone, cfg
         e, c, w = backbone.embed_dim, backbone.vision_width, backbone.text_width
         n_layers = len(cfg.features_list)

@@ -172,9 +172,7 @@ class VcpClip(AnomalyModel):
     def __init__(self, backbone: ClipBackbone, config: VcpClipConfig, method: str, score_rule: ScoreRule):
         super().__init__()
         config.validate()
-        bad = [layer for layer in config.features_list if not 1 <= layer <= backbone.num_layers]
-        if bad:
-            raise ValueError(f"features_list {list(config.features_list)} outside 1..{backbone.num_layers}")
+        backbone.check_layers(config.features_list)
         if backbone.embed_dim != backbone.text_width:
             raise ValueError(f"VCP-CLIP puts the {backbone.embed_dim}-d image feature into the text tower, "
                              f"whose width is {backbone.text_width}: use a CLIP whose widths agree (ViT-L-14-336)")
