@@ -48,6 +48,11 @@ from models.interface import AnomalyModel
 from models.losses import BatchSplit, dice_loss, focal_loss
 from models.scoring import Prediction, ScoreRule
 
+def kmeans_seed(seed: int, position: int) -> int:
+    """The seed of HSF's k-means for the image at ``position`` of a test run."""
+    return (seed * 1_000_003 + position) % 2 ** 32
+
+
 TEMPLATES = ("a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
              "a cropped photo of the {}.")
 
@@ -152,7 +157,8 @@ class AdaClip(AnomalyModel):
         self.cls_proj = nn.Linear(embed, embed)
         self._tokens: Dict[Tuple[str, str], Tuple[torch.Tensor, torch.Tensor]] = {}
         self._fixed_text: Dict[Tuple[str, str], torch.Tensor] = {}
-        self._kmeans_rng = np.random.RandomState(config.seed)
+        self._kmeans_rng = np.random.RandomState(config.seed)  # training: one stream, in checkpoints
+        self._eval_seed, self._position = config.seed, 0  # testing: a seed per dataset position
 
     # ------------------------------------------------------------------ text
     def _prompt_tokens(self, word: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -231,7 +237,12 @@ class AdaClip(AnomalyModel):
         centres = []
         for b in range(stacked.shape[0]):
             clusters = min(self.config.k_clusters, k)  # a small test model has fewer patches than 5k
-            labels = KMeans(n_clusters=clusters, n_init="auto", random_state=self._kmeans_rng) \
+            if self.training:
+                rng = self._kmeans_rng
+            else:  # an image's clusters depend on its dataset position alone: any batch, any process
+                rng, self._position = np.random.RandomState(kmeans_seed(self._eval_seed, self._position)), \
+                    self._position + 1
+            labels = KMeans(n_clusters=clusters, n_init="auto", random_state=rng) \
                 .fit_predict(stacked[b].detach().cpu().numpy())
             onehot = F.one_hot(torch.as_tensor(labels, device=stacked.device).long(), clusters)
             onehot = onehot.to(stacked.dtype)
@@ -270,8 +281,13 @@ class AdaClip(AnomalyModel):
 
     # ------------------------------------------------------------------ test time
     def start_evaluation(self, seed: Optional[int] = None, sample_num: Optional[int] = None) -> None:
-        """Restart HSF's k-means stream, so a run's image scores do not depend on what ran before."""
-        self._kmeans_rng = np.random.RandomState(self.config.seed if seed is None else seed)
+        """HSF's k-means at test time: image i of the run (in dataset order) clusters from
+        ``kmeans_seed(seed, i)``, so its score depends on nothing that ran before or beside it."""
+        self._eval_seed, self._position = self.config.seed if seed is None else seed, 0
+
+    def skip_noise(self, images: int) -> None:
+        """Another process scores the next ``images`` images (torchrun): their positions are skipped."""
+        self._position += images
 
     def predict(self, images: Optional[torch.Tensor], class_names: Sequence[str],
                 features: Optional[ImageFeatures] = None) -> Prediction:

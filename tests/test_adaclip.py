@@ -17,9 +17,18 @@ from engine import cli
 from models.backbone import BackboneConfig
 from models.factory import build_model, make_config, read_checkpoint
 from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
+from models.adaclip import kmeans_seed
 from tools.golden.harness_adaclip import FEATURES, learned_state
+from tools.golden.harness_adaclip import kmeans_seed as harness_seed
 
 FIXTURES = Path(__file__).resolve().parent / "golden"
+
+
+def fresh_stream(seed: int) -> dict:
+    """AdaClip.random_state of a k-means generator just seeded with ``seed``."""
+    _, keys, position, has_gauss, gauss = np.random.RandomState(seed).get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position, "has_gauss": has_gauss,
+            "gauss": gauss}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +60,7 @@ def golden(tmp_path_factory):
 
 def test_adaclip_test_time_equals_the_official_code(golden):
     model, ref, provenance = golden
+    assert all(kmeans_seed(s, p) == harness_seed(s, p) for s in (0, 111, 2 ** 31) for p in (0, 5))
     model.eval()
     images = torch.from_numpy(ref["images"])
     words = [provenance["class_name"]] * 3
@@ -64,7 +74,7 @@ def test_adaclip_test_time_equals_the_official_code(golden):
         cls, tokens = model.projected(feats)
         close(cls, ref["proj_cls"], "projected global feature")
         close(tokens[0], ref["proj_tokens/6"], "projected tokens of block 6")
-        model.start_evaluation()  # HSF's k-means stream from the configured seed
+        model.start_evaluation()  # HSF's k-means: image i from kmeans_seed(seed, i), as recorded
         pred = model.predict(images, words)
     close(pred.anomaly_map, ref["map"], "map")
     close(pred.class_prob, ref["image_prob"], "HSF-fused image probability")
@@ -75,7 +85,7 @@ def test_adaclip_training_step_equals_the_official_code(golden):
     model, ref, provenance = golden
     model.train()
     model.zero_grad()
-    model.start_evaluation()  # the official step's k-means stream was seeded the same way
+    model.set_random_state(fresh_stream(provenance["kmeans_seed"]))  # the official step's seeding
     out = model(torch.from_numpy(ref["images"][:1]), [provenance["class_name"]])
     terms = model.loss(out, torch.from_numpy(ref["masks"][:1]), torch.from_numpy(ref["labels"][:1]))
     terms["total"].backward()

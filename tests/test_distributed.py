@@ -117,6 +117,28 @@ def test_distributed_winclip_plus_equals_single_process(data, tmp_path, common):
         assert np.abs(np.load(path) - np.load(other)).max() <= 1e-6
 
 
+def test_distributed_adaclip_equals_single_process(data, tmp_path, common):
+    """AdaCLIP under torchrun: HSF's k-means seeds follow the images' dataset positions (each
+    process skips the others' images), so scores, maps and metrics are the single process's."""
+    save = tmp_path / "trained"
+    assert _train(data, save, common, "--method", "adaclip", "--features_list", "2", "4", "--prompting_depth", "3",
+                  "--k_clusters", "2", "--epochs", "1") == 0
+    flags = [*common[2:], "--save_maps", "--no_report", "--device", "cpu"]
+    checkpoint = save / "final.pth"
+    assert _test(checkpoint, data, tmp_path / "single", flags, "--batch_size", "2") == 0
+    done = torchrun(tmp_path, "test.py", "--checkpoint_path", str(checkpoint), "--data_path", str(data),
+                    "--save_path", str(tmp_path / "multi"), *flags, "--batch_size", "3")
+    _check(done)
+    single = json.loads((tmp_path / "single" / "results.json").read_text())
+    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+    assert multi["per_category"] == single["per_category"] and multi["mean"] == single["mean"]
+    rows = {name: list(csv.DictReader((tmp_path / name / "scores.csv").open())) for name in ("single", "multi")}
+    assert len(rows["single"]) == 18
+    for a, b in zip(rows["single"], rows["multi"]):
+        assert a["img_path"] == b["img_path"]
+        assert float(a["image_score"]) == pytest.approx(float(b["image_score"]), abs=2e-6)
+
+
 def _learned(path: Path):
     return read_checkpoint(str(path)).state_dict
 

@@ -18,8 +18,9 @@ scikit-learn's k-means, the text ensemble and tokenizer) and the losses of ``los
 The learned parts get seeded values (:func:`learned_state`, by official parameter name; their
 shapes are in the provenance file), which the test rebuilds in the official checkpoint layout and
 loads through our converter. Its text prompts only broadcast over a batch of one image, so every image runs alone,
-as its batch-1 scripts run them; k-means draws from NumPy's global generator, seeded once before
-the test images and once before the training step. The training step (train_one_batch's losses,
+as its batch-1 scripts run them; k-means draws from NumPy's global generator, seeded before each
+test image by its position (:func:`kmeans_seed`, as ours seeds it at test time) and once before
+the training step. The training step (train_one_batch's losses,
 spelled out below as they are inline there) runs on the first image.
 """
 from __future__ import annotations
@@ -48,6 +49,11 @@ FEATURES = (6, 12, 18, 24)
 DEPTH, LENGTH, K_CLUSTERS = 3, 2, 3  # the golden text tower has 4 blocks; 5k = 15 of 36 patches
 LEARNED = ("text_prompter", "visual_prompter", "patch_token_layer", "cls_token_layer",
            "dynamic_visual_prompt_generator", "dynamic_text_prompt_generator")  # its trainer's list
+
+
+def kmeans_seed(seed: int, position: int) -> int:
+    """NumPy's global seed before test image ``position`` (our models.adaclip.kmeans_seed)."""
+    return (seed * 1_000_003 + position) % 2 ** 32
 
 
 def learned_state(shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, np.ndarray]:
@@ -139,10 +145,10 @@ def main() -> None:
     images, masks, labels = (torch.from_numpy(a) for a in golden_images(IMAGE_SIZE))
     out["images"], out["masks"], out["labels"] = images.numpy(), masks.numpy(), labels.numpy()
     model.eval()
-    np.random.seed(KMEANS_SEED)
     rows = {}
     with torch.no_grad():
-        for image in images:
+        for position, image in enumerate(images):
+            np.random.seed(kmeans_seed(KMEANS_SEED, position))  # its k-means draws from the global stream
             image = image[None]
             model.generate_and_set_dynamic_promtps(image)
             plain, _ = model.visual.forward(image, model.output_layers)
@@ -158,7 +164,7 @@ def main() -> None:
     out.update({key: np.stack(value) for key, value in rows.items()})
     # the forward above ran the dynamic prompts, the prompted image pass and the text again inside
     # model(): the recorded stages are those of the same weights; HSF drew its k-means there, once
-    # per image, from the seeded stream
+    # per image, from the stream seeded for that image
 
     # train_one_batch on the first image: focal(image probabilities) + per block focal(map) +
     # dice(abnormal, mask) + dice(normal, 1 - mask)
