@@ -29,9 +29,11 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
     cli.keep_freed_memory(run.device)
     method, backbone_cfg = run.method, run.backbone
     dataset_name = auxiliary_name(args)
-    parts = [MetaDataset(root, "test", image_size=backbone_cfg.image_size) for root in args.train_data_path]
+    single = len(args.train_data_path) == 1  # one root: its --train_classes are read (and checked) alone
+    parts = [MetaDataset(root, "test", classes=args.train_classes if single else None,
+                         image_size=backbone_cfg.image_size) for root in args.train_data_path]
     # the mosaic rate of each auxiliary set (several: by folder name), applied to its own classes
-    names = [dataset_name] if len(parts) == 1 else [Path(root).name for root in args.train_data_path]
+    names = [dataset_name] if single else [Path(root).name for root in args.train_data_path]
     rates = [run.mosaic_prob(args.mosaic_prob, canonical_dataset(name)) for name in names]
     mosaic = max(rates)
     mosaic_classes = None if min(rates) == mosaic else \
@@ -41,7 +43,7 @@ def build_trainer(args: argparse.Namespace, run: TrainPlan, ctx: distributed.Con
     blocker = method_entry(method).cache_blocker
     use_cache = cache_wanted(request, run.augment or mosaic > 0, blocker(run.config) if blocker else "")
     full = combine(parts)
-    if args.train_classes is not None:
+    if args.train_classes is not None and not single:
         full = MetaDataset(full.root, "test", classes=args.train_classes, image_size=backbone_cfg.image_size,
                            records=full.records, check_files=False)
     train_records, val_set = validation.validation_split(
