@@ -225,9 +225,8 @@ MUTATIONS: List[Mutation] = [
              "WinCLIP: harmonic mean over the scales and the image score"),
     Mutation("winclip scales 2 and 4", "models/winclip.py", "scales: Tuple[int, ...] = (2, 3)",
              "scales: Tuple[int, ...] = (2, 4)", "WinCLIP: windows of 2 and 3 patches"),
-    Mutation("winclip ensemble of normalised prompts", "models/winclip.py",
-             "pair.append(self.backbone.encode_text(self.backbone.tokenize(texts)).mean(0))",
-             "pair.append(F.normalize(self.backbone.encode_text(self.backbone.tokenize(texts)), dim=-1).mean(0))",
+    Mutation("winclip ensemble of normalised prompts", "models/ensemble.py",
+             "pair.append(feats.mean(0))", "pair.append(F.normalize(feats, dim=-1).mean(0))",
              "WinCLIP (anomalib): the mean of the prompts' unnormalised features"),
     # -- APRIL-GAN (docs/methods/april_gan.md)
     Mutation("april_gan linear maps on blocks 6 12 18 23", "models/april_gan.py",
