@@ -25,13 +25,9 @@ spelled out below as they are inline there) runs on the first image.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Dict, Tuple
@@ -82,14 +78,12 @@ def golden_images(size: int):
 
 
 def patched_checkout(official: Path) -> Path:
-    work = Path(tempfile.mkdtemp()) / "adaclip"
-    shutil.copytree(official, work, ignore=shutil.ignore_patterns(".git", "asset", "data_preprocess"))
+    from harness_common import copy_checkout, rewrite
+
+    work = copy_checkout(official, "adaclip", "asset", "data_preprocess")
     (work / "method" / "__init__.py").write_text("")  # its training glue is not imported
-    path = work / "method" / "adaclip.py"
-    source, count = re.subn(r"([\w\[\]]+) /= \1\.norm\(", r"\1 = \1 / \1.norm(", path.read_text())
-    if count != 4:
-        raise SystemExit(f"{path}: expected 4 in-place normalisations to rewrite, found {count}")
-    path.write_text(source)
+    rewrite(work / "method" / "adaclip.py", r"([\w\[\]]+) /= \1\.norm\(", r"\1 = \1 / \1.norm(", 4,
+            "in-place normalisations to rewrite")
     vocab = work / "method" / "bpe_simple_vocab_16e6.txt.gz"
     if vocab.read_bytes().startswith(b"version https://git-lfs"):  # a snapshot without LFS objects
         import hashlib
@@ -105,12 +99,9 @@ def patched_checkout(official: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", required=True, help="a checkout of caoyunkang/AdaCLIP")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--commit", default=None, help="the checkout's commit, where it is not a git work tree")
-    args = parser.parse_args()
-    official, target = Path(args.official).resolve(), Path(args.out).resolve()
+    from harness_common import command_line, commit_of
+
+    official, target, commit = command_line(__doc__, "caoyunkang/AdaCLIP")
     work = patched_checkout(official)
     sys.path.insert(0, str(work))  # its method/ and loss.py
     sys.path.insert(1, str(HERE))  # golden_clip (NumPy only)
@@ -184,8 +175,7 @@ def main() -> None:
             grad = param.grad
             out[f"grad/{name}"] = (grad[:32] if grad.dim() > 1 and grad.shape[0] > 32 else grad).numpy()
     np.savez_compressed(target, **out)
-    commit = args.commit or subprocess.run(["git", "-C", str(official), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = commit_of(official, commit)
     provenance = {"reference": "caoyunkang/AdaCLIP", "commit": commit, "torch": torch.__version__,
                   "class_name": CLASS, "images_seed": IMAGES_SEED, "torch_seed": TORCH_SEED,
                   "kmeans_seed": KMEANS_SEED, "features_list": list(FEATURES), "prompting_depth": DEPTH,

@@ -20,12 +20,9 @@ spelled out below with their line numbers.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import subprocess
+import re
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +62,11 @@ def linear_weights(width: int, embed: int, layers: int):
 
 
 def patched_checkout(official: Path) -> Path:
-    work = Path(tempfile.mkdtemp()) / "april_gan"
-    shutil.copytree(official, work, ignore=shutil.ignore_patterns(".git", "exps", "illustration"))
-    path = work / "open_clip" / "transformer.py"
-    source = path.read_text()
-    if source.count(".to('cuda')") != 1:
-        raise SystemExit(f"{path}: expected one .to('cuda') to patch")
-    path.write_text(source.replace(".to('cuda')", ".to(x.device)"))
+    from harness_common import copy_checkout, rewrite
+
+    work = copy_checkout(official, "april_gan", "exps", "illustration")
+    rewrite(work / "open_clip" / "transformer.py", re.escape(".to('cuda')"), ".to(x.device)", 1,
+            "unused .to('cuda') to patch")
     return work
 
 
@@ -109,12 +104,9 @@ def few_shot(model, images, out, torch, F) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", required=True, help="a checkout of ByChelsea/VAND-APRIL-GAN")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--commit", default=None, help="the checkout's commit, where it is not a git work tree")
-    args = parser.parse_args()
-    official = Path(args.official).resolve()
+    from harness_common import command_line, commit_of
+
+    official, target, commit = command_line(__doc__, "ByChelsea/VAND-APRIL-GAN")
     work = patched_checkout(official)
     sys.path.insert(0, str(work))  # its open_clip, model.py, prompt_ensemble.py, loss.py
     sys.path.insert(1, str(ROOT))
@@ -176,15 +168,14 @@ def main() -> None:
     for i, fc in enumerate(linear.fc):  # the first 32 output rows of each weight gradient keep the file small
         out[f"grad/{i}/weight"] = fc.weight.grad[:32].numpy()
         out[f"grad/{i}/bias"] = fc.bias.grad.numpy()
-    np.savez_compressed(args.out, **out)
-    commit = args.commit or subprocess.run(["git", "-C", str(official), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    np.savez_compressed(target, **out)
+    commit = commit_of(official, commit)
     provenance = {"reference": "ByChelsea/VAND-APRIL-GAN", "commit": commit, "open_clip": "vendored 2.16 (its copy)",
                   "torch": torch.__version__, "class_name": CLASS, "images_seed": IMAGES_SEED,
                   "linear_seed": LINEAR_SEED, "reference_seed": REFERENCE_SEED,
                   "features_list": list(FEATURES), "image_size": IMAGE_SIZE,
                   "patched": "open_clip/transformer.py: .to('cuda') -> .to(x.device) (an unused attention sum)"}
-    Path(args.out).with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    target.with_suffix(".json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(json.dumps(provenance, indent=2))
 
 

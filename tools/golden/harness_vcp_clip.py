@@ -21,13 +21,10 @@ CLIP in eval mode, so the prompt dropout (0.1, random) is off.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import re
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,25 +49,20 @@ def golden_images(size: int):
 
 
 def patched_checkout(official: Path) -> Path:
-    work = Path(tempfile.mkdtemp()) / "vcp_clip"
-    shutil.copytree(official, work, ignore=shutil.ignore_patterns(".git", "figures", "dataset"))
-    path = work / "models" / "transformer.py"
-    source = path.read_text()
-    if source.count(".to('cuda')") != 1:
-        raise SystemExit(f"{path}: expected one .to('cuda') to patch")
-    path.write_text(source.replace(".to('cuda')", ".to(x.device)"))
+    from harness_common import copy_checkout, rewrite
+
+    work = copy_checkout(official, "vcp_clip", "figures", "dataset")
+    rewrite(work / "models" / "transformer.py", re.escape(".to('cuda')"), ".to(x.device)", 1,
+            "unused .to('cuda') to patch")
     for package in ("models", "utils"):  # regular packages, so that ours (also models/, utils/) never win
         (work / package / "__init__.py").touch()
     return work
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--official", required=True, help="a checkout of xiaozhen228/VCP-CLIP")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--commit", default=None, help="the checkout's commit, where it is not a git work tree")
-    args = parser.parse_args()
-    official, target = Path(args.official).resolve(), Path(args.out).resolve()
+    from harness_common import command_line, commit_of
+
+    official, target, commit = command_line(__doc__, "xiaozhen228/VCP-CLIP")
     work = patched_checkout(official)
     os.chdir(work)  # its tokenizer opens ./models/bpe_simple_vocab_16e6.txt.gz
     sys.path.insert(0, str(work))  # its models/ and utils/ (named as ours: nothing of ours is imported)
@@ -187,8 +179,7 @@ def main() -> None:
     for key, grad in grads.items():
         out[f"grad/{key}"] = grad[:32].numpy() if grad.dim() > 1 and grad.shape[0] > 32 else grad.numpy()
     np.savez_compressed(target, **out)
-    commit = args.commit or subprocess.run(["git", "-C", str(official), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip() or "unknown"
+    commit = commit_of(official, commit)
     provenance = {"reference": "xiaozhen228/VCP-CLIP", "commit": commit, "torch": torch.__version__,
                   "images_seed": IMAGES_SEED, "torch_seed": TORCH_SEED, "features_list": list(FEATURES),
                   "prompt_len": PROMPT_LEN, "deep_prompt_len": DEEP_PROMPT_LEN, "total_d_layer_len": deep_layers,
