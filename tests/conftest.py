@@ -84,11 +84,9 @@ def common(tiny_model):
 @pytest.fixture(scope="session")
 def faprompt_checkpoint(tmp_path_factory, data, tiny_model):
     """final.pth of a one-epoch FAPrompt run on ``data`` (read it, never change it)."""
-    from scripts import FAPROMPT, tiny_flags, train
+    from scripts import FAPROMPT, one_epoch
 
-    save = tmp_path_factory.mktemp("faprompt")
-    assert train(data, save, tiny_flags(tiny_model), *FAPROMPT, "--epochs", "1") == 0
-    return save / "final.pth"
+    return one_epoch(tmp_path_factory.mktemp("faprompt"), data, tiny_model, *FAPROMPT)
 
 
 @pytest.fixture(autouse=True)

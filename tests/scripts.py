@@ -35,6 +35,12 @@ def train(data, save, common, *extra) -> int:
                                        *common, *extra])
 
 
+def one_epoch(save, data, tiny_model: str, *flags) -> Path:
+    """final.pth of one epoch of ``flags`` on ``data`` with the tiny model, saved in ``save``."""
+    assert train(data, save, tiny_flags(tiny_model), *flags, "--epochs", "1") == 0
+    return save / "final.pth"
+
+
 def test(ckpt, data, save, common, *extra) -> int:
     return run_cli(test_script.main, ["--checkpoint_path", str(ckpt), "--data_path", str(data), "--save_path",
                                       str(save), *common[2:], *extra])

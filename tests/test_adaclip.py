@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from compare import close
-from engine import cli
-from models.backbone import BackboneConfig
-from models.factory import build_model, make_config, read_checkpoint
-from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
+from compare import FIXTURES, close, fixture, golden_backbone, official_model
 from models.adaclip import kmeans_seed
 from tools.golden.harness_adaclip import FEATURES, learned_state
 from tools.golden.harness_adaclip import kmeans_seed as harness_seed
 
-FIXTURES = Path(__file__).resolve().parent / "golden"
 
 
 def fresh_stream(seed: int) -> dict:
@@ -34,27 +29,17 @@ def fresh_stream(seed: int) -> dict:
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory):
     work = tmp_path_factory.mktemp("adaclip_golden")
-    name = register_golden_model(work)
-    write_golden_clip(work / "clip.pt")
-    with np.load(FIXTURES / "adaclip_official.npz") as data:
-        ref = {k: data[k] for k in data.files}
+    ref = fixture("adaclip_official")
     provenance = json.loads((FIXTURES / "adaclip_official.json").read_text())
     shapes = {k: tuple(v) for k, v in provenance["learned_shapes"].items()}
     payload = {f"clip_model.{k}": torch.from_numpy(v) for k, v in learned_state(shapes).items()}
     torch.save(payload, work / "pretrained_mvtec_colondb.pth")
-    checkpoint = read_checkpoint(str(work / "pretrained_mvtec_colondb.pth"))
-    assert checkpoint.method == "adaclip" and checkpoint.official
+    # its CLIP: exact GELU, the grid resized bicubically without antialias
+    model, checkpoint = official_model(work / "pretrained_mvtec_colondb.pth", "adaclip",
+                                       golden_backbone(work, "bicubic_plain"), k_clusters=provenance["k_clusters"],
+                                       seed=provenance["kmeans_seed"], row_dice=True)
     assert checkpoint.config == {"prompting_depth": 3, "prompting_length": 2, "prompting_type": "SD",
                                  "prompting_branch": "VL"}
-    # its CLIP: exact GELU, the grid resized bicubically without antialias
-    backbone = cli.build_backbone(BackboneConfig(model=name, pretrained=str(work / "clip.pt"), image_size=IMAGE_SIZE,
-                                                 activation="gelu", pos_interpolation="bicubic_plain"),
-                                  torch.device("cpu"))
-    config = make_config("adaclip", {**checkpoint.config, "k_clusters": provenance["k_clusters"],
-                                     "seed": provenance["kmeans_seed"], "row_dice": True})
-    model = build_model("adaclip", config, backbone)
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
-    assert not unexpected and all(key.startswith("backbone.") for key in missing)
     return model, ref, provenance
 
 
@@ -118,11 +103,9 @@ TINY = ["--method", "adaclip", "--features_list", "2", "4", "--prompting_depth",
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data, tiny_model):
     """final.pth of one AdaCLIP epoch on the synthetic data (tiny model: depth 3 of 4 text blocks)."""
-    from scripts import tiny_flags, train
+    from scripts import one_epoch
 
-    save = tmp_path_factory.mktemp("adaclip")
-    assert train(data, save, tiny_flags(tiny_model), *TINY, "--epochs", "1") == 0
-    return save / "final.pth"
+    return one_epoch(tmp_path_factory.mktemp("adaclip"), data, tiny_model, *TINY)
 
 
 def test_adaclip_trains_and_tests_end_to_end(trained, data, common, tmp_path):

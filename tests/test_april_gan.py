@@ -7,38 +7,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from compare import close
-from engine import cli
+from compare import FIXTURES, close, fixture, golden_backbone
 from engine.evaluation import CategoryOutputs, category_scores, predict_maps
 from engine.fewshot import FewShotScorer, References, bank_from_images
-from models.backbone import BackboneConfig
 from models.factory import build_model, make_config, read_checkpoint
-from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
+from tools.golden.golden_clip import IMAGE_SIZE
 from tools.golden.harness_april_gan import FEATURES, linear_weights
 
-FIXTURES = Path(__file__).resolve().parent / "golden"
 
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory):
-    work = tmp_path_factory.mktemp("april_gan_golden")
-    name = register_golden_model(work)
-    write_golden_clip(work / "clip.pt")
     # the official code at 518 px: exact GELU, the grid resized bicubically with antialias
-    backbone = cli.build_backbone(BackboneConfig(model=name, pretrained=str(work / "clip.pt"), image_size=IMAGE_SIZE,
-                                                 activation="gelu", pos_interpolation="bicubic"), torch.device("cpu"))
+    backbone = golden_backbone(tmp_path_factory.mktemp("april_gan_golden"), "bicubic")
     model = build_model("april_gan", make_config("april_gan", {}), backbone)
     with torch.no_grad():
         for linear, (weight, bias) in zip(model.linear, linear_weights(backbone.vision_width, backbone.embed_dim,
                                                                         len(FEATURES))):
             linear.weight.copy_(torch.from_numpy(weight))
             linear.bias.copy_(torch.from_numpy(bias))
-    with np.load(FIXTURES / "april_gan_official.npz") as data:
-        reference = {k: data[k] for k in data.files}
+    reference = fixture("april_gan_official")
     provenance = json.loads((FIXTURES / "april_gan_official.json").read_text())
     return model, reference, provenance["class_name"]
 
@@ -110,12 +101,10 @@ def test_official_checkpoint_format_loads(golden, tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data, tiny_model):
     """final.pth of one APRIL-GAN epoch on the synthetic data (tiny model, blocks 2 and 4)."""
-    from scripts import tiny_flags, train
+    from scripts import one_epoch
 
-    save = tmp_path_factory.mktemp("april_gan")
-    assert train(data, save, tiny_flags(tiny_model), "--method", "april_gan", "--features_list", "2", "4",
-                 "--epochs", "1") == 0
-    return save / "final.pth"
+    return one_epoch(tmp_path_factory.mktemp("april_gan"), data, tiny_model, "--method", "april_gan",
+                     "--features_list", "2", "4")
 
 
 def test_april_gan_trains_and_tests_end_to_end(trained, data, common, tmp_path):

@@ -35,6 +35,13 @@ def torchrun(tmp_path: Path, script: str, *args: str, processes: int = 2) -> sub
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _same_metrics(tmp_path: Path):
+    """The results.json of the single-process and the torchrun run, whose metrics are equal."""
+    single, multi = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "multi"))
+    assert multi["per_category"] == single["per_category"] and multi["mean"] == single["mean"]
+    return single, multi
+
+
 def _check(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -77,9 +84,7 @@ def test_distributed_test_equals_single_process(extra, data, tmp_path, common):
     done = torchrun(tmp_path, "test.py", "--checkpoint_path", str(checkpoint), "--data_path", str(data),
                     "--save_path", str(tmp_path / "multi"), *flags, "--batch_size", "3")
     _check(done)
-    single = json.loads((tmp_path / "single" / "results.json").read_text())
-    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
-    assert multi["per_category"] == single["per_category"] and multi["mean"] == single["mean"]
+    single, multi = _same_metrics(tmp_path)
     for category, levels in single["thresholds"].items():  # thresholds are scores: maps' precision
         for level, point in levels.items():
             other = multi["thresholds"][category][level]
@@ -107,9 +112,7 @@ def test_distributed_winclip_plus_equals_single_process(data, tmp_path, common):
     done = torchrun(tmp_path, "test.py", "--data_path", str(data), "--save_path", str(tmp_path / "multi"), *flags,
                     "--batch_size", "3")
     _check(done)
-    single = json.loads((tmp_path / "single" / "results.json").read_text())
-    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
-    assert multi["per_category"] == single["per_category"] and multi["mean"] == single["mean"]
+    _same_metrics(tmp_path)
     maps = sorted((tmp_path / "single" / "maps").rglob("*.npy"))
     assert maps
     for path in maps:
@@ -129,9 +132,7 @@ def test_distributed_adaclip_equals_single_process(data, tmp_path, common):
     done = torchrun(tmp_path, "test.py", "--checkpoint_path", str(checkpoint), "--data_path", str(data),
                     "--save_path", str(tmp_path / "multi"), *flags, "--batch_size", "3")
     _check(done)
-    single = json.loads((tmp_path / "single" / "results.json").read_text())
-    multi = json.loads((tmp_path / "multi" / "results.json").read_text())
-    assert multi["per_category"] == single["per_category"] and multi["mean"] == single["mean"]
+    _same_metrics(tmp_path)
     rows = {name: list(csv.DictReader((tmp_path / name / "scores.csv").open())) for name in ("single", "multi")}
     assert len(rows["single"]) == 18
     for a, b in zip(rows["single"], rows["multi"]):

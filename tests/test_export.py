@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from engine.api import Detector
-from scripts import BAYES, FAPROMPT, export_script, test_script, tiny_flags, train
+from scripts import BAYES, FAPROMPT, export_script, one_epoch, test_script
 from utils.errors import EXIT_USER_ERROR, run_cli
 
 pytest.importorskip("onnxruntime")
@@ -32,9 +32,8 @@ def sources(tmp_path_factory, data, tiny_model):
     """Per method: the export.py flags naming its model (a one-epoch checkpoint, or --method clip)."""
     found = {"clip": ["--method", "clip"], "winclip": ["--method", "winclip"]}
     for method, flags in TRAINED.items():
-        save = tmp_path_factory.mktemp(method)
-        assert train(data, save, tiny_flags(tiny_model), *flags, "--epochs", "1", "--augment", "off") == 0
-        found[method] = ["--checkpoint_path", str(save / "final.pth")]
+        checkpoint = one_epoch(tmp_path_factory.mktemp(method), data, tiny_model, *flags, "--augment", "off")
+        found[method] = ["--checkpoint_path", str(checkpoint)]
     return found
 
 
@@ -126,12 +125,11 @@ def test_exported_image_scores_and_stored_thresholds(sources, data, tiny_model, 
 def test_adaclip_export_is_refused_in_one_line(data, tiny_model, tmp_path, capsys):
     """AdaCLIP's image score clusters patches with scikit-learn's k-means, which no graph holds: it
     has no export_outputs, and export.py says so before it writes anything."""
-    save = tmp_path / "adaclip"
-    assert train(data, save, tiny_flags(tiny_model), "--method", "adaclip", "--features_list", "2", "4",
-                 "--prompting_depth", "3", "--k_clusters", "2", "--epochs", "1") == 0
+    checkpoint = one_epoch(tmp_path / "adaclip", data, tiny_model, "--method", "adaclip", "--features_list", "2", "4",
+                           "--prompting_depth", "3", "--k_clusters", "2")
     capsys.readouterr()
     out = tmp_path / "exported"
-    assert run_cli(export_script.main, ["--checkpoint_path", str(save / "final.pth"), "--model", tiny_model,
+    assert run_cli(export_script.main, ["--checkpoint_path", str(checkpoint), "--model", tiny_model,
                                         "--pretrained", "none", "--image_size", "32", "--out", str(out),
                                         "--data_path", str(data)]) == EXIT_USER_ERROR
     err = capsys.readouterr().err.strip().splitlines()  # after the random-weights banner

@@ -5,21 +5,17 @@ image score, a training step's loss and gradients; then training and testing end
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from compare import close
-from engine import cli
+from compare import close, fixture, golden_backbone, official_model
 from engine.evaluation import CategoryOutputs, category_scores, gaussian_blur
-from models.backbone import BackboneConfig
-from models.factory import build_model, read_checkpoint
-from tools.golden.golden_clip import IMAGE_SIZE, register_golden_model, write_golden_clip
+from models.factory import read_checkpoint
+from tools.golden.golden_clip import IMAGE_SIZE
 from tools.golden.harness_vcp_clip import FEATURES
 
-FIXTURES = Path(__file__).resolve().parent / "golden"
 WORD = "bottle"  # any: VCP-CLIP's prompts carry no class name
 
 
@@ -43,22 +39,11 @@ def official_payload(ref) -> dict:
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory):
     work = tmp_path_factory.mktemp("vcp_golden")
-    name = register_golden_model(work)
-    write_golden_clip(work / "clip.pt")
-    with np.load(FIXTURES / "vcp_clip_official.npz") as data:
-        ref = {k: data[k] for k in data.files}
+    ref = fixture("vcp_clip_official")
     torch.save(official_payload(ref), work / "train_visa.pth")
-    checkpoint = read_checkpoint(str(work / "train_visa.pth"))
-    assert checkpoint.method == "vcp_clip" and checkpoint.official
-    assert checkpoint.config["total_d_layer_len"] == 3 and checkpoint.config["prompt_len"] == 2
     # its CLIP: exact GELU in both towers, the grid resized bicubically with antialias
-    backbone = cli.build_backbone(BackboneConfig(model=name, pretrained=str(work / "clip.pt"), image_size=IMAGE_SIZE,
-                                                 activation="gelu", pos_interpolation="bicubic"), torch.device("cpu"))
-    from models.factory import make_config
-
-    model = build_model("vcp_clip", make_config("vcp_clip", dict(checkpoint.config)), backbone)
-    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
-    assert not unexpected and all(key.startswith("backbone.") for key in missing)
+    model, checkpoint = official_model(work / "train_visa.pth", "vcp_clip", golden_backbone(work, "bicubic"))
+    assert checkpoint.config["total_d_layer_len"] == 3 and checkpoint.config["prompt_len"] == 2
     return model, ref
 
 
@@ -146,12 +131,10 @@ def test_official_checkpoint_format_of_a_shallow_model_loads(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data, tiny_model):
     """final.pth of one VCP-CLIP epoch on the synthetic data (tiny model, blocks 2 and 4)."""
-    from scripts import tiny_flags, train
+    from scripts import one_epoch
 
-    save = tmp_path_factory.mktemp("vcp_clip")
-    assert train(data, save, tiny_flags(tiny_model), "--method", "vcp_clip", "--features_list", "2", "4",
-                 "--epochs", "1") == 0
-    return save / "final.pth"
+    return one_epoch(tmp_path_factory.mktemp("vcp_clip"), data, tiny_model, "--method", "vcp_clip",
+                     "--features_list", "2", "4")
 
 
 def test_vcp_clip_trains_and_tests_end_to_end(trained, data, common, tmp_path):
